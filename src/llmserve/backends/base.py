@@ -1,0 +1,161 @@
+"""The contract between the engine and a model backend.
+
+The engine owns scheduling and memory (which sequences run, which KV blocks they hold); a backend
+owns the math (weights, KV tensors, attention, sampling). Everything that crosses this boundary is
+plain Python data, so torch, JAX and third-party backends implement the same small interface.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from llmserve.config import Config
+    from llmserve.engine.sampling import SamplingParams
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What the engine needs to know about a loaded causal LM."""
+
+    architecture: str
+    vocab_size: int
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    max_model_len: int
+    dtype: str
+    eos_token_ids: tuple[int, ...] = ()
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of K and V cache one token takes across all layers."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * DTYPE_BYTES[self.dtype]
+
+
+@dataclass(slots=True)
+class BatchItem:
+    """One sequence's share of a step: compute ``token_ids`` at positions ``start_pos...``.
+
+    Tokens before ``start_pos`` are already in the KV cache at the slots given by ``block_table``
+    (slot of position p = block_table[p // block_size] * block_size + p % block_size). The new
+    tokens' K/V are written to their slots. When ``sample`` is set, the next token is sampled
+    from the logits at the last new position.
+    """
+
+    seq_id: int
+    token_ids: list[int]
+    start_pos: int
+    block_table: list[int]
+    sample: bool
+    params: SamplingParams
+    prompt_token_ids: Sequence[int]
+    output_token_ids: Sequence[int]
+    # Seeded sampling draws from (params.seed, seed_offset, len(output_token_ids)): reproducible
+    # whatever else is in the batch. seed_offset separates the n choices of one request.
+    seed_offset: int = 0
+    # Compute logprobs of the prompt tokens following each new position (prompt_logprobs).
+    want_prompt_logprobs: bool = False
+    # Boolean numpy mask over the vocabulary (True = allowed) from a TokenConstraint, or None.
+    allowed_mask: Any = None
+
+    @property
+    def end_pos(self) -> int:
+        return self.start_pos + len(self.token_ids)
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    rank: int = 1
+
+
+@dataclass(slots=True)
+class SampleResult:
+    """A backend's answer for one BatchItem.
+
+    ``token_id`` is None when the item did not sample. ``top_logprobs`` holds the k most likely
+    alternatives when ``params.logprobs`` is set. ``prompt_logprobs`` holds, per new position
+    whose next token is a prompt token, that token's logprob and the top alternatives.
+    """
+
+    seq_id: int
+    token_id: int | None = None
+    logprob: float | None = None
+    rank: int | None = None
+    top_logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[tuple[TokenLogprob, list[TokenLogprob]]] | None = None
+
+
+@dataclass(slots=True)
+class Batch:
+    """One engine step's work. ``items`` mixes prefill chunks and decodes."""
+
+    items: list[BatchItem] = field(default_factory=list)
+    block_size: int = 16
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(item.token_ids) for item in self.items)
+
+
+class Embedder(ABC):
+    """A loaded encoder (pooling) model."""
+
+    dim: int
+    max_model_len: int
+
+    @abstractmethod
+    def embed(self, token_ids: list[list[int]], normalize: bool = True) -> list[list[float]]:
+        """Pooled embeddings, one per input, in input order."""
+
+
+class Backend(ABC):
+    """A model backend, registered by name through the ``llmserve_backends`` hook.
+
+    Life cycle: ``__init__(config)`` must fail fast (``BackendUnavailable``) when the hardware is
+    missing; then ``load_model``, ``kv_cache_budget_bytes``, ``allocate_kv_cache``, then many
+    ``execute`` calls from the engine's step thread; ``shutdown`` at the end.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @abstractmethod
+    def load_model(self, model_dir: str) -> ModelInfo:
+        """Load a causal LM from an HF-style directory (config.json + safetensors)."""
+
+    @abstractmethod
+    def kv_cache_budget_bytes(self, info: ModelInfo) -> int:
+        """How many bytes the KV cache may use (after weights are loaded)."""
+
+    @abstractmethod
+    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
+        """Allocate the KV pool: ``num_blocks`` blocks of ``block_size`` tokens for every layer."""
+
+    @abstractmethod
+    def execute(self, batch: Batch) -> list[SampleResult]:
+        """Run the model on the batch and sample; one result per item, in order."""
+
+    def load_embedding_model(self, model_dir: str) -> Embedder:
+        """Load an encoder model for embeddings. Backends without one raise BackendUnavailable."""
+        raise BackendUnavailable(f"backend {self.name!r} has no embedding models")
+
+    def describe(self) -> str:
+        """One line for the start log: device and dtype."""
+        return self.name
+
+    def shutdown(self) -> None:  # noqa: B027 - optional hook
+        """Release devices and memory."""
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run here (no such device, missing dependency)."""

@@ -1,0 +1,117 @@
+"""Sampling parameters (validated) and the hook for per-request token masks.
+
+Plain data: no torch or jax here. Every backend's sampler implements the same semantics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from llmserve.errors import InvalidRequestError
+
+_MAX_LOGPROBS = 20
+
+
+class TokenConstraint(Protocol):
+    """Per-request token mask (structured outputs plug in here).
+
+    The engine asks ``allowed_mask`` before each sampled token and reports the chosen token with
+    ``accept``. ``allowed_mask`` returns a boolean numpy array of vocabulary size (True = allowed)
+    or None when every token is allowed.
+    """
+
+    def allowed_mask(self, vocab_size: int): ...  # noqa: ANN201 - numpy array or None
+
+    def accept(self, token_id: int) -> None: ...
+
+    def is_finished(self) -> bool: ...
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    """What to generate and how; field names and defaults follow vLLM's SamplingParams."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 or -1: disabled
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    include_stop_str_in_output: bool = False
+    ignore_eos: bool = False
+    max_tokens: int | None = 16
+    min_tokens: int = 0
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    allowed_token_ids: list[int] | None = None
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    detokenize: bool = True
+    constraint: TokenConstraint | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = [s for s in (self.stop or []) if s]
+        if self.top_k == -1:
+            self.top_k = 0
+        self.logit_bias = {int(k): float(v) for k, v in (self.logit_bias or {}).items()}
+        self.validate()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < 1e-5
+
+    def validate(self, vocab_size: int | None = None) -> None:
+        """Raise InvalidRequestError naming the first bad field."""
+
+        def bad(param: str, message: str) -> None:
+            raise InvalidRequestError(f"{param} {message}", param=param)
+
+        if not isinstance(self.n, int) or self.n < 1:
+            bad("n", f"must be at least 1, got {self.n}")
+        if self.n > 128:
+            bad("n", f"must be at most 128, got {self.n}")
+        if self.temperature < 0:
+            bad("temperature", f"must be non-negative, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            bad("top_p", f"must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            bad("top_k", f"must be -1 (disable), 0 (disable) or at least 1, got {self.top_k}")
+        if not 0 <= self.min_p <= 1:
+            bad("min_p", f"must be in [0, 1], got {self.min_p}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not -2 <= value <= 2:
+                bad(name, f"must be in [-2, 2], got {value}")
+        if not 0 < self.repetition_penalty <= 2:
+            bad("repetition_penalty", f"must be in (0, 2], got {self.repetition_penalty}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            bad("max_tokens", f"must be at least 1, got {self.max_tokens}")
+        if self.min_tokens < 0:
+            bad("min_tokens", f"must be non-negative, got {self.min_tokens}")
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            bad("min_tokens", f"must be at most max_tokens={self.max_tokens}, got {self.min_tokens}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= _MAX_LOGPROBS:
+                bad(name, f"must be in [0, {_MAX_LOGPROBS}], got {value}")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:
+            bad("seed", "is out of range")
+        for token, bias in self.logit_bias.items():
+            if not -100 <= bias <= 100:
+                bad("logit_bias", f"values must be in [-100, 100], got {bias} for token {token}")
+        if vocab_size is not None:
+            ids = list(self.logit_bias) + list(self.stop_token_ids) + list(self.allowed_token_ids or [])
+            for token in ids:
+                if not 0 <= token < vocab_size:
+                    bad("logit_bias", f"token id {token} is out of vocabulary (size {vocab_size})")
+        if self.allowed_token_ids is not None and not self.allowed_token_ids:
+            bad("allowed_token_ids", "must not be empty")

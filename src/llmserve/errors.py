@@ -1,0 +1,72 @@
+"""Error types and their HTTP status, in one place.
+
+Every protocol maps these to its own error body shape; the status code is shared.
+"""
+
+from __future__ import annotations
+
+
+class LLMServeError(Exception):
+    """Base class for errors a user can act on. ``status`` is the HTTP status to answer with."""
+
+    status = 500
+    type = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class ConfigError(LLMServeError):
+    """An invalid configuration value, reported before anything is loaded."""
+
+    status = 400
+    type = "config_error"
+
+
+class PluginError(LLMServeError):
+    """A plugin failed to load, or two plugins registered the same name."""
+
+    type = "plugin_error"
+
+
+class ModelNotFoundError(LLMServeError):
+    """A model id, path or alias that cannot be resolved to files."""
+
+    status = 404
+    type = "NotFoundError"
+
+
+class InvalidRequestError(LLMServeError):
+    """A request that is malformed or violates a limit (400)."""
+
+    status = 400
+    type = "BadRequestError"
+
+
+class UnsupportedError(InvalidRequestError):
+    """A request asking for something this server or model does not support (400)."""
+
+
+class PayloadTooLargeError(LLMServeError):
+    status = 413
+    type = "PayloadTooLargeError"
+
+
+class UnauthorizedError(LLMServeError):
+    status = 401
+    type = "AuthenticationError"
+
+
+class OverloadedError(LLMServeError):
+    """The server is at capacity (waiting queue full) or asleep."""
+
+    status = 503
+    type = "ServiceUnavailableError"
+
+
+class EngineDeadError(LLMServeError):
+    status = 503
+    type = "EngineDeadError"
