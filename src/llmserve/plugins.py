@@ -88,7 +88,11 @@ class Plugins:
         """Load built-ins, then entry points, then ``extra`` (name, object) pairs; check hooks."""
         for path in DEFAULT_PLUGINS:
             if self._wanted(path):
-                self.register(importlib.import_module(path), path)
+                try:
+                    module = importlib.import_module(path)
+                except ImportError as exc:
+                    raise PluginError(f"built-in plugin {path!r} failed to import: {exc}") from exc
+                self.register(module, path)
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             if not self._wanted(ep.name):
                 continue

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from llmserve.errors import LLMServeError
+
 if TYPE_CHECKING:
     from llmserve.config import Config
     from llmserve.engine.sampling import SamplingParams
@@ -129,6 +131,12 @@ class Backend(ABC):
     def __init__(self, config: Config) -> None:
         self.config = config
 
+    @classmethod
+    def check_available(cls, config: Config) -> None:
+        """Raise BackendUnavailable, with what to do instead, when this backend cannot run here.
+
+        Called before any model is loaded, so a missing device fails fast."""
+
     @abstractmethod
     def load_model(self, model_dir: str) -> ModelInfo:
         """Load a causal LM from an HF-style directory (config.json + safetensors)."""
@@ -157,5 +165,8 @@ class Backend(ABC):
         """Release devices and memory."""
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(LLMServeError):
     """The backend cannot run here (no such device, missing dependency)."""
+
+    status = 503
+    type = "BackendUnavailable"

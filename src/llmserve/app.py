@@ -1,0 +1,134 @@
+"""create_app(config): the Quart app, assembled from protocol plugins and nothing else."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import uuid
+
+from quart import Quart, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from llmserve.errors import LLMServeError, UnauthorizedError
+from llmserve.plugins import Plugins, load_plugins
+from llmserve.state import ServerState
+
+log = logging.getLogger("llmserve")
+
+# Reachable without an API key: probes, metrics scrapes and the API docs.
+OPEN_PATHS = frozenset({"/health", "/ping", "/version", "/metrics", "/docs", "/openapi.json"})
+
+
+def error_response(status: int, message: str, type_: str, param: str | None = None, code=None) -> Response:
+    """OpenAI's error shape, used by every built-in protocol unless it has its own."""
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code if code is not None else status}}
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def create_app(config, state: ServerState | None = None, plugins: Plugins | None = None) -> Quart:
+    """Build the app: middleware, error mapping, and the blueprints of every protocol plugin whose
+    capabilities the served models provide. ``state`` defaults to one with no models loaded."""
+    plugins = plugins or (state.plugins if state else load_plugins())
+    state = state or ServerState(config=config, plugins=plugins)
+    app = Quart("llmserve")
+    app.config["MAX_CONTENT_LENGTH"] = config.max_request_body_bytes
+    app.config["JSON_SORT_KEYS"] = False
+    app.extensions["llmserve"] = state
+    mounted = []
+    for reg in plugins.protocols().values():
+        needs = frozenset(reg.extra.get("capabilities", ()))
+        if not needs <= state.capabilities:
+            continue
+        blueprint = reg.obj() if callable(reg.obj) and not hasattr(reg.obj, "register") else reg.obj
+        app.register_blueprint(blueprint)
+        mounted.append(reg.name)
+    state.extras["protocols"] = mounted
+    _install_middleware(app, config)
+    _install_error_handlers(app)
+
+    @app.before_serving
+    async def _start() -> None:
+        if state.engine is not None:
+            await state.engine.start()
+        plugins.startup(state)
+
+    @app.after_serving
+    async def _stop() -> None:
+        plugins.shutdown(state, log=log.error)
+        if state.engine is not None:
+            await state.engine.stop()
+
+    return app
+
+
+def _install_middleware(app: Quart, config) -> None:
+    api_key = config.api_key.encode() if config.api_key else None
+    origins = list(config.allowed_origins or [])
+
+    @app.before_request
+    async def _auth():
+        if request.method == "OPTIONS":
+            return _preflight()
+        if api_key is None or request.path in OPEN_PATHS:
+            return None
+        header = request.headers.get("Authorization", "")
+        token = header[7:].encode() if header.lower().startswith("bearer ") else b""
+        if not hmac.compare_digest(token, api_key):
+            err = UnauthorizedError("Invalid or missing API key (expected 'Authorization: Bearer <key>').")
+            return error_response(401, err.message, err.type)
+        return None
+
+    def _allowed_origin() -> str | None:
+        origin = request.headers.get("Origin")
+        if not origin:
+            return None
+        if "*" in origins:
+            return "*"
+        return origin if origin in origins else None
+
+    def _preflight() -> Response:
+        response = Response("", status=204)
+        allowed = _allowed_origin()
+        if allowed:
+            response.headers["Access-Control-Allow-Origin"] = allowed
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = request.headers.get(
+                "Access-Control-Request-Headers", "Authorization, Content-Type"
+            )
+            response.headers["Access-Control-Max-Age"] = "600"
+        return response
+
+    @app.after_request
+    async def _headers(response: Response) -> Response:
+        allowed = _allowed_origin()
+        if allowed:
+            response.headers["Access-Control-Allow-Origin"] = allowed
+            if allowed != "*":
+                response.headers["Vary"] = "Origin"
+        if config.enable_request_id_headers:
+            response.headers["X-Request-Id"] = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        return response
+
+
+def _install_error_handlers(app: Quart) -> None:
+    @app.errorhandler(LLMServeError)
+    async def _known(exc: LLMServeError):
+        return error_response(exc.status, exc.message, exc.type, exc.param, exc.code)
+
+    @app.errorhandler(HTTPException)
+    async def _http(exc: HTTPException):
+        status = exc.code or 500
+        if status == 413:
+            message = "Request body too large."
+        elif status == 404:
+            message = f"Not found: {request.path}"
+        else:
+            message = exc.description or exc.name
+        return error_response(status, message, exc.name.replace(" ", "") + "Error")
+
+    @app.errorhandler(Exception)
+    async def _unexpected(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, f"Internal server error: {type(exc).__name__}", "InternalServerError")

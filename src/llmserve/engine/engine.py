@@ -1,0 +1,154 @@
+"""The synchronous engine core: schedule -> execute -> postprocess, one step at a time."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from llmserve.backends.base import Backend, ModelInfo, TokenLogprob
+from llmserve.engine.kv_cache import BlockManager
+from llmserve.engine.request import Request, Sequence
+from llmserve.engine.sampling import SamplingParams
+from llmserve.engine.scheduler import Scheduler, SchedulerConfig
+from llmserve.errors import ConfigError, InvalidRequestError
+
+log = logging.getLogger("llmserve.engine")
+
+
+@dataclass(slots=True)
+class SeqEvent:
+    """What happened to one sequence in one step (sent from the step thread to the API side)."""
+
+    request_id: str
+    index: int
+    token_id: int | None
+    logprobs: tuple[TokenLogprob, list[TokenLogprob]] | None
+    finish_reason: str | None
+    stop_reason: int | str | None
+    num_output_tokens: int
+    num_cached_tokens: int
+    prompt_logprobs: list | None = None
+
+
+@dataclass(slots=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    num_free_blocks: int
+    num_total_blocks: int
+    kv_cache_usage: float
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+
+
+class LLMEngine:
+    """Owns the scheduler and the KV block pool; the backend owns the math."""
+
+    def __init__(self, backend: Backend, model_dir: str, config) -> None:
+        self.backend = backend
+        self.config = config
+        info: ModelInfo = backend.load_model(model_dir)
+        self.model_info = info
+        if config.max_model_len and config.max_model_len > info.max_model_len:
+            raise ConfigError(
+                f"--max-model-len {config.max_model_len} exceeds the model's context length {info.max_model_len}"
+            )
+        self.max_model_len = config.max_model_len or info.max_model_len
+        block_size = config.block_size
+        per_block = info.kv_bytes_per_token() * block_size
+        budget = backend.kv_cache_budget_bytes(info)
+        self.num_blocks = budget // per_block
+        needed = -(-self.max_model_len // block_size)
+        if self.num_blocks < needed:
+            raise ConfigError(
+                f"KV cache budget of {budget / 2**30:.2f} GiB holds {self.num_blocks * block_size} tokens, "
+                f"less than --max-model-len {self.max_model_len}; raise the budget or lower --max-model-len"
+            )
+        backend.allocate_kv_cache(self.num_blocks, block_size)
+        self.blocks = BlockManager(self.num_blocks, block_size, config.enable_prefix_caching)
+        sched_config = SchedulerConfig(
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=max(config.max_num_batched_tokens, 1),
+            max_model_len=self.max_model_len,
+            block_size=block_size,
+        )
+        self.scheduler = Scheduler(sched_config, self.blocks, info.eos_token_ids)
+        self._prompt_logprobs: dict[str, list] = {}
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.num_blocks * self.config.block_size
+
+    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Reject what can never run, with a message naming the numbers."""
+        if not prompt_token_ids:
+            raise InvalidRequestError("The prompt is empty; at least one token is required.", param="prompt")
+        vocab = self.model_info.vocab_size
+        bad = next((t for t in prompt_token_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequestError(f"Token id {bad} is out of vocabulary (size {vocab}).", param="prompt")
+        params.validate(vocab)
+        prompt_len = len(prompt_token_ids)
+        max_tokens = params.max_tokens or 0
+        if prompt_len + max_tokens > self.max_model_len or prompt_len >= self.max_model_len:
+            raise InvalidRequestError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{prompt_len + max_tokens} tokens ({prompt_len} in the messages, {max_tokens} in the completion). "
+                "Please reduce the length of the messages or completion.",
+                param="max_tokens" if max_tokens else "prompt",
+            )
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        if params.max_tokens is None:
+            params.max_tokens = self.max_model_len - len(prompt_token_ids)
+        self.scheduler.add_request(Request.create(request_id, list(prompt_token_ids), params))
+
+    def abort(self, request_id: str, finish_reason: str = "abort") -> list[Sequence]:
+        self._prompt_logprobs.pop(request_id, None)
+        return self.scheduler.abort_request(request_id, finish_reason)
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[SeqEvent]:
+        """Run one step; return an event for every sequence that produced a token or finished."""
+        out = self.scheduler.schedule()
+        if out.is_empty:
+            return []
+        batch = self.scheduler.make_batch(out)
+        results = self.backend.execute(batch)
+        by_seq = {res.seq_id: res for res in results}
+        for chunk in out.chunks:
+            res = by_seq.get(chunk.seq.seq_id)
+            if res is not None and res.prompt_logprobs is not None:
+                self._prompt_logprobs.setdefault(chunk.seq.request_id, []).extend(res.prompt_logprobs)
+        changed = self.scheduler.update(out, results)
+        events = []
+        for seq in changed:
+            res = by_seq.get(seq.seq_id)
+            token = res.token_id if res is not None else None
+            logprobs = None
+            if token is not None and seq.params.logprobs is not None:
+                logprobs = (TokenLogprob(token, res.logprob, res.rank or 1), res.top_logprobs or [])
+            prompt_lp = None
+            if seq.index == 0 and seq.params.prompt_logprobs is not None and token is not None:
+                prompt_lp = self._prompt_logprobs.pop(seq.request_id, None)
+            events.append(
+                SeqEvent(
+                    seq.request_id, seq.index, token, logprobs, seq.finish_reason, seq.stop_reason,
+                    len(seq.output_token_ids), seq.num_cached_tokens, prompt_lp,
+                )
+            )  # fmt: skip
+        return events
+
+    def stats(self) -> EngineStats:
+        blocks = self.blocks
+        return EngineStats(
+            num_running=self.scheduler.num_running,
+            num_waiting=self.scheduler.num_waiting,
+            num_free_blocks=blocks.num_free_blocks,
+            num_total_blocks=self.num_blocks,
+            kv_cache_usage=blocks.usage,
+            prefix_cache_queries=blocks.prefix_cache_queries,
+            prefix_cache_hits=blocks.prefix_cache_hits,
+        )

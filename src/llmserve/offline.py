@@ -1,0 +1,76 @@
+"""Offline inference: ``LLM(model).generate(prompts, SamplingParams(...))`` like vLLM's."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Sequence
+
+from llmserve.engine.outputs import CompletionOutput, RequestOutput
+from llmserve.engine.sampling import SamplingParams
+
+
+class LLM:
+    """Load a model once and run batches of prompts through the same engine the server uses."""
+
+    def __init__(self, model: str | None = None, *, backend: str = "auto", **options) -> None:
+        from llmserve.config import build_config
+        from llmserve.engine.async_engine import AsyncEngine
+        from llmserve.models.resolve import resolve_model
+        from llmserve.server import check_config, resolve_backend_name
+
+        self.config = build_config(model=model, backend=backend, embedding_model="none", **options)
+        plugins = check_config(self.config)
+        backend_obj = plugins.backends()[resolve_backend_name(self.config)].obj(self.config)
+        resolved = resolve_model(model)
+        self.model_name = resolved.name
+        self.engine = AsyncEngine.create(self.config, backend_obj, str(resolved.path), resolved.name)
+        self.tokenizer = self.engine.tokenizer
+        self._ids = itertools.count()
+
+    def generate(
+        self,
+        prompts: str | Sequence[str] | Sequence[Sequence[int]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> list[RequestOutput]:
+        """Generate for every prompt (text or token ids); outputs hold full texts, in prompt order."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        token_lists = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
+        if sampling_params is None or isinstance(sampling_params, SamplingParams):
+            sampling_params = [sampling_params or SamplingParams()] * len(token_lists)
+        if len(sampling_params) != len(token_lists):
+            raise ValueError("one SamplingParams per prompt, or a single one for all")
+        return asyncio.run(self._run(token_lists, sampling_params))
+
+    async def _run(self, token_lists, params_list) -> list[RequestOutput]:
+        await self.engine.start()
+        try:
+            tasks = [self._one(ids, _copy(params)) for ids, params in zip(token_lists, params_list)]
+            return list(await asyncio.gather(*tasks))
+        finally:
+            await self.engine.stop()
+
+    async def _one(self, prompt_ids: list[int], params: SamplingParams) -> RequestOutput:
+        request_id = f"offline-{next(self._ids)}"
+        choices = [CompletionOutput(index=i) for i in range(params.n)]
+        final = RequestOutput(request_id, prompt_ids, choices, finished=True)
+        async for out in self.engine.generate(request_id, prompt_ids, params):
+            if out.prompt_logprobs is not None:
+                final.prompt_logprobs = out.prompt_logprobs
+            final.num_cached_tokens = max(final.num_cached_tokens, out.num_cached_tokens)
+            for delta in out.outputs:
+                choice = choices[delta.index]
+                choice.text += delta.text
+                choice.token_ids.extend(delta.token_ids)
+                if delta.logprobs:
+                    choice.logprobs = (choice.logprobs or []) + delta.logprobs
+                choice.finish_reason, choice.stop_reason = delta.finish_reason, delta.stop_reason
+                choice.num_output_tokens = delta.num_output_tokens
+        return final
+
+
+def _copy(params: SamplingParams) -> SamplingParams:
+    from dataclasses import replace
+
+    return replace(params)

@@ -1,0 +1,81 @@
+"""Shared fixtures: the real models (pulled once into the cache) and a real server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from llmserve.models import packs
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    return packs.ensure_model("smollm2")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    return packs.ensure_model("minilm")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """`llmserve serve` in a subprocess on a free port; stopped with SIGINT."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, timeout: float = 180) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "llmserve", "serve", *args, "--port", str(self.port)]
+        self.log = open(Path(os.environ.get("PYTEST_TMPDIR", "/tmp")) / f"llmserve-{self.port}.log", "w+")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"server did not start in {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self, sig: int = 2, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def server(smollm2_dir, minilm_dir):
+    """A real server with the default models; yields its base URL."""
+    proc = ServerProcess("--max-model-len", "2048")
+    try:
+        yield proc.url
+    finally:
+        proc.stop()
