@@ -1,0 +1,292 @@
+"""The plugin core: discovery through entry points, registries, errors, and hook coverage."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from quart import Blueprint
+
+from llmserve import hookimpl, hookspecs
+from llmserve.app import create_app
+from llmserve.config import build_config
+from llmserve.errors import PluginError
+from llmserve.plugins import DEFAULT_PLUGINS, Plugins
+
+DEMO_MODULE = '''
+"""A third-party llmserve plugin used by the test suite."""
+import os
+
+from quart import Blueprint, jsonify
+
+from llmserve import hookimpl
+from llmserve.backends.base import Backend
+from llmserve.parsers.base import ReasoningParser, ToolParser
+
+CALLS = os.environ.get("DEMO_CALLS_FILE")
+
+
+def _called(name):
+    if CALLS:
+        with open(CALLS, "a") as fh:
+            fh.write(name + "\\n")
+
+
+class DemoBackend(Backend):
+    name = "demo"
+
+    def load_model(self, model_dir):
+        raise NotImplementedError
+
+    def kv_cache_budget_bytes(self, info):
+        return 0
+
+    def allocate_kv_cache(self, num_blocks, block_size):
+        pass
+
+    def execute(self, batch):
+        return []
+
+
+class DemoToolParser(ToolParser):
+    pass
+
+
+class DemoReasoningParser(ReasoningParser):
+    pass
+
+
+def make_blueprint():
+    bp = Blueprint("demo", __name__)
+
+    @bp.get("/demo/ping")
+    async def ping():
+        return jsonify({"demo": "pong"})
+
+    return bp
+
+
+@hookimpl
+def llmserve_backends(register):
+    _called("llmserve_backends")
+    register("demo", DemoBackend)
+
+
+@hookimpl
+def llmserve_tool_parsers(register):
+    _called("llmserve_tool_parsers")
+    register("demo", DemoToolParser)
+
+
+@hookimpl
+def llmserve_reasoning_parsers(register):
+    _called("llmserve_reasoning_parsers")
+    register("demo", DemoReasoningParser)
+
+
+@hookimpl
+def llmserve_protocols(register):
+    _called("llmserve_protocols")
+    register("demo", make_blueprint)
+
+
+@hookimpl
+def llmserve_cli(app):
+    _called("llmserve_cli")
+
+    @app.command("demo-hello")
+    def hello():
+        print("hello from demo")
+
+
+@hookimpl
+def llmserve_startup(state):
+    _called("llmserve_startup")
+
+
+@hookimpl
+def llmserve_shutdown(state):
+    _called("llmserve_shutdown")
+'''
+
+DEMO_PYPROJECT = """
+[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "llmserve-demo-plugin"
+version = "0.3.1"
+
+[project.entry-points.llmserve]
+demo = "llmserve_demo_plugin"
+"""
+
+CHECK_SCRIPT = """
+import asyncio, json
+from llmserve.app import create_app
+from llmserve.config import build_config
+from llmserve.server import check_config
+
+config = build_config(backend="demo", tool_call_parser="demo", reasoning_parser="demo",
+                      enable_auto_tool_choice=True)
+plugins = check_config(config)
+app = create_app(config, plugins=plugins)
+
+async def main():
+    async with app.test_app() as test_app:
+        response = await test_app.test_client().get("/demo/ping")
+        return response.status_code, await response.get_json()
+
+status, body = asyncio.run(main())
+print(json.dumps({"status": status, "body": body, "protocols": sorted(plugins.protocols()),
+                  "backends": sorted(plugins.backends())}))
+"""
+
+
+@pytest.fixture(scope="module")
+def demo_plugin(tmp_path_factory):
+    """Build and pip-install a throwaway plugin distribution; uninstall afterwards."""
+    root = tmp_path_factory.mktemp("demo-plugin")
+    (root / "pyproject.toml").write_text(DEMO_PYPROJECT)
+    (root / "llmserve_demo_plugin.py").write_text(DEMO_MODULE)
+    pip = [sys.executable, "-m", "pip"]
+    subprocess.run([*pip, "install", "-q", "--no-deps", "--no-build-isolation", str(root)], check=True)
+    try:
+        yield root
+    finally:
+        subprocess.run([*pip, "uninstall", "-q", "-y", "llmserve-demo-plugin"], check=True)
+
+
+def test_installed_plugin_is_discovered(demo_plugin, tmp_path):
+    calls = tmp_path / "calls.txt"
+    env = {"DEMO_CALLS_FILE": str(calls), "PATH": ""}
+    listed = subprocess.run(
+        [sys.executable, "-m", "llmserve", "plugins", "--json"], capture_output=True, text=True, check=True,
+        env={**_env(), **env},
+    )  # fmt: skip
+    rows = {row["name"]: row for row in json.loads(listed.stdout)}
+    demo = rows["demo"]
+    assert demo["distribution"] == "llmserve-demo-plugin" and demo["version"] == "0.3.1"
+    assert set(demo["registered"]) == {
+        "backend:demo", "tool parser:demo", "reasoning parser:demo", "protocol:demo",
+    }  # fmt: skip
+    assert "llmserve.backends.torch.plugin" in rows  # built-ins listed the same way
+
+    checked = subprocess.run(
+        [sys.executable, "-c", CHECK_SCRIPT], capture_output=True, text=True, env={**_env(), **env}
+    )
+    assert checked.returncode == 0, checked.stderr
+    result = json.loads(checked.stdout.strip().splitlines()[-1])
+    assert result["status"] == 200 and result["body"] == {"demo": "pong"}
+    assert "demo" in result["protocols"] and "demo" in result["backends"]
+
+    hello = subprocess.run(
+        [sys.executable, "-m", "llmserve", "demo-hello"], capture_output=True, text=True, env={**_env(), **env}
+    )
+    assert hello.returncode == 0 and "hello from demo" in hello.stdout
+
+    # Every hook in hookspecs.py was called on the third-party plugin at least once.
+    called = set(calls.read_text().split())
+    assert called >= set(hookspecs.hook_names()) - {"llmserve_startup", "llmserve_shutdown"}
+
+
+def test_blocklist_and_allowlist(demo_plugin):
+    blocked = Plugins({"LLMSERVE_DISABLE_PLUGINS": "demo"}).load()
+    assert "demo" not in blocked.backends() and "cpu" in blocked.backends()
+    only = Plugins({"LLMSERVE_PLUGINS": "demo"}).load()
+    assert set(only.backends()) == {"demo"}
+    assert not set(DEFAULT_PLUGINS) & set(only.info)
+
+
+class _BackendA:
+    @staticmethod
+    @hookimpl
+    def llmserve_backends(register):
+        register("shared-name", object)
+
+
+class _BackendB:
+    @staticmethod
+    @hookimpl
+    def llmserve_backends(register):
+        register("shared-name", object)
+
+
+def test_duplicate_name_names_both_plugins():
+    plugins = Plugins({"LLMSERVE_PLUGINS": "first,second"}).load([("first", _BackendA()), ("second", _BackendB())])
+    with pytest.raises(PluginError) as err:
+        plugins.backends()
+    assert "'first'" in err.value.message and "'second'" in err.value.message
+    assert "shared-name" in err.value.message
+
+
+class _Misspelled:
+    @staticmethod
+    @hookimpl
+    def llmserve_backend(register):  # missing the final "s"
+        pass
+
+
+def test_misspelled_hook_is_caught():
+    with pytest.raises(PluginError, match="llmserve_backend"):
+        Plugins({"LLMSERVE_PLUGINS": "typo"}).load([("typo", _Misspelled())])
+
+
+def test_every_hook_is_documented():
+    names = hookspecs.hook_names()
+    assert {"llmserve_backends", "llmserve_protocols", "llmserve_startup", "llmserve_shutdown"} <= set(names)
+    for name in names:
+        doc = inspect.getdoc(getattr(hookspecs, name)) or ""
+        assert len(doc) > 80, f"{name} needs a docstring saying when it is called and what it returns"
+        assert "called" in doc.lower() and "firstresult" in doc.lower(), name
+
+
+class _Lifecycle:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    @hookimpl
+    def llmserve_protocols(self, register):
+        bp = Blueprint("lifecycle", __name__)
+
+        @bp.get("/lifecycle")
+        async def route():
+            return {"ok": True}
+
+        register("lifecycle", bp, capabilities=frozenset())
+        register("needs-embed", lambda: Blueprint("never", __name__), capabilities=frozenset({"embed"}))
+
+    @hookimpl
+    def llmserve_startup(self, state):
+        self.events.append("startup")
+
+    @hookimpl
+    def llmserve_shutdown(self, state):
+        self.events.append("shutdown")
+        raise RuntimeError("a failing shutdown hook must not stop the others")
+
+
+async def test_startup_shutdown_and_capabilities():
+    plugin = _Lifecycle()
+    plugins = Plugins({"LLMSERVE_PLUGINS": "lifecycle"}).load([("lifecycle", plugin)])
+    app = create_app(build_config(), plugins=plugins)
+    assert app.extensions["llmserve"].extras["protocols"] == ["lifecycle"]  # needs-embed not mounted
+    async with app.test_app() as test_app:
+        assert plugin.events == ["startup"]
+        response = await test_app.test_client().get("/lifecycle")
+        assert response.status_code == 200
+        missing = await test_app.test_client().get("/nothing-here")
+        body = await missing.get_json()
+        assert missing.status_code == 404 and "message" in body["error"]
+    assert plugin.events == ["startup", "shutdown"]
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("LLMSERVE_")}
