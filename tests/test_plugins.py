@@ -6,7 +6,6 @@ import inspect
 import json
 import subprocess
 import sys
-import textwrap
 
 import pytest
 from quart import Blueprint
@@ -186,7 +185,10 @@ def test_installed_plugin_is_discovered(demo_plugin, tmp_path):
     assert "demo" in result["protocols"] and "demo" in result["backends"]
 
     hello = subprocess.run(
-        [sys.executable, "-m", "llmserve", "demo-hello"], capture_output=True, text=True, env={**_env(), **env}
+        [sys.executable, "-m", "llmserve", "demo-hello"],
+        capture_output=True,
+        text=True,
+        env={**_env(), **env},
     )
     assert hello.returncode == 0 and "hello from demo" in hello.stdout
 
@@ -218,7 +220,9 @@ class _BackendB:
 
 
 def test_duplicate_name_names_both_plugins():
-    plugins = Plugins({"LLMSERVE_PLUGINS": "first,second"}).load([("first", _BackendA()), ("second", _BackendB())])
+    plugins = Plugins({"LLMSERVE_PLUGINS": "first,second"}).load(
+        [("first", _BackendA()), ("second", _BackendB())]
+    )
     with pytest.raises(PluginError) as err:
         plugins.backends()
     assert "'first'" in err.value.message and "'second'" in err.value.message

@@ -21,7 +21,14 @@ OPEN_PATHS = frozenset({"/health", "/ping", "/version", "/metrics", "/docs", "/o
 
 def error_response(status: int, message: str, type_: str, param: str | None = None, code=None) -> Response:
     """OpenAI's error shape, used by every built-in protocol unless it has its own."""
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code if code is not None else status}}
+    body = {
+        "error": {
+            "message": message,
+            "type": type_,
+            "param": param,
+            "code": code if code is not None else status,
+        }
+    }
     response = jsonify(body)
     response.status_code = status
     return response

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Optional
 
 import typer
 
@@ -23,7 +22,7 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _list(values: Optional[list[str]]) -> Optional[list[str]]:
+def _list(values: list[str] | None) -> list[str] | None:
     """Accept repeated flags, comma-separated values or a JSON list (vLLM's --allowed-origins)."""
     if not values:
         return None
@@ -42,85 +41,106 @@ def _list(values: Optional[list[str]]) -> Optional[list[str]]:
 
 @app.command()
 def serve(
-    model: Optional[str] = typer.Argument(
-        None, help="Model: pack alias (smollm2), HF directory, .gguf file or HF hub id. Default: SmolLM2-135M-Instruct."
+    model: str | None = typer.Argument(
+        None,
+        help="Model: pack alias (smollm2), HF directory, .gguf file or HF hub id. Default: SmolLM2-135M-Instruct.",
     ),
-    host: Optional[str] = typer.Option(None, help="Address to bind (default 127.0.0.1).", rich_help_panel=_SRV),
-    port: Optional[int] = typer.Option(None, help="Port to listen on (default 8000).", rich_help_panel=_SRV),
-    api_key: Optional[str] = typer.Option(
+    host: str | None = typer.Option(None, help="Address to bind (default 127.0.0.1).", rich_help_panel=_SRV),
+    port: int | None = typer.Option(None, help="Port to listen on (default 8000).", rich_help_panel=_SRV),
+    api_key: str | None = typer.Option(
         None, help="Require 'Authorization: Bearer KEY' on API routes.", rich_help_panel=_SRV
     ),
-    served_model_name: Optional[list[str]] = typer.Option(
-        None, help="Name(s) the model answers to (repeat or comma-separate); the first is reported.", rich_help_panel=_SRV
+    served_model_name: list[str] | None = typer.Option(
+        None,
+        help="Name(s) the model answers to (repeat or comma-separate); the first is reported.",
+        rich_help_panel=_SRV,
     ),
-    allowed_origins: Optional[list[str]] = typer.Option(
+    allowed_origins: list[str] | None = typer.Option(
         None, help='CORS origins allowed (JSON list or comma-separated; default ["*"]).', rich_help_panel=_SRV
     ),
-    enable_request_id_headers: Optional[bool] = typer.Option(
+    enable_request_id_headers: bool | None = typer.Option(
         None, "--enable-request-id-headers", help="Echo X-Request-Id on responses.", rich_help_panel=_SRV
     ),
-    embedding_model: Optional[str] = typer.Option(
-        None, help="Embedding model for embeddings/score/rerank (default all-MiniLM-L6-v2; 'none' to disable)."
+    embedding_model: str | None = typer.Option(
+        None,
+        help="Embedding model for embeddings/score/rerank (default all-MiniLM-L6-v2; 'none' to disable).",
     ),
-    backend: Optional[str] = typer.Option(
+    backend: str | None = typer.Option(
         None, help="Model backend: auto (cuda if available, else cpu), cpu, cuda, jax, tpu, or a plugin's."
     ),
-    dtype: Optional[str] = typer.Option(None, help="Weights/activations dtype: auto, bfloat16, float16, float32."),
-    max_model_len: Optional[int] = typer.Option(
+    dtype: str | None = typer.Option(
+        None, help="Weights/activations dtype: auto, bfloat16, float16, float32."
+    ),
+    max_model_len: int | None = typer.Option(
         None, help="Context length (prompt + output); default: the model's.", rich_help_panel=_KV
     ),
-    max_num_seqs: Optional[int] = typer.Option(
+    max_num_seqs: int | None = typer.Option(
         None, help="Most sequences in one engine step (default 128).", rich_help_panel=_KV
     ),
-    max_num_batched_tokens: Optional[int] = typer.Option(
-        None, help="Token budget of one engine step; long prompts are prefilled in chunks (default 2048).",
+    max_num_batched_tokens: int | None = typer.Option(
+        None,
+        help="Token budget of one engine step; long prompts are prefilled in chunks (default 2048).",
         rich_help_panel=_KV,
     ),
-    block_size: Optional[int] = typer.Option(
+    block_size: int | None = typer.Option(
         None, help="Tokens per KV cache block, a power of two (default 16).", rich_help_panel=_KV
     ),
-    gpu_memory_utilization: Optional[float] = typer.Option(
+    gpu_memory_utilization: float | None = typer.Option(
         None, help="Fraction of GPU memory for weights + KV cache (default 0.9).", rich_help_panel=_KV
     ),
-    kv_cache_space: Optional[float] = typer.Option(
-        None, help="KV cache budget in GiB on CPU backends (default 4; vLLM's VLLM_CPU_KVCACHE_SPACE).",
+    kv_cache_space: float | None = typer.Option(
+        None,
+        help="KV cache budget in GiB on CPU backends (default 4; vLLM's VLLM_CPU_KVCACHE_SPACE).",
         rich_help_panel=_KV,
     ),
-    enable_prefix_caching: Optional[bool] = typer.Option(
-        None, "--enable-prefix-caching/--no-enable-prefix-caching", help="Reuse KV blocks of shared prefixes (default on).",
+    enable_prefix_caching: bool | None = typer.Option(
+        None,
+        "--enable-prefix-caching/--no-enable-prefix-caching",
+        help="Reuse KV blocks of shared prefixes (default on).",
         rich_help_panel=_KV,
     ),
-    seed: Optional[int] = typer.Option(None, help="Seed for unseeded sampling (default 0).", rich_help_panel=_KV),
-    tensor_parallel_size: Optional[int] = typer.Option(
-        None, "--tensor-parallel-size", "-tp", help="Devices/ranks to shard the model over (default 1).",
+    seed: int | None = typer.Option(
+        None, help="Seed for unseeded sampling (default 0).", rich_help_panel=_KV
+    ),
+    tensor_parallel_size: int | None = typer.Option(
+        None,
+        "--tensor-parallel-size",
+        "-tp",
+        help="Devices/ranks to shard the model over (default 1).",
         rich_help_panel=_KV,
     ),
-    enforce_eager: Optional[bool] = typer.Option(
+    enforce_eager: bool | None = typer.Option(
         None, "--enforce-eager", help="Disable CUDA graphs.", rich_help_panel=_KV
     ),
-    chat_template: Optional[str] = typer.Option(
+    chat_template: str | None = typer.Option(
         None, help="Chat template: a file path or an inline Jinja string.", rich_help_panel=_CHAT
     ),
-    chat_template_content_format: Optional[str] = typer.Option(
+    chat_template_content_format: str | None = typer.Option(
         None, help="How message content reaches the template: auto, string or openai.", rich_help_panel=_CHAT
     ),
-    generation_config: Optional[str] = typer.Option(
-        None, help="'auto' applies the model's generation_config.json defaults, 'vllm' ignores them, or a folder.",
+    generation_config: str | None = typer.Option(
+        None,
+        help="'auto' applies the model's generation_config.json defaults, 'vllm' ignores them, or a folder.",
         rich_help_panel=_CHAT,
     ),
-    enable_auto_tool_choice: Optional[bool] = typer.Option(
-        None, "--enable-auto-tool-choice", help="Let the model call tools (tool_choice 'auto').", rich_help_panel=_CHAT
+    enable_auto_tool_choice: bool | None = typer.Option(
+        None,
+        "--enable-auto-tool-choice",
+        help="Let the model call tools (tool_choice 'auto').",
+        rich_help_panel=_CHAT,
     ),
-    tool_call_parser: Optional[str] = typer.Option(
+    tool_call_parser: str | None = typer.Option(
         None, help="Tool-call parser by name (see `llmserve plugins`).", rich_help_panel=_CHAT
     ),
-    reasoning_parser: Optional[str] = typer.Option(
+    reasoning_parser: str | None = typer.Option(
         None, help="Reasoning parser by name (see `llmserve plugins`).", rich_help_panel=_CHAT
     ),
-    max_request_body_bytes: Optional[int] = typer.Option(
-        None, help="Largest accepted request body; larger ones get 413 (default 32 MiB).", rich_help_panel=_SRV
+    max_request_body_bytes: int | None = typer.Option(
+        None,
+        help="Largest accepted request body; larger ones get 413 (default 32 MiB).",
+        rich_help_panel=_SRV,
     ),
-    log_level: Optional[str] = typer.Option(None, help="debug, info, warning, error or critical."),
+    log_level: str | None = typer.Option(None, help="debug, info, warning, error or critical."),
 ) -> None:
     """Serve MODEL over HTTP with the OpenAI, vLLM and other protocol plugins."""
     given = dict(locals())

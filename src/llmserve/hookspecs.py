@@ -7,7 +7,8 @@ registries, records which plugin registered each name and rejects duplicates.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
 

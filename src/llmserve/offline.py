@@ -46,7 +46,9 @@ class LLM:
     async def _run(self, token_lists, params_list) -> list[RequestOutput]:
         await self.engine.start()
         try:
-            tasks = [self._one(ids, _copy(params)) for ids, params in zip(token_lists, params_list)]
+            tasks = [
+                self._one(ids, _copy(params)) for ids, params in zip(token_lists, params_list, strict=False)
+            ]
             return list(await asyncio.gather(*tasks))
         finally:
             await self.engine.stop()

@@ -35,13 +35,17 @@ def check_config(config: Config, plugins: Plugins | None = None) -> Plugins:
     backends = plugins.backends()
     name = resolve_backend_name(config)
     if name not in backends:
-        raise ConfigError(f"--backend: unknown backend {name!r}; available: {', '.join(sorted(backends)) or 'none'}")
+        raise ConfigError(
+            f"--backend: unknown backend {name!r}; available: {', '.join(sorted(backends)) or 'none'}"
+        )
     for flag, value, registry in (
         ("--tool-call-parser", config.tool_call_parser, plugins.tool_parsers()),
         ("--reasoning-parser", config.reasoning_parser, plugins.reasoning_parsers()),
     ):
         if value and value not in registry:
-            raise ConfigError(f"{flag}: unknown parser {value!r}; available: {', '.join(sorted(registry)) or 'none'}")
+            raise ConfigError(
+                f"{flag}: unknown parser {value!r}; available: {', '.join(sorted(registry)) or 'none'}"
+            )
     template = config.chat_template
     if template and "{" not in template and not Path(template).is_file():
         raise ConfigError(f"--chat-template: {template} is neither a file nor an inline Jinja template")
@@ -91,7 +95,9 @@ def _load_embedder(state: ServerState, backend, path: Path, names: list[str]) ->
 
 def run_server(config: Config, plugins: Plugins) -> int:
     """Load everything, serve until SIGINT/SIGTERM, and return the exit code."""
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     state = build_state(config, plugins)
     from llmserve.app import create_app
 
@@ -105,7 +111,12 @@ def run_server(config: Config, plugins: Plugins) -> int:
             engine.max_model_len, engine.kv_capacity_tokens, engine.num_blocks, config.block_size,
         )  # fmt: skip
     if state.embedder is not None:
-        log.info("embedding model %s (%s), dim %d", state.embedding_model_name, state.embedding_model_path, state.embedder.dim)
+        log.info(
+            "embedding model %s (%s), dim %d",
+            state.embedding_model_name,
+            state.embedding_model_path,
+            state.embedder.dim,
+        )
     log.info("protocols: %s", ", ".join(state.extras.get("protocols", [])))
     log.info("serving on %s", url)
     asyncio.run(_serve(app, config))

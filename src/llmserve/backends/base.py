@@ -132,7 +132,7 @@ class Backend(ABC):
         self.config = config
 
     @classmethod
-    def check_available(cls, config: Config) -> None:
+    def check_available(cls, config: Config) -> None:  # noqa: B027 - optional hook
         """Raise BackendUnavailable, with what to do instead, when this backend cannot run here.
 
         Called before any model is loaded, so a missing device fails fast."""

@@ -4,4 +4,97 @@ from __future__ import annotations
 
 import typer
 
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; results go to docs/PERFORMANCE.md by hand.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; record results in docs/PERFORMANCE.md.")
+
+
+@bench_app.command()
+def throughput(
+    model: str | None = typer.Option(None, help="Model (default: SmolLM2-135M-Instruct)."),
+    num_prompts: int = typer.Option(64, help="Number of requests."),
+    input_len: int = typer.Option(128, help="Prompt tokens per request (random ids)."),
+    output_len: int = typer.Option(128, help="Output tokens per request (ignore_eos)."),
+    dtype: str = typer.Option("bfloat16", help="Run dtype for both engines."),
+    max_num_seqs: int = typer.Option(128, help="llmserve --max-num-seqs."),
+    max_num_batched_tokens: int = typer.Option(2048, help="llmserve --max-num-batched-tokens."),
+    hf_batch_size: int = typer.Option(8, help="transformers static batch size (0 skips the comparison)."),
+    prefix_len: int = typer.Option(0, help="Also measure TTFT of a request sharing a prefix this long."),
+) -> None:
+    """Run N requests through the engine, then the same workload through transformers generate."""
+    import torch
+
+    from llmserve.bench.throughput import (
+        count_params,
+        matmul_peak_flops,
+        prefix_ttft,
+        random_prompts,
+        run_llmserve,
+        run_transformers,
+    )
+    from llmserve.offline import LLM
+
+    llm = LLM(
+        model,
+        backend="cpu",
+        dtype=dtype,
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
+    )
+    prompts = random_prompts(llm.tokenizer, num_prompts, input_len)
+    ours = run_llmserve(llm, prompts, output_len)
+    path = llm.engine.engine.model_dir
+    params = count_params(path)
+    peak = matmul_peak_flops(getattr(torch, dtype))
+    achieved = 2 * params * ours.tok_s
+    typer.echo(f"workload: {num_prompts} requests x {input_len} prompt / {output_len} output tokens, {dtype}, "
+               f"{torch.get_num_threads()} threads, model {llm.model_name}")  # fmt: skip
+    typer.echo(
+        f"llmserve: {ours.output_tokens} tokens in {ours.seconds:.2f} s = {ours.tok_s:.1f} output tok/s"
+    )
+    typer.echo(
+        f"roofline: {params / 1e6:.1f} M params, 2*params*tok/s = {achieved / 1e9:.1f} GFLOP/s of "
+        f"{peak / 1e9:.1f} GFLOP/s measured {dtype} matmul peak ({100 * achieved / peak:.0f}%)"
+    )
+    if prefix_len:
+        first, second = prefix_ttft(llm, llm.tokenizer, prefix_len)
+        typer.echo(
+            f"prefix caching: TTFT {first * 1000:.0f} ms cold, {second * 1000:.0f} ms with a shared "
+            f"{prefix_len}-token prefix ({100 * second / first:.0f}%)"
+        )
+    if hf_batch_size:
+        del llm
+        ref = run_transformers(path, prompts, output_len, hf_batch_size, getattr(torch, dtype))
+        typer.echo(
+            f"{ref.name}: {ref.output_tokens} tokens in {ref.seconds:.2f} s = {ref.tok_s:.1f} output tok/s"
+        )
+        typer.echo(f"ratio llmserve / transformers: {ours.tok_s / ref.tok_s:.2f}x")
+
+
+@bench_app.command("serve")
+def serve_bench(
+    base_url: str = typer.Option("http://127.0.0.1:8000", help="Server to benchmark (OpenAI-compatible)."),
+    model: str = typer.Option(..., help="Model name to send."),
+    num_prompts: int = typer.Option(64, help="Number of requests."),
+    input_len: int = typer.Option(128, help="Prompt length in (approximate) tokens."),
+    output_len: int = typer.Option(128, help="Output tokens per request (ignore_eos)."),
+    max_concurrency: int = typer.Option(32, help="Requests in flight at once (0: unlimited)."),
+    request_rate: float = typer.Option(0.0, help="Poisson arrival rate in req/s (0: all at once)."),
+    endpoint: str = typer.Option("completions", help="completions or chat."),
+    api_key: str | None = typer.Option(None, help="Bearer token."),
+    result_file: str | None = typer.Option(None, help="Write the summary as JSON here."),
+) -> None:
+    """Benchmark a running server: request/s, output tok/s, TTFT/TPOT/ITL mean/median/p99."""
+    import asyncio
+    import json
+
+    from llmserve.bench import serve as bench
+
+    prompts = bench.random_text_prompts(num_prompts, input_len)
+    summary = asyncio.run(
+        bench.run(
+            base_url, model, prompts, output_len, max_concurrency, request_rate, endpoint == "chat", api_key
+        )
+    )
+    typer.echo(bench.format_summary(summary))
+    if result_file:
+        with open(result_file, "w") as fh:
+            json.dump(summary, fh, indent=2)

@@ -70,7 +70,9 @@ class _Stream:
 class AsyncEngine:
     """Streams RequestOutputs per request; see ENGINE_API in the docs of llmserve.state."""
 
-    def __init__(self, engine: LLMEngine, tokenizer, config, generation_defaults: dict, model_name: str) -> None:
+    def __init__(
+        self, engine: LLMEngine, tokenizer, config, generation_defaults: dict, model_name: str
+    ) -> None:
         self.engine = engine
         self.backend = engine.backend
         self.tokenizer = tokenizer
@@ -97,7 +99,13 @@ class AsyncEngine:
 
         engine = LLMEngine(backend, model_dir, config)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        return cls(engine, tokenizer, config, load_generation_defaults(model_dir, config.generation_config), model_name)
+        return cls(
+            engine,
+            tokenizer,
+            config,
+            load_generation_defaults(model_dir, config.generation_config),
+            model_name,
+        )
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -147,7 +155,9 @@ class AsyncEngine:
             raise OverloadedError("Too many requests in flight; try again later.")
         if request_id in self._streams:
             raise LLMServeError(f"request id {request_id} is already in use")
-        choices = [_Choice(IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params)) for _ in range(params.n)]
+        choices = [
+            _Choice(IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params)) for _ in range(params.n)
+        ]
         stream = _Stream(request_id, list(prompt_token_ids), params, choices, time.monotonic())
         self._streams[request_id] = stream
         self._send(("add", request_id, list(prompt_token_ids), params))

@@ -47,6 +47,7 @@ class LLMEngine:
     def __init__(self, backend: Backend, model_dir: str, config) -> None:
         self.backend = backend
         self.config = config
+        self.model_dir = model_dir
         info: ModelInfo = backend.load_model(model_dir)
         self.model_info = info
         if config.max_model_len and config.max_model_len > info.max_model_len:

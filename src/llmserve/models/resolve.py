@@ -22,7 +22,9 @@ class ResolvedModel:
     source: str  # "pack" | "local" | "gguf" | "hub"
 
 
-def resolve_model(spec: str | None, default: str = packs.DEFAULT_MODEL, progress: bool = False) -> ResolvedModel:
+def resolve_model(
+    spec: str | None, default: str = packs.DEFAULT_MODEL, progress: bool = False
+) -> ResolvedModel:
     """Resolve MODEL (or the default pack when None) to a directory, fetching packs when missing."""
     spec = spec or default
     pack = packs.find_pack(spec)

@@ -27,7 +27,10 @@ class TorchBackend(Backend):
         self.runner = TorchModelRunner(model_dir, self.config.dtype, self.device)
         self.info = self.runner.load()
         self.sampler = Sampler(
-            self.info.vocab_size, device=self.device, default_seed=self.config.seed, eos_token_ids=self.info.eos_token_ids
+            self.info.vocab_size,
+            device=self.device,
+            default_seed=self.config.seed,
+            eos_token_ids=self.info.eos_token_ids,
         )
         return self.info
 
