@@ -50,6 +50,7 @@ class _Choice:
     last_token_time: float | None = None
     itl: list[float] = field(default_factory=list)
     num_tokens: int = 0
+    finish_reason: str | None = None
 
 
 @dataclass
@@ -61,6 +62,7 @@ class _Stream:
     arrival: float
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     first_output: bool = True
+    scheduled_time: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -82,7 +84,7 @@ class AsyncEngine:
         self.num_blocks = engine.num_blocks
         self.kv_capacity_tokens = engine.kv_capacity_tokens
         self.generation_defaults = generation_defaults
-        self.metrics = _make_metrics(model_name)
+        self.metrics = _make_metrics(model_name, engine.max_model_len, self.stats)
         self.is_sleeping = False
         self.error: BaseException | None = None
         self._streams: dict[str, _Stream] = {}
@@ -193,6 +195,8 @@ class AsyncEngine:
             if choice.finished:
                 continue
             num_cached = max(num_cached, event.num_cached_tokens)
+            if stream.scheduled_time is None and event.scheduled_time is not None:
+                stream.scheduled_time = event.scheduled_time
             if event.prompt_logprobs is not None:
                 prompt_logprobs = [None, *event.prompt_logprobs]
             out = CompletionOutput(index=event.index, num_output_tokens=event.num_output_tokens)
@@ -213,8 +217,14 @@ class AsyncEngine:
                     out.text += choice.detok.finish()
             if out.finish_reason is not None:
                 choice.finished = True
+                choice.finish_reason = out.finish_reason
             if out.token_ids or out.text or out.finish_reason:
                 outputs.append(out)
+        if self.metrics is not None:
+            new_tokens = sum(len(out.token_ids) for out in outputs)
+            if stream.first_output and new_tokens:
+                self.metrics.on_prompt_tokens(len(stream.prompt_token_ids))
+            self.metrics.on_generation_tokens(new_tokens)
         if not outputs and not stream.first_output:
             return None
         output = RequestOutput(stream.request_id, stream.prompt_token_ids, outputs, finished=stream.finished)
@@ -239,16 +249,16 @@ class AsyncEngine:
         if self.metrics is None:
             return
         first = [c.first_token_time for c in stream.choices if c.first_token_time is not None]
-        reason = "stop"
+        scheduled = stream.scheduled_time or stream.arrival
         try:
             self.metrics.on_request_finished(
-                finish_reason=reason,
+                finish_reason=stream.choices[0].finish_reason or "abort",
                 prompt_tokens=len(stream.prompt_token_ids),
                 generation_tokens=sum(c.num_tokens for c in stream.choices),
                 ttft_s=(min(first) - stream.arrival) if first else None,
                 e2e_s=now - stream.arrival,
                 itl_s=[x for c in stream.choices for x in c.itl],
-                queue_s=0.0,
+                queue_s=max(scheduled - stream.arrival, 0.0),
             )
         except Exception:  # metrics must never break a request
             log.exception("metrics update failed")
@@ -304,9 +314,7 @@ class AsyncEngine:
             stream.queue.put_nowait(exc)
 
 
-def _make_metrics(model_name: str):
-    try:
-        from llmserve.engine.metrics import EngineMetrics
-    except ImportError:
-        return None
-    return EngineMetrics(model_name)
+def _make_metrics(model_name: str, max_model_len: int, stats_fn):
+    from llmserve.engine.metrics import EngineMetrics
+
+    return EngineMetrics(model_name, max_model_len=max_model_len, stats_fn=stats_fn)

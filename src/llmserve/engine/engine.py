@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
-from llmserve.backends.base import Backend, ModelInfo, TokenLogprob
+from llmserve.backends.base import Backend, ModelInfo, SampleResult, TokenLogprob
 from llmserve.engine.kv_cache import BlockManager
 from llmserve.engine.request import Request, Sequence
 from llmserve.engine.sampling import SamplingParams
@@ -28,6 +29,7 @@ class SeqEvent:
     num_output_tokens: int
     num_cached_tokens: int
     prompt_logprobs: list | None = None
+    scheduled_time: float | None = None  # when the request was first scheduled (queue time ends)
 
 
 @dataclass(slots=True)
@@ -74,7 +76,7 @@ class LLMEngine:
             block_size=block_size,
         )
         self.scheduler = Scheduler(sched_config, self.blocks, info.eos_token_ids)
-        self._prompt_logprobs: dict[str, list] = {}
+        self._scheduled: dict[str, float] = {}  # request id -> first scheduled (monotonic)
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -105,7 +107,7 @@ class LLMEngine:
         self.scheduler.add_request(Request.create(request_id, list(prompt_token_ids), params))
 
     def abort(self, request_id: str, finish_reason: str = "abort") -> list[Sequence]:
-        self._prompt_logprobs.pop(request_id, None)
+        self._scheduled.pop(request_id, None)
         return self.scheduler.abort_request(request_id, finish_reason)
 
     def has_work(self) -> bool:
@@ -116,31 +118,25 @@ class LLMEngine:
         out = self.scheduler.schedule()
         if out.is_empty:
             return []
-        batch = self.scheduler.make_batch(out)
-        results = self.backend.execute(batch)
-        by_seq = {res.seq_id: res for res in results}
+        now = time.monotonic()
         for chunk in out.chunks:
-            res = by_seq.get(chunk.seq.seq_id)
-            if res is not None and res.prompt_logprobs is not None:
-                self._prompt_logprobs.setdefault(chunk.seq.request_id, []).extend(res.prompt_logprobs)
-        changed = self.scheduler.update(out, results)
-        events = []
-        for seq in changed:
-            res = by_seq.get(seq.seq_id)
-            token = res.token_id if res is not None else None
-            logprobs = None
-            if token is not None and seq.params.logprobs is not None:
-                logprobs = (TokenLogprob(token, res.logprob, res.rank or 1), res.top_logprobs or [])
-            prompt_lp = None
-            if seq.index == 0 and seq.params.prompt_logprobs is not None and token is not None:
-                prompt_lp = self._prompt_logprobs.pop(seq.request_id, None)
-            events.append(
-                SeqEvent(
-                    seq.request_id, seq.index, token, logprobs, seq.finish_reason, seq.stop_reason,
-                    len(seq.output_token_ids), seq.num_cached_tokens, prompt_lp,
-                )
-            )  # fmt: skip
-        return events
+            self._scheduled.setdefault(chunk.seq.request_id, now)
+        results = self.backend.execute(self.scheduler.make_batch(out)) if out.chunks else []
+        by_seq = {res.seq_id: res for res in results}
+        return [self._event(seq, by_seq.get(seq.seq_id)) for seq in self.scheduler.update(out, results)]
+
+    def _event(self, seq: Sequence, res: SampleResult | None) -> SeqEvent:
+        token = res.token_id if res is not None else None
+        logprobs = seq.output_logprobs[-1] if token is not None and seq.output_logprobs else None
+        first = token is not None and len(seq.output_token_ids) == 1
+        prompt_lp = seq.prompt_logprobs if first and seq.index == 0 else None
+        scheduled = self._scheduled.get(seq.request_id)
+        if seq.finish_reason is not None and self.scheduler.requests.get(seq.request_id) is None:
+            self._scheduled.pop(seq.request_id, None)
+        return SeqEvent(
+            seq.request_id, seq.index, token, logprobs, seq.finish_reason, seq.stop_reason,
+            len(seq.output_token_ids), seq.num_cached_tokens, prompt_lp, scheduled,
+        )  # fmt: skip
 
     def stats(self) -> EngineStats:
         blocks = self.blocks

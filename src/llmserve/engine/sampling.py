@@ -109,9 +109,11 @@ class SamplingParams:
             if not -100 <= bias <= 100:
                 bad("logit_bias", f"values must be in [-100, 100], got {bias} for token {token}")
         if vocab_size is not None:
-            ids = list(self.logit_bias) + list(self.stop_token_ids) + list(self.allowed_token_ids or [])
-            for token in ids:
-                if not 0 <= token < vocab_size:
-                    bad("logit_bias", f"token id {token} is out of vocabulary (size {vocab_size})")
+            for name in ("logit_bias", "stop_token_ids", "allowed_token_ids"):
+                for token in getattr(self, name) or ():
+                    if not 0 <= token < vocab_size:
+                        bad(name, f"token id {token} is out of vocabulary (size {vocab_size})")
+        if self.stop and not self.detokenize:
+            bad("stop", "strings need detokenize=True")
         if self.allowed_token_ids is not None and not self.allowed_token_ids:
             bad("allowed_token_ids", "must not be empty")

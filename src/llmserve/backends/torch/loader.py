@@ -1,0 +1,71 @@
+"""Build a torch model without initialising it and copy a checkpoint into it.
+
+Models declare how checkpoint names map to their parameters as data: ``STACKED_PARAMS`` maps a
+checkpoint projection to (our fused projection, shard index) and ``shard_sizes`` gives each
+fused projection's row counts, so q/k/v (or gate/up) load straight into one matmul weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from llmserve.models.hf_config import ArchConfig
+from llmserve.models.registry import torch_model_class
+from llmserve.models.weights import WeightsNotFoundError, iter_weights
+
+
+def load_model(model_dir: str | Path, cfg: ArchConfig, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """The model class for ``cfg`` built on the meta device, then filled from ``model_dir``."""
+    cls = torch_model_class(cfg.architecture)
+    with torch.device("meta"):
+        model = cls(cfg)
+    model = model.to_empty(device=device).to(dtype)
+    model.load_weights(iter_weights(model_dir))
+    return model.eval()
+
+
+def load_checkpoint(
+    model: nn.Module,
+    weights: Iterable[tuple[str, torch.Tensor]],
+    stacked: dict[str, tuple[str, int]],
+    shard_sizes: dict[str, tuple[int, ...]],
+    skip: tuple[str, ...] = (),
+    prefix: str = "",
+) -> None:
+    """Copy ``weights`` into ``model``'s parameters; every parameter must be filled exactly.
+
+    Checkpoint names ending with a string in ``skip`` are ignored, and ``prefix`` (e.g. "bert.")
+    is stripped. Tied parameters (shared tensors) must be left out of ``named_parameters``
+    by the caller (tie after loading).
+    """
+    params = dict(model.named_parameters())
+    needed = {name: len(shard_sizes.get(name.split(".")[-2], (0,))) for name in params}
+    loaded: dict[str, int] = {}
+    for name, tensor in weights:
+        if name.endswith(skip):
+            continue
+        name = name.removeprefix(prefix)
+        param_name, shard = name, None
+        for proj, (fused, index) in stacked.items():
+            if f".{proj}." in name:
+                param_name, shard = name.replace(f".{proj}.", f".{fused}."), index
+                break
+        if param_name not in params:
+            raise WeightsNotFoundError(f"unexpected checkpoint tensor {name!r}")
+        dest = params[param_name].data
+        if shard is not None:
+            sizes = shard_sizes[param_name.split(".")[-2]]
+            dest = dest.narrow(0, sum(sizes[:shard]), sizes[shard])
+        if dest.shape != tensor.shape:
+            raise WeightsNotFoundError(
+                f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}"
+            )
+        dest.copy_(tensor)
+        loaded[param_name] = loaded.get(param_name, 0) + 1
+    missing = sorted(name for name, count in needed.items() if loaded.get(name, 0) < count)
+    if missing:
+        raise WeightsNotFoundError(f"checkpoint lacks {len(missing)} tensors, e.g. {', '.join(missing[:5])}")

@@ -1,0 +1,180 @@
+"""Model runner: turns an engine ``Batch`` into one forward pass over the paged KV cache.
+
+Per step, all bookkeeping (flat token ids, positions, cache slots, padded block tables, masks)
+is built once here in plain Python and a few tensor ops; the layers only index with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from llmserve.backends.base import Batch, BatchItem, ModelInfo
+from llmserve.backends.torch.attention import AttentionMetadata, DecodeGroup, PrefillGroup, build_masks
+from llmserve.backends.torch.cpu_kernels import decode_kernel
+from llmserve.backends.torch.loader import load_model
+from llmserve.errors import ConfigError
+from llmserve.models.hf_config import ArchConfig, load_arch_config
+from llmserve.models.registry import UnsupportedModelError, is_encoder
+
+TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def resolve_dtype(dtype: str, device: str, cfg: ArchConfig) -> str:
+    """The run dtype name for "auto" or an explicit choice.
+
+    "auto" is bfloat16 on CPUs with native bf16 matmuls (float32 elsewhere on CPU), and the
+    checkpoint's half type (else bfloat16) on accelerators.
+    """
+    if dtype != "auto":
+        if dtype not in TORCH_DTYPES:
+            raise ConfigError(f"--dtype must be one of auto, {', '.join(TORCH_DTYPES)}; got {dtype!r}")
+        return dtype
+    if torch.device(device).type == "cpu":
+        return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+    return cfg.torch_dtype if cfg.torch_dtype in ("bfloat16", "float16") else "bfloat16"
+
+
+class TorchModelRunner:
+    """Loads a causal LM and runs batches of prefill chunks and decodes on its paged KV cache."""
+
+    def __init__(self, model_dir: str, dtype: str, device: str = "cpu", use_kernels: bool = True) -> None:
+        self.model_dir = model_dir
+        self.requested_dtype = dtype
+        self.device = torch.device(device)
+        self.cfg: ArchConfig | None = None
+        self.model: torch.nn.Module | None = None
+        self.dtype = torch.float32
+        self.kv_caches: list[torch.Tensor] = []
+        self.block_size = 0
+        self.num_blocks = 0
+        self.use_kernels = use_kernels
+        self.decode_kernel = None
+
+    def load(self) -> ModelInfo:
+        cfg = load_arch_config(self.model_dir)
+        if is_encoder(cfg.architecture):
+            raise UnsupportedModelError(f"{cfg.architecture} is an embedding model, not a causal LM")
+        dtype_name = resolve_dtype(self.requested_dtype, self.device.type, cfg)
+        self.dtype = TORCH_DTYPES[dtype_name]
+        self.cfg = cfg
+        self.model = load_model(self.model_dir, cfg, self.dtype, self.device)
+        group = cfg.num_heads // cfg.num_kv_heads
+        self.decode_kernel = decode_kernel(self.dtype, self.device, group, cfg.head_dim) if self.use_kernels else None
+        return ModelInfo(
+            architecture=cfg.architecture,
+            vocab_size=cfg.vocab_size,
+            num_layers=cfg.num_layers,
+            num_kv_heads=cfg.num_kv_heads,
+            head_dim=cfg.head_dim,
+            max_model_len=cfg.max_position_embeddings,
+            dtype=dtype_name,
+            eos_token_ids=cfg.eos_token_ids,
+        )
+
+    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
+        if self.cfg is None:
+            raise RuntimeError("load() the model before allocating its KV cache")
+        shape = (num_blocks, block_size, 2, self.cfg.num_kv_heads, self.cfg.head_dim)
+        self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.cfg.num_layers)]
+        self.block_size, self.num_blocks = block_size, num_blocks
+
+    @torch.inference_mode()
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """(float32 logits [sampling items, vocab] in item order, {item index: prompt logits})."""
+        if not self.kv_caches:
+            raise RuntimeError("allocate_kv_cache() before forward()")
+        if batch.block_size != self.block_size:
+            raise ValueError(f"batch block_size {batch.block_size} != allocated {self.block_size}")
+        step = _StepInputs(batch.items, self.block_size, self.cfg.sliding_window, self.device, self.decode_kernel)
+        hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.meta)
+        sample_rows = [step.last_row[i] for i, item in enumerate(batch.items) if item.sample]
+        prompt_rows = {
+            i: range(step.last_row[i] + 1 - len(item.token_ids), step.last_row[i] + 1)
+            for i, item in enumerate(batch.items)
+            if item.want_prompt_logprobs
+        }
+        rows = sample_rows + [r for span in prompt_rows.values() for r in span]
+        if not rows:
+            return torch.empty(0, self.cfg.vocab_size), {}
+        index = torch.tensor(rows, dtype=torch.long, device=self.device)
+        logits = self.model.compute_logits(hidden.index_select(0, index))
+        prompt_logits, offset = {}, len(sample_rows)
+        for i, span in prompt_rows.items():
+            prompt_logits[i] = logits[offset : offset + len(span)]
+            offset += len(span)
+        return logits[: len(sample_rows)], prompt_logits
+
+
+class _StepInputs:
+    """Flat inputs and attention metadata for one batch, decodes first, then prefill chunks."""
+
+    def __init__(
+        self, items: list[BatchItem], block_size: int, window: int | None, device: torch.device, kernel: Any
+    ) -> None:
+        decodes = [i for i, item in enumerate(items) if len(item.token_ids) == 1]
+        prefills = [i for i, item in enumerate(items) if len(item.token_ids) != 1]
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        self.last_row: dict[int, int] = {}
+        for i in decodes + prefills:
+            item = items[i]
+            start, end, table = item.start_pos, item.end_pos, item.block_table
+            if end <= start:
+                raise ValueError(f"sequence {item.seq_id}: batch item has no tokens")
+            if (end - 1) // block_size >= len(table):
+                raise ValueError(f"sequence {item.seq_id}: block table too short for {end} tokens")
+            input_ids.extend(item.token_ids)
+            if end - start == 1:
+                positions.append(start)
+                slots.append(table[start // block_size] * block_size + start % block_size)
+            else:
+                span = range(start, end)
+                positions.extend(span)
+                slots.extend([table[p // block_size] * block_size + p % block_size for p in span])
+            self.last_row[i] = len(input_ids) - 1
+
+        def tensor(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long).to(device, non_blocking=True)
+
+        self.input_ids = tensor(input_ids)
+        self.positions = tensor(positions)
+        decode = prefill = None
+        if decodes:
+            block_ids, max_blocks, ctx_lens = _padded_tables([items[i] for i in decodes], block_size)
+            lens = tensor(ctx_lens)
+            mask = None
+            if kernel is None:
+                ones = torch.ones(len(decodes), dtype=torch.long, device=device)
+                mask = build_masks(lens, ones, 1, max_blocks * block_size, window)
+            decode = DecodeGroup(len(decodes), tensor(block_ids), max_blocks, lens, mask, kernel, window)
+        if prefills:
+            group = [items[i] for i in prefills]
+            block_ids, max_blocks, ctx_lens = _padded_tables(group, block_size)
+            query_lens = [len(item.token_ids) for item in group]
+            max_query = max(query_lens)
+            mask = build_masks(torch.tensor(ctx_lens), torch.tensor(query_lens), max_query, max_blocks * block_size, window)
+            prefill = PrefillGroup(len(group), max_query, tensor(block_ids), max_blocks, mask.to(device))
+            if len(group) > 1:
+                pad, unpad, offset = [], [], 0
+                for j, n in enumerate(query_lens):
+                    pad.extend(offset + min(q, n - 1) for q in range(max_query))
+                    unpad.extend(range(j * max_query, j * max_query + n))
+                    offset += n
+                prefill.pad_index, prefill.unpad_index = tensor(pad), tensor(unpad)
+        self.meta = AttentionMetadata(tensor(slots), decode, prefill)
+
+
+def _padded_tables(items: list[BatchItem], block_size: int) -> tuple[list[int], int, list[int]]:
+    """Flattened block tables padded to the longest context (pad entries point at block 0,
+    masked out), the padded length in blocks, and each context length."""
+    ctx_lens = [item.end_pos for item in items]
+    max_blocks = (max(ctx_lens) + block_size - 1) // block_size
+    flat: list[int] = []
+    for item in items:
+        table = item.block_table[:max_blocks]
+        flat.extend(table)
+        flat.extend([0] * (max_blocks - len(table)))
+    return flat, max_blocks, ctx_lens

@@ -1,0 +1,238 @@
+"""POST /v1/chat/completions, streaming and not."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from llmserve.chat import render_chat
+from llmserve.protocols.common import (
+    SSE_DONE,
+    Prompt,
+    json_response,
+    merge_streams,
+    now,
+    parse_body,
+    prefetch,
+    random_id,
+    resolve_model,
+    sse,
+    sse_error,
+    sse_response,
+    to_sampling_params,
+    truncate_tokens,
+)
+from llmserve.protocols.openai.logprobs import TokenText, chat_logprobs, prompt_logprobs
+from llmserve.protocols.openai.schemas import ChatCompletionRequest
+from llmserve.protocols.openai.serving import (
+    PromptResult,
+    check_supported,
+    collect,
+    start_requests,
+    stream_flags,
+    usage,
+)
+from llmserve.protocols.openai.tools import ToolCallStream, effective_tool_choice, extract_tool_calls
+from llmserve.state import ServerState, get_state
+
+
+def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> tuple[str, list[int]]:
+    """Everything /v1/chat/completions does before generating: tool_choice checks, the chat
+    template, tokenization and truncate_prompt_tokens. Returns (prompt_text, token_ids)."""
+    effective_tool_choice(req, state)
+    text, token_ids = render_chat(
+        state,
+        req.messages,
+        tools=[tool.model_dump(exclude_none=True) for tool in req.tools] if req.tools else None,
+        add_generation_prompt=req.add_generation_prompt,
+        continue_final_message=req.continue_final_message,
+        chat_template=req.chat_template,
+        chat_template_kwargs=req.chat_template_kwargs,
+        documents=req.documents,
+        add_special_tokens=req.add_special_tokens,
+    )
+    if req.truncate_prompt_tokens is not None:
+        token_ids = truncate_tokens(token_ids, req.truncate_prompt_tokens, state.engine.max_model_len)
+    return text, token_ids
+
+
+async def create_chat_completion() -> Any:
+    req = await parse_body(ChatCompletionRequest)
+    state = get_state()
+    model = resolve_model(state, req.model)
+    engine = state.engine
+    check_supported(req)
+    include_usage, continuous = stream_flags(req)
+    tool_choice = effective_tool_choice(req, state)
+    text, token_ids = prepare_chat(state, req)
+    prompt = Prompt(token_ids, text)
+    params = to_sampling_params(req, engine.generation_defaults, engine.max_model_len, len(token_ids))
+    request_id = random_id("chatcmpl")
+    streams = start_requests(engine, request_id, [prompt], [params])
+    view = _View(state, req, model, request_id, prompt, tool_choice)
+    if req.stream:
+        source = await prefetch(merge_streams(streams))
+        return sse_response(view.events(source, include_usage, continuous))
+    return json_response(view.response((await collect(streams, [prompt], req.n))[0]))
+
+
+def _echo_text(req: ChatCompletionRequest, role: str) -> str:
+    """vLLM's chat echo: the last message's content, when it has the role being answered."""
+    last = req.messages[-1]
+    if not req.echo or last.role != role or last.content is None:
+        return ""
+    if isinstance(last.content, str):
+        return last.content
+    return "\n".join(part.get("text", "") for part in last.content if isinstance(part, dict))
+
+
+class _View:
+    """Turns engine outputs into the chat wire shape for one request."""
+
+    def __init__(
+        self,
+        state: ServerState,
+        req: ChatCompletionRequest,
+        model: str,
+        request_id: str,
+        prompt: Prompt,
+        tool_choice: str | dict,
+    ) -> None:
+        self.req, self.model, self.id, self.prompt, self.tool_choice = (
+            req,
+            model,
+            request_id,
+            prompt,
+            tool_choice,
+        )
+        self.token_text = state.extras.setdefault("openai.token_text", TokenText(state.engine.tokenizer))
+        self.role = "assistant" if req.add_generation_prompt else req.messages[-1].role
+        self.echo = _echo_text(req, self.role)
+        self.created = now()
+
+    def logprobs(self, steps: list) -> dict | None:
+        if not self.req.logprobs:
+            return None
+        num_top = self.req.top_logprobs or 0
+        return {
+            "content": chat_logprobs(
+                steps, self.token_text, num_top, bool(self.req.return_tokens_as_token_ids)
+            )
+        }
+
+    def finish_reason(self, reason: str | None, tool_calls: bool) -> str | None:
+        # vLLM: "tool_calls" unless the tool was named by the client
+        if tool_calls and not isinstance(self.tool_choice, dict) and reason == "stop":
+            return "tool_calls"
+        return reason
+
+    # --- non-streaming ---------------------------------------------------------------------------
+
+    def response(self, result: PromptResult) -> dict[str, Any]:
+        choices = []
+        for choice in result.choices:
+            content, calls = extract_tool_calls(choice.text, self.tool_choice)
+            if self.echo:
+                content = self.echo + (content or "")
+            message = {
+                "role": self.role,
+                "content": content,
+                "refusal": None,
+                "annotations": None,
+                "audio": None,
+                "function_call": None,
+                "tool_calls": calls,
+                "reasoning_content": None,
+            }
+            item = {
+                "index": choice.index,
+                "message": message,
+                "logprobs": self.logprobs(choice.logprobs),
+                "finish_reason": self.finish_reason(choice.finish_reason, bool(calls)),
+                "stop_reason": choice.stop_reason,
+            }
+            if self.req.return_token_ids:
+                item["token_ids"] = choice.token_ids
+            choices.append(item)
+        body = {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": usage(len(self.prompt.token_ids), sum(len(c.token_ids) for c in result.choices)),
+            "system_fingerprint": None,
+            "prompt_logprobs": prompt_logprobs(result.prompt_logprobs, self.token_text),
+        }
+        if self.req.return_token_ids:
+            body["prompt_token_ids"] = self.prompt.token_ids
+        return body
+
+    # --- streaming -------------------------------------------------------------------------------
+
+    def chunk(self, choices: list[dict], usage_info: dict | None = None, **extra: Any) -> str:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if usage_info is not None:
+            body["usage"] = usage_info
+        body.update(extra)
+        return sse(body)
+
+    async def events(
+        self, source: AsyncIterator, include_usage: bool, continuous: bool
+    ) -> AsyncIterator[str]:
+        n = self.req.n
+        prompt_tokens = len(self.prompt.token_ids)
+        counts = [0] * n
+        tools = [ToolCallStream(self.tool_choice) for _ in range(n)]
+        called = [False] * n
+
+        def choice_usage(i: int) -> dict | None:
+            return usage(prompt_tokens, counts[i]) if continuous else None
+
+        try:
+            first_extra = {"prompt_token_ids": self.prompt.token_ids} if self.req.return_token_ids else {}
+            for i in range(n):
+                delta = {"role": self.role, "content": ""}
+                choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": None}
+                yield self.chunk([choice], choice_usage(i), **first_extra)
+                if self.echo:
+                    choice = {
+                        "index": i,
+                        "delta": {"content": self.echo},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                    yield self.chunk([choice], choice_usage(i))
+            async for _, out in source:
+                for c in out.outputs:
+                    i = c.index
+                    counts[i] += len(c.token_ids)
+                    logprobs = self.logprobs(c.logprobs) if c.logprobs else None
+                    if not c.text and not c.finished and logprobs is None:
+                        continue
+                    delta = tools[i].delta(c.text)
+                    called[i] = called[i] or "tool_calls" in delta
+                    choice = {
+                        "index": i,
+                        "delta": delta,
+                        "logprobs": logprobs,
+                        "finish_reason": self.finish_reason(c.finish_reason, called[i]),
+                    }
+                    if c.finished:
+                        choice["stop_reason"] = c.stop_reason
+                    if self.req.return_token_ids:
+                        choice["token_ids"] = c.token_ids
+                    yield self.chunk([choice], choice_usage(i))
+            if include_usage:
+                yield self.chunk([], usage(prompt_tokens, sum(counts)))
+        except Exception as exc:  # CancelledError (client gone) is not an Exception: it propagates
+            yield sse_error(exc)
+        finally:
+            await source.aclose()
+        yield SSE_DONE

@@ -1,0 +1,114 @@
+"""tool_choice checks (vLLM's rules and messages) and the seam where tool calls are taken out of
+generated text.
+
+Parsing free-form model output for "auto" tool choice belongs to the tool-parser plugins
+(``--tool-call-parser``); ``extract_tool_calls`` and ``ToolCallStream`` are where they plug in.
+Until then: a named tool choice turns the whole output into that function's arguments, and
+"required" accepts output that is a JSON list of ``{"name", "parameters"}`` objects.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from llmserve.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from llmserve.protocols.openai.schemas import ChatCompletionRequest
+    from llmserve.state import ServerState
+
+_USAGE = 'Correct usage: `{"type": "function", "function": {"name": "my_function"}}`'
+
+
+def effective_tool_choice(req: ChatCompletionRequest, state: ServerState) -> str | dict[str, Any]:
+    """ "none", "auto", "required" or the named-function dict; raises 400 for vLLM's invalid cases."""
+    choice = req.tool_choice
+    if "tool_choice" not in req.model_fields_set and req.tools:
+        choice = "auto"  # OpenAI's default when tools are given
+    if choice is None or choice == "none":
+        return "none"
+    if req.tools is None:
+        raise InvalidRequestError("When using `tool_choice`, `tools` must be set.", param="tool_choice")
+    if choice == "required" and not req.tools:
+        return "none"
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        if not isinstance(function, dict):
+            raise InvalidRequestError(
+                f"Invalid value for `function`: `{function}` in `tool_choice`! {_USAGE}", param="tool_choice"
+            )
+        if "name" not in function:
+            raise InvalidRequestError(
+                f"Expected field `name` in `function` in `tool_choice`! {_USAGE}", param="tool_choice"
+            )
+        name = function["name"]
+        if not isinstance(name, str) or not name:
+            raise InvalidRequestError(
+                f"Invalid `name` in `function`: `{name}` in `tool_choice`! {_USAGE}", param="tool_choice"
+            )
+        if not any(tool.function.name == name for tool in req.tools):
+            raise InvalidRequestError(
+                "The tool specified in `tool_choice` does not match any of the specified `tools`",
+                param="tool_choice",
+            )
+        return choice
+    if choice == "auto" and not (state.config.enable_auto_tool_choice and state.config.tool_call_parser):
+        raise InvalidRequestError(
+            '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set',
+            param="tool_choice",
+        )
+    return choice
+
+
+def tool_call(name: str, arguments: str) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-tool-{uuid.uuid4().hex}",
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
+
+
+def extract_tool_calls(
+    text: str, tool_choice: str | dict[str, Any]
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """Generated text -> (content, tool_calls). Content is None when the text was all tool calls."""
+    if isinstance(tool_choice, dict):
+        return "", [tool_call(tool_choice["function"]["name"], text)]
+    if tool_choice == "required":
+        calls = _json_calls(text)
+        if calls is not None:
+            return "", calls
+    return text, []
+
+
+def _json_calls(text: str) -> list[dict[str, Any]] | None:
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(items, list) or not all(
+        isinstance(i, dict) and isinstance(i.get("name"), str) for i in items
+    ):
+        return None
+    return [tool_call(i["name"], json.dumps(i.get("parameters", i.get("arguments", {})))) for i in items]
+
+
+class ToolCallStream:
+    """Streaming counterpart of ``extract_tool_calls`` for one choice: text delta -> message delta."""
+
+    def __init__(self, tool_choice: str | dict[str, Any]) -> None:
+        self.name = tool_choice["function"]["name"] if isinstance(tool_choice, dict) else None
+        self.started = False
+
+    def delta(self, text: str) -> dict[str, Any]:
+        if self.name is None:
+            return {"content": text} if text else {}
+        if not text:
+            return {}
+        if self.started:
+            return {"tool_calls": [{"index": 0, "function": {"arguments": text}}]}
+        self.started = True
+        call = tool_call(self.name, text)
+        return {"tool_calls": [{"index": 0, **call}]}

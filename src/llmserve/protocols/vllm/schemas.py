@@ -1,0 +1,387 @@
+"""Wire models of vLLM's own routes (tokenize, generate, pooling, score, rerank, render) and of
+the Cohere-shaped ``/v2/rerank`` and ``/v2/embed``. Field names and defaults follow vLLM's
+``protocol.py`` and Cohere's v2 API; unknown request fields are ignored, like vLLM does."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class Request(BaseModel):
+    """Base of request bodies: unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+
+class ErrorInfo(Wire):
+    message: str
+    type: str
+    param: str | None = None
+    code: int | str | None = None
+
+
+class ErrorResponse(Wire):
+    error: ErrorInfo
+
+
+# --- health and friends ------------------------------------------------------------------------------
+
+
+class VersionResponse(Wire):
+    version: str
+
+
+class LoadResponse(Wire):
+    server_load: int = Field(description="Requests being handled right now (inference routes).")
+
+
+class IsSleepingResponse(Wire):
+    is_sleeping: bool
+
+
+# --- tokenize ------------------------------------------------------------------------------------------
+
+
+class TokenizeCompletionRequest(Request):
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True
+    return_token_strs: bool = False
+
+
+class TokenizeChatRequest(Request):
+    model: str | None = None
+    messages: list[dict[str, Any]]
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    add_special_tokens: bool = False
+    return_token_strs: bool = False
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+
+    @model_validator(mode="after")
+    def _one_ending(self) -> TokenizeChatRequest:
+        if self.add_generation_prompt and self.continue_final_message:
+            raise ValueError("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
+        return self
+
+
+class TokenizeResponse(Wire):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(Request):
+    model: str | None = None
+    tokens: list[int]
+
+
+class DetokenizeResponse(Wire):
+    prompt: str
+
+
+# --- sampling fields shared by /generate and the render routes ---------------------------------------
+
+
+class SamplingFields(Request):
+    """vLLM SamplingParams fields; None means "the model's default" (generation_config)."""
+
+    n: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool | None = None
+    ignore_eos: bool | None = None
+    max_tokens: int | None = None
+    min_tokens: int | None = None
+    logit_bias: dict[str, float] | None = None
+    allowed_token_ids: list[int] | None = None
+    skip_special_tokens: bool | None = None
+    spaces_between_special_tokens: bool | None = None
+
+
+# --- generate ------------------------------------------------------------------------------------------
+
+
+class GenerateRequest(SamplingFields):
+    """vLLM's low-level ``/generate``: a prompt (text or token ids) plus SamplingParams fields."""
+
+    model: str | None = None
+    prompt: str | None = None
+    prompt_token_ids: list[int] | None = None
+    stream: bool = False
+    max_tokens: int | None = 16  # vLLM's SamplingParams default
+    logprobs: int | None = Field(None, description="Return this many top logprobs per generated token.")
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> GenerateRequest:
+        if (self.prompt is None) == (self.prompt_token_ids is None):
+            raise ValueError("give exactly one of `prompt` or `prompt_token_ids`")
+        return self
+
+
+class TokenLogprob(Wire):
+    token_id: int
+    logprob: float
+    top_logprobs: dict[str, float] | None = None
+
+
+class GenerateResponse(Wire):
+    text: list[str] = Field(description="Per choice: the prompt text (when given as text) + the completion.")
+    token_ids: list[list[int]]
+    finish_reason: list[str | None]
+    stop_reason: list[int | str | None]
+    prompt_token_ids: list[int]
+    logprobs: list[list[TokenLogprob]] | None = None
+
+
+# --- render --------------------------------------------------------------------------------------------
+
+
+class CompletionRenderRequest(SamplingFields):
+    model: str | None = None
+    prompt: str | list[str] | list[int] | list[list[int]]
+    add_special_tokens: bool = True
+    truncate_prompt_tokens: int | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    logprobs: int | None = None
+    echo: bool = False
+
+
+class ChatRenderRequest(SamplingFields):
+    model: str | None = None
+    messages: list[dict[str, Any]]
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    add_special_tokens: bool = False
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+    @model_validator(mode="after")
+    def _one_ending(self) -> ChatRenderRequest:
+        if self.add_generation_prompt and self.continue_final_message:
+            raise ValueError("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
+        return self
+
+
+class RenderedRequest(Wire):
+    """vLLM's token-in GenerateRequest: what the engine would receive, without generating."""
+
+    request_id: str
+    model: str
+    token_ids: list[int]
+    prompt: str | None = Field(None, description="The rendered prompt text (None for token-id prompts).")
+    sampling_params: dict[str, Any]
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+
+
+# --- pooling, score, rerank ---------------------------------------------------------------------------
+
+
+class UsageInfo(Wire):
+    prompt_tokens: int
+    total_tokens: int
+    completion_tokens: int | None = 0
+
+
+class PoolingRequest(Request):
+    model: str | None = None
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    truncate_prompt_tokens: int | None = None
+    normalize: bool = True
+    dimensions: int | None = None
+
+    @field_validator("input", mode="wrap")
+    @classmethod
+    def _input(cls, value: Any, handler: Any) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(
+                "must be a string, a list of strings, a list of token ids or a list of token id lists"
+            ) from None
+
+
+class PoolingData(Wire):
+    index: int
+    object: Literal["pooling"] = "pooling"
+    data: list[float] | str
+
+
+class PoolingResponse(Wire):
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[PoolingData]
+    usage: UsageInfo
+
+
+class ScoreRequest(Request):
+    model: str | None = None
+    text_1: str | list[str]
+    text_2: str | list[str]
+    truncate_prompt_tokens: int | None = None
+
+
+class ScoreData(Wire):
+    index: int
+    object: Literal["score"] = "score"
+    score: float
+
+
+class ScoreResponse(Wire):
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[ScoreData]
+    usage: UsageInfo
+
+
+class RerankDocumentIn(Request):
+    text: str
+
+
+class RerankRequest(Request):
+    """Jina-style rerank (vLLM's ``/rerank`` and ``/v1/rerank``); ``top_n`` 0 or absent = all."""
+
+    model: str | None = None
+    query: str
+    documents: list[str | RerankDocumentIn]
+    top_n: int | None = Field(None, ge=0)
+    truncate_prompt_tokens: int | None = None
+    return_documents: bool = True
+
+
+class RerankDocument(Wire):
+    text: str
+
+
+class RerankResult(Wire):
+    index: int
+    document: RerankDocument | None = None
+    relevance_score: float
+
+
+class RerankUsage(Wire):
+    total_tokens: int
+
+
+class RerankResponse(Wire):
+    id: str
+    model: str
+    usage: RerankUsage
+    results: list[RerankResult]
+
+
+class ClassifyRequest(Request):
+    model: str | None = None
+    input: str | list[str]
+
+
+# --- Cohere v2 ------------------------------------------------------------------------------------------
+
+
+class CohereRerankRequest(Request):
+    model: str | None = None
+    query: str
+    documents: list[str | RerankDocumentIn]
+    top_n: int | None = Field(None, ge=1)
+    max_tokens_per_doc: int | None = Field(None, ge=1)
+    return_documents: bool = False
+
+
+class CohereApiVersion(Wire):
+    version: str = "2"
+
+
+class CohereBilledUnits(Wire):
+    input_tokens: int | None = None
+    search_units: int | None = None
+
+
+class CohereMeta(Wire):
+    api_version: CohereApiVersion = Field(default_factory=CohereApiVersion)
+    billed_units: CohereBilledUnits | None = None
+
+
+class CohereRerankResult(Wire):
+    index: int
+    relevance_score: float
+    document: RerankDocument | None = None
+
+
+class CohereRerankResponse(Wire):
+    id: str
+    results: list[CohereRerankResult]
+    meta: CohereMeta
+
+
+EmbeddingType = Literal["float", "int8", "uint8", "binary", "ubinary", "base64"]
+
+
+class CohereContent(Request):
+    type: str
+    text: str | None = None
+
+
+class CohereInput(Request):
+    content: list[CohereContent]
+
+
+class CohereEmbedRequest(Request):
+    model: str | None = None
+    texts: list[str] | None = None
+    images: list[str] | None = None
+    inputs: list[CohereInput] | None = None
+    input_type: str | None = None
+    embedding_types: list[EmbeddingType] | None = None
+    truncate: Literal["NONE", "START", "END"] | None = "END"
+    max_tokens: int | None = Field(None, ge=1)
+    output_dimension: int | None = None
+
+
+class CohereEmbeddings(Wire):
+    model_config = ConfigDict(populate_by_name=True)
+
+    float_: list[list[float]] | None = Field(None, alias="float")
+    int8: list[list[int]] | None = None
+    uint8: list[list[int]] | None = None
+    binary: list[list[int]] | None = None
+    ubinary: list[list[int]] | None = None
+    base64: list[str] | None = None
+
+
+class CohereEmbedResponse(Wire):
+    id: str
+    response_type: Literal["embeddings_by_type"] = "embeddings_by_type"
+    embeddings: CohereEmbeddings
+    texts: list[str]
+    meta: CohereMeta
