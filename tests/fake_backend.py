@@ -72,13 +72,17 @@ class FakeBackend:
             contexts.append(context[: item.end_pos])
             self.num_computed_tokens += len(item.token_ids)
         results = []
-        for item, context in zip(batch.items, contexts):
+        for item, context in zip(batch.items, contexts, strict=True):
             for pos, token in enumerate(context):
                 got = self.kv[self._slot(item.block_table, pos)]
                 if got != (token, pos):
-                    raise AssertionError(f"seq {item.seq_id}: KV at position {pos} holds {got}, want {(token, pos)}")
+                    raise AssertionError(
+                        f"seq {item.seq_id}: KV at position {pos} holds {got}, want {(token, pos)}"
+                    )
             results.append(self._result(item, context))
-        self.steps.append([StepRecord(i.seq_id, i.start_pos, len(i.token_ids), i.sample) for i in batch.items])
+        self.steps.append(
+            [StepRecord(i.seq_id, i.start_pos, len(i.token_ids), i.sample) for i in batch.items]
+        )
         return results
 
     def _result(self, item: BatchItem, context: list[int]) -> SampleResult:
@@ -121,7 +125,9 @@ def check_accounting(sched: Scheduler) -> None:
             counts[block_id] += 1
     for block_id, count in enumerate(counts):
         if blocks.ref_count(block_id) != count:
-            raise AssertionError(f"block {block_id}: ref count {blocks.ref_count(block_id)}, held {count} times")
+            raise AssertionError(
+                f"block {block_id}: ref count {blocks.ref_count(block_id)}, held {count} times"
+            )
     if blocks.num_free_blocks != counts.count(0):
         raise AssertionError(f"{blocks.num_free_blocks} free blocks, {counts.count(0)} unreferenced")
     if len(sched.running) > sched.config.max_num_seqs:

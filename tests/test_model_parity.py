@@ -143,8 +143,11 @@ def test_chunked_prefill_over_paged_kv(tiny):
     check_against(model, runner, seqs, [[(0, 7)], [(0, 5), (1, 3)], [(1, 7), (0, 7)]])
 
 
-def test_decode_steps_mixed_with_prefill(tiny):
+@pytest.mark.parametrize("use_kernels", [True, False], ids=["cpu-kernels", "torch-ops"])
+def test_decode_steps_mixed_with_prefill(tiny, use_kernels):
     model, runner = tiny
+    runner = TorchModelRunner(runner.model_dir, "float32", use_kernels=use_kernels)
+    runner.load()
     runner.allocate_kv_cache(40, BLOCK)
     seqs = sequences(40, [20, 14, 9], 512, seed=2)
     steps = [[(0, 15), (1, 9)]]

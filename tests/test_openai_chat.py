@@ -7,6 +7,8 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
+from llmserve.protocols.openai.schemas import ChatCompletionResponse
+
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "What is the capital of France?"},
@@ -241,3 +243,33 @@ def test_named_tool_choice_streams_tool_call_deltas(client, model):
     deltas = [c.choices[0].delta.tool_calls for c in stream if c.choices and c.choices[0].delta.tool_calls]
     assert deltas and deltas[0][0].function.name == "get_weather" and deltas[0][0].id
     assert all(d[0].index == 0 for d in deltas)
+
+
+def test_response_matches_the_documented_schema(server, model):
+    body = {
+        "model": model,
+        "messages": MESSAGES,
+        "max_tokens": 2,
+        "n": 2,
+        "logprobs": True,
+        "top_logprobs": 1,
+    }
+    body.update(return_token_ids=True, prompt_logprobs=0, tools=[WEATHER_TOOL])
+    body["tool_choice"] = {"type": "function", "function": {"name": "get_weather"}}
+    parsed = ChatCompletionResponse.model_validate(
+        httpx.post(server + "/v1/chat/completions", json=body).json()
+    )
+    assert len(parsed.choices) == 2 and parsed.choices[1].message.tool_calls
+    assert len(parsed.prompt_logprobs) == len(parsed.prompt_token_ids) == parsed.usage.prompt_tokens
+
+
+def test_required_tool_choice_is_allowed_without_auto_tool_flags(client, model):
+    out = client.chat.completions.create(
+        model=model,
+        messages=MESSAGES,
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+        max_tokens=2,
+        temperature=0,
+    )
+    assert out.choices[0].finish_reason in ("stop", "length", "tool_calls")

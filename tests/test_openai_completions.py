@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
 from transformers import AutoTokenizer
+
+from llmserve.protocols.openai.schemas import CompletionResponse
 
 PROMPT = "The capital of France is"
 
@@ -180,3 +183,12 @@ def test_greedy_matches_transformers(smollm2_dir, client, model, tok):
         model=model, prompt=PROMPT, max_tokens=4, temperature=0, extra_body={"return_token_ids": True}
     )
     assert out.choices[0].model_extra["token_ids"] == expected
+
+
+def test_response_matches_the_documented_schema(server, model):
+    body = {"model": model, "prompt": [PROMPT, "Hi"], "max_tokens": 2, "n": 2, "logprobs": 1, "echo": True}
+    body.update(prompt_logprobs=1, return_token_ids=True)
+    response = httpx.post(server + "/v1/completions", json=body, timeout=60)
+    parsed = CompletionResponse.model_validate(response.json())
+    assert len(parsed.choices) == 4 and all(c.prompt_logprobs[0] is None for c in parsed.choices)
+    assert parsed.choices[0].prompt_logprobs[1]  # {token_id: {logprob, rank, decoded_token}}

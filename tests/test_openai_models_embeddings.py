@@ -10,6 +10,8 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
+from llmserve.protocols.openai.schemas import EmbeddingResponse, ModelCard, ModelList
+
 
 @pytest.fixture(scope="module")
 def client(server):
@@ -106,3 +108,11 @@ def test_embeddings_too_long_input_is_400_with_numbers(client, embedding_model):
 def test_embeddings_with_the_chat_model_name_is_400(client, cards):
     with pytest.raises(openai.BadRequestError, match="does not support the Embeddings API"):
         client.embeddings.create(model=cards[0]["id"], input="x")
+
+
+def test_responses_match_the_documented_schemas(server, embedding_model, cards):
+    ModelList.model_validate(httpx.get(server + "/v1/models").json())
+    ModelCard.model_validate(httpx.get(server + "/v1/models/" + cards[0]["id"]).json())
+    for fmt in ("float", "base64"):
+        body = {"model": embedding_model, "input": ["a", "b"], "encoding_format": fmt}
+        EmbeddingResponse.model_validate(httpx.post(server + "/v1/embeddings", json=body).json())

@@ -186,6 +186,21 @@ def test_repetition_penalty_multiplies_negative_logits():
     assert tokens(sampler, logits, [item(prompt=[0], temperature=0, repetition_penalty=0.5)]) == [0]
 
 
+def test_repetition_penalty_follows_each_steps_prompt_and_output():
+    sampler = Sampler(4)
+    logits = row(3.0, 1.6, 0.0, 0.0)
+    penalised = dict(temperature=0, repetition_penalty=2.0)
+    first = item(7, prompt=[0, 3], **penalised)
+    assert tokens(sampler, logits, [first]) == [1]
+    # Same sequence id, another prompt (a new request): token 0 is no longer seen.
+    assert tokens(sampler, logits, [item(7, prompt=[3], **penalised)]) == [0]
+    # The same sequence over steps: its growing output counts, its prompt still does.
+    second = item(7, prompt=[2, 3], **penalised)
+    assert tokens(sampler, logits, [second]) == [0]
+    second.output_token_ids.append(0)
+    assert tokens(sampler, logits, [second]) == [1]
+
+
 def test_frequency_penalty_counts_output_occurrences_only():
     sampler = Sampler(4)
     logits = row(3.0, 1.6, 0.0, 0.0)
@@ -254,6 +269,37 @@ def test_top_k_keeps_the_k_most_likely():
     np.testing.assert_allclose(freq[1], 1 / (1 + math.exp(-1)), atol=0.04)
 
 
+def test_top_k_keeps_ties_with_the_kth_logit():
+    sampler = Sampler(5)
+    freq = frequencies(sampler, row(1.0, 1.0, 1.0, 0.0, 2.0), 2000, temperature=1.0, top_k=2)
+    assert set(np.flatnonzero(freq)) == {0, 1, 2, 4}
+    # More ties than the first candidate width (128) holds.
+    logits = torch.zeros(1, 600)
+    logits[0, :200] = 1.0
+    drawn = set(np.flatnonzero(frequencies(Sampler(600), logits, 3000, temperature=1.0, top_k=5)))
+    assert drawn <= set(range(200)) and len(drawn) > 190
+
+
+def test_top_k_over_a_wide_vocabulary():
+    vocab = 2000
+    sampler = Sampler(vocab)
+    logits = torch.linspace(0.0, 2.0, vocab).flip(0).unsqueeze(0)  # token 0 most likely
+    for top_k in (300, 1500):  # past the first and the second candidate widths
+        drawn = np.flatnonzero(frequencies(sampler, logits, 1500, temperature=1.0, top_k=top_k))
+        assert 0.95 * top_k < drawn.max() < top_k
+
+
+def test_top_p_applies_to_what_top_k_kept():
+    sampler = Sampler(4)
+    logits = torch.log(torch.tensor([[0.15, 0.5, 0.05, 0.3]]))
+    # top_k=2 keeps tokens 1 and 3, renormalised to 0.625 / 0.375: top_p 0.6 then keeps token 1
+    # only (over the whole vocabulary, 0.5 < 0.6 would have kept token 3 too).
+    freq = frequencies(sampler, logits, 500, temperature=1.0, top_k=2, top_p=0.6)
+    assert set(np.flatnonzero(freq)) == {1}
+    freq = frequencies(sampler, logits, 4000, temperature=1.0, top_k=2, top_p=0.7)
+    np.testing.assert_allclose(freq[[1, 3]], [0.625, 0.375], atol=0.04)
+
+
 def test_top_p_keeps_the_smallest_nucleus():
     sampler = Sampler(4)
     logits = torch.log(torch.tensor([[0.15, 0.5, 0.05, 0.3]]))
@@ -261,6 +307,9 @@ def test_top_p_keeps_the_smallest_nucleus():
     for top_p, nucleus in ((0.4, {1}), (0.79, {1, 3}), (0.81, {0, 1, 3}), (0.96, {0, 1, 2, 3})):
         freq = frequencies(sampler, logits, 2000, temperature=1.0, top_p=top_p)
         assert set(np.flatnonzero(freq)) == nucleus, top_p
+    # Renormalised over the nucleus.
+    freq = frequencies(sampler, logits, 4000, temperature=1.0, top_p=0.79)
+    np.testing.assert_allclose(freq[[1, 3]], [0.625, 0.375], atol=0.04)
 
 
 def test_top_p_over_a_wide_nucleus():
@@ -345,6 +394,16 @@ def test_seeded_row_is_reproducible_alone_or_in_any_batch():
     # Other seeds, or another choice (seed_offset) of the same request, differ.
     assert run_steps(Sampler(vocab), model, [item(0, **{**params, "seed": 43})], 25)[0] != alone
     assert run_steps(Sampler(vocab), model, [item(0, **{**params, "seed_offset": 2})], 25)[0] != alone
+
+
+def test_seed_noise_is_per_token_so_a_no_op_cut_keeps_the_tokens():
+    # top_k = vocab keeps every token: the row races over candidates instead of the whole
+    # vocabulary, and must still draw the same tokens.
+    vocab = 64
+    model = ToyModel(vocab)
+    plain = run_steps(Sampler(vocab), model, [item(0, temperature=1.0, seed=3)], 20)[0]
+    cut = run_steps(Sampler(vocab), model, [item(0, temperature=1.0, seed=3, top_k=vocab)], 20)[0]
+    assert cut == plain
 
 
 def test_unseeded_rows_follow_the_default_seed():

@@ -41,7 +41,7 @@ def create_app(config, state: ServerState | None = None, plugins: Plugins | None
     state = state or ServerState(config=config, plugins=plugins)
     app = Quart("llmserve")
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_body_bytes
-    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False
     app.extensions["llmserve"] = state
     mounted = []
     for reg in plugins.protocols().values():

@@ -139,7 +139,9 @@ class Sequence:
         elif self.status is SequenceStatus.WAITING and self.num_computed_tokens:
             raise ValueError(f"seq {self.seq_id}: waiting with computed tokens")
         if self.is_finished != (self.finish_reason is not None):
-            raise ValueError(f"seq {self.seq_id}: status {self.status.name} vs finish_reason {self.finish_reason}")
+            raise ValueError(
+                f"seq {self.seq_id}: status {self.status.name} vs finish_reason {self.finish_reason}"
+            )
         if self.params.max_tokens is not None and self.num_output_tokens > self.params.max_tokens:
             raise ValueError(f"seq {self.seq_id}: more output tokens than max_tokens")
 
@@ -181,7 +183,11 @@ class Request:
 
     @classmethod
     def create(
-        cls, request_id: str, prompt_token_ids: list[int], params: SamplingParams, arrival_time: float | None = None
+        cls,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        arrival_time: float | None = None,
     ) -> Request:
         """A request with ``params.n`` fresh sequences."""
         if arrival_time is None:

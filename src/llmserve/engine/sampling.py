@@ -5,6 +5,7 @@ Plain data: no torch or jax here. Every backend's sampler implements the same se
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -75,6 +76,16 @@ class SamplingParams:
         def bad(param: str, message: str) -> None:
             raise InvalidRequestError(f"{param} {message}", param=param)
 
+        for name in (
+            "temperature",
+            "top_p",
+            "min_p",
+            "presence_penalty",
+            "frequency_penalty",
+            "repetition_penalty",
+        ):
+            if not math.isfinite(getattr(self, name)):
+                bad(name, "must be a finite number")
         if not isinstance(self.n, int) or self.n < 1:
             bad("n", f"must be at least 1, got {self.n}")
         if self.n > 128:

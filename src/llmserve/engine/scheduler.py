@@ -12,6 +12,7 @@ released and admitted sharing its full prompt blocks (ref-counted), computing on
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ from llmserve.engine.request import FINISH_STATUS, Request, Sequence, SequenceSt
 from llmserve.errors import ConfigError, InvalidRequestError
 
 RUNNING, WAITING = SequenceStatus.RUNNING, SequenceStatus.WAITING
+log = logging.getLogger("llmserve.engine")
 
 
 @dataclass(slots=True)
@@ -77,7 +79,9 @@ class SchedulerOutput:
 class Scheduler:
     """Decides each step's work and applies its results; owns the waiting and running queues."""
 
-    def __init__(self, config: SchedulerConfig, blocks: BlockManager, eos_token_ids: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self, config: SchedulerConfig, blocks: BlockManager, eos_token_ids: tuple[int, ...] = ()
+    ) -> None:
         if config.block_size != blocks.block_size:
             raise ConfigError(f"block_size {config.block_size} != block manager's {blocks.block_size}")
         self.config = config
@@ -86,6 +90,7 @@ class Scheduler:
         self.requests: dict[str, Request] = {}  # unfinished requests
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order: the last is preempted first
+        self._failed: set[int] = set()  # seq ids whose token constraint raised in make_batch
 
     @property
     def num_running(self) -> int:
@@ -115,6 +120,11 @@ class Scheduler:
                 f"the prompt ({num_prompt} tokens) needs {need} KV cache blocks but the cache has {have}",
                 param="prompt",
             )
+        if req.params.constraint is not None:
+            if self.config.vocab_size is None:
+                raise InvalidRequestError("structured output is not available: the engine has no vocab size")
+            if req.params.n > 1:  # one constraint object cannot track n different choices
+                raise InvalidRequestError("n > 1 is not supported with structured output", param="n")
         self.requests[req.request_id] = req
         self.waiting.append(req.seqs[0])
         req.pending = list(req.seqs[1:])
@@ -133,7 +143,9 @@ class Scheduler:
                     continue  # preempted earlier in this step, or not this pass
                 num_new = self._chunk_size(seq, seq.num_computed_tokens, budget)
                 if self._reserve(seq, num_new, scheduled, out):
-                    out.chunks.append(ScheduledChunk(seq, num_new, seq.num_computed_tokens + num_new == seq.num_tokens))
+                    out.chunks.append(
+                        ScheduledChunk(seq, num_new, seq.num_computed_tokens + num_new == seq.num_tokens)
+                    )
                     scheduled.add(seq.seq_id)
                     budget -= num_new
         if out.preempted:  # memory is tight: admitting now would only preempt again
@@ -236,9 +248,11 @@ class Scheduler:
             params = seq.params
             mask = None
             if chunk.sample and params.constraint is not None:
-                if self.config.vocab_size is None:
-                    raise ConfigError("SchedulerConfig.vocab_size is needed for token constraints")
-                mask = params.constraint.allowed_mask(self.config.vocab_size)
+                try:
+                    mask = params.constraint.allowed_mask(self.config.vocab_size)
+                except Exception:  # a broken grammar ends its request, never the engine
+                    log.exception("token constraint failed for request %s", seq.request_id)
+                    self._failed.add(seq.seq_id)
             items.append(
                 BatchItem(
                     seq_id=seq.seq_id,
@@ -264,8 +278,10 @@ class Scheduler:
             raise ValueError(f"{len(results)} results for {len(out.chunks)} scheduled chunks")
         emitted = list(out.finished)
         any_finished = False
-        for chunk, result in zip(out.chunks, results):
+        for chunk, result in zip(out.chunks, results, strict=True):
             seq = chunk.seq
+            if result.seq_id != seq.seq_id:
+                raise ValueError(f"result for seq {result.seq_id} where seq {seq.seq_id} was expected")
             if seq.is_finished:  # aborted after scheduling
                 continue
             seq.num_computed_tokens += chunk.num_new_tokens
@@ -276,7 +292,11 @@ class Scheduler:
                 continue
             if result.token_id is None:
                 raise ValueError(f"backend did not sample for seq {seq.seq_id}")
-            self._append_token(seq, result)
+            if not self._append_token(seq, result):
+                self.running.remove(seq)
+                self._finish(seq, "abort")
+                emitted.append(seq)
+                continue
             req = self.requests[seq.request_id]
             if req.pending and seq.index == 0:
                 self._release_pending(req)
@@ -285,18 +305,28 @@ class Scheduler:
                 self._finish(seq, *reason)
                 any_finished = True
             emitted.append(seq)
+        self._failed.clear()
         if any_finished:
             self.running = [s for s in self.running if s.status is RUNNING]
         return emitted
 
-    def _append_token(self, seq: Sequence, result: SampleResult) -> None:
+    def _append_token(self, seq: Sequence, result: SampleResult) -> bool:
+        """Append the sampled token; False if the sequence's token constraint failed."""
         token = result.token_id
+        if seq.seq_id in self._failed:
+            self._failed.discard(seq.seq_id)
+            return False
+        if seq.params.constraint is not None:
+            try:
+                seq.params.constraint.accept(token)
+            except Exception:
+                log.exception("token constraint rejected token %s of request %s", token, seq.request_id)
+                return False
         seq.output_token_ids.append(token)
         if seq.output_logprobs is not None:
             chosen = TokenLogprob(token, result.logprob, result.rank or 1)
             seq.output_logprobs.append((chosen, result.top_logprobs or []))
-        if seq.params.constraint is not None:
-            seq.params.constraint.accept(token)
+        return True
 
     def _add_prompt_logprobs(self, seq: Sequence, start: int, entries: list) -> None:
         # entries cover positions start.. of this chunk; skip those delivered before a preemption

@@ -133,7 +133,9 @@ def _rope(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     """(theta, scaling) from either rope_parameters (transformers 5) or rope_theta/rope_scaling."""
     params = dict(raw.get("rope_parameters") or {})
     scaling = dict(raw.get("rope_scaling") or {})
-    theta = float(params.pop("rope_theta", None) or raw.get("rope_theta") or scaling.get("rope_theta") or 10000.0)
+    theta = float(
+        params.pop("rope_theta", None) or raw.get("rope_theta") or scaling.get("rope_theta") or 10000.0
+    )
     merged = {**scaling, **params}
     merged.pop("rope_theta", None)
     rope_type = merged.pop("rope_type", None) or merged.pop("type", None) or "default"

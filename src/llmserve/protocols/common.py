@@ -194,11 +194,11 @@ def parse_prompts(
     texts = [item for item in items if isinstance(item, str)]
     encoded = iter(tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"] if texts else [])
     out = []
-    for item in items:
-        if isinstance(item, str):
-            out.append(Prompt(list(next(encoded)), item))
-        else:
-            out.append(Prompt(list(item)))
+    for i, item in enumerate(items):
+        out.append(Prompt(list(next(encoded)), item) if isinstance(item, str) else Prompt(list(item)))
+        if not out[-1].token_ids:
+            where = f"{param}[{i}]" if len(items) > 1 else param
+            raise InvalidRequestError(f"{where} must not be empty (it has no tokens)", param=param)
     if truncate_prompt_tokens is not None:
         for p in out:
             kept = truncate_tokens(p.token_ids, truncate_prompt_tokens, max_model_len)

@@ -17,8 +17,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llmserve.backends.torch.cpu_kernels import paged_decode
-
 
 @dataclass(slots=True)
 class DecodeGroup:
@@ -30,7 +28,7 @@ class DecodeGroup:
     context_lens: torch.Tensor  # [num_seqs]
     # [num_seqs, 1, 1, max_blocks * block_size] bool, True = attend; None when ``kernel`` runs.
     mask: torch.Tensor | None
-    # The fused C decode kernel (cpu_kernels.decode_kernel) or None for the torch path.
+    # kernel(q, kv_cache, group, scale) -> [B, H * D] (CpuKernels.paged_decode), or None for torch.
     kernel: Any = None
     window: int | None = None
 
@@ -93,7 +91,9 @@ def paged_attention(
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
-def _gather(kv_cache: torch.Tensor, block_ids: torch.Tensor, num_seqs: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _gather(
+    kv_cache: torch.Tensor, block_ids: torch.Tensor, num_seqs: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     # index_select is several times faster than advanced indexing on CPU.
     _, block_size, _, kv_heads, head_dim = kv_cache.shape
     kv = kv_cache.index_select(0, block_ids).view(num_seqs, -1, 2, kv_heads, head_dim)
@@ -102,9 +102,7 @@ def _gather(kv_cache: torch.Tensor, block_ids: torch.Tensor, num_seqs: int) -> t
 
 def _decode(q: torch.Tensor, kv_cache: torch.Tensor, group: DecodeGroup, scale: float) -> torch.Tensor:
     if group.kernel is not None:
-        return paged_decode(
-            group.kernel, q, kv_cache, group.block_ids, group.context_lens, group.max_blocks, scale, group.window
-        )
+        return group.kernel(q, kv_cache, group, scale)
     num_seqs, heads, head_dim = q.shape
     kv_heads = kv_cache.shape[3]
     k, v = _gather(kv_cache, group.block_ids, num_seqs)

@@ -1,12 +1,14 @@
-"""A fused paged-attention decode kernel for CPUs, in C, built on first use.
+"""Fused CPU kernels in C (paged decode attention, add+RMSNorm, SiLU*mul, rotary), built on first use.
 
-Decode is bound by reading the KV cache. The pure-torch path gathers each sequence's blocks into
-a padded copy and then runs SDPA over it, reading the cache twice and writing it once; this
-kernel reads each K/V row once, straight from the paged cache, and is about 2-3x faster at large
-batch. It is compiled with the system C compiler (once; cached under the llmserve cache
-directory) and loaded with ctypes. It links against the OpenMP runtime torch already loaded, so
-it shares torch's thread pool. Without a compiler, ``decode_kernel()`` returns None and callers
-use the torch path.
+Why: on a CPU, decode is bound by reading the KV cache and by per-op overhead. The torch path
+gathers each sequence's blocks into a padded copy and runs SDPA over it (reading the cache twice,
+writing it once); ``paged_decode`` reads each K/V row once, straight from the paged cache. torch's
+RMSNorm and rotary are chains of 5-8 small ops each; here they are one call.
+
+The source (cpu_kernels_src.py) is compiled once with the system C compiler, cached under the
+llmserve cache directory, and loaded with ctypes. It links against the OpenMP runtime torch
+already loaded, so it shares torch's thread pool. Without a compiler ``CpuKernels.load`` returns
+None and the model runs on ``TorchOps`` alone.
 """
 
 from __future__ import annotations
@@ -24,120 +26,31 @@ from pathlib import Path
 
 import torch
 
+from llmserve.backends.torch.cpu_kernels_src import SOURCE
+from llmserve.backends.torch.layers import TorchOps
+
 log = logging.getLogger(__name__)
 
-_SOURCE = r"""
-#include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
-
-static inline float load_f32(const float *p, int64_t i) { return p[i]; }
-static inline void store_f32(float *p, int64_t i, float v) { p[i] = v; }
-static inline float load_bf16(const uint16_t *p, int64_t i) {
-    union { uint32_t u; float f; } v; v.u = (uint32_t)p[i] << 16; return v.f;
-}
-static inline void store_bf16(uint16_t *p, int64_t i, float f) {
-    union { uint32_t u; float f; } v; v.f = f;
-    p[i] = (uint16_t)((v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16);  /* round to nearest even */
-}
-
-/* q: [B, H, D] with row stride q_stride (elements between sequences); cache: [slots, 2, KVH, D];
-   tables: [B, max_blocks]; ctx_lens: [B]; out: [B, H, D] contiguous. One work item per
-   (sequence, kv head): its G = H / KVH query heads share every K/V row it loads. Two passes
-   (scores, then weighted V), each reading the rows once, block by block. G * D <= MAX_GD. */
-#define MAX_GD 4096
-#define DEFINE_DECODE(NAME, T, LOAD, STORE, DIM)                                                   \
-void NAME(const T *q, int64_t q_stride, const T *cache, const int64_t *tables,                     \
-          const int64_t *ctx_lens, T *out, int64_t B, int64_t H, int64_t KVH, int64_t head_dim,   \
-          int64_t block_size, int64_t max_blocks, float scale, int64_t window, int nthreads) {    \
-    const int64_t D = DIM ? DIM : head_dim; /* a constant D lets the compiler unroll */            \
-    const int64_t G = H / KVH, row = 2 * KVH * D;                                                  \
-    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                            \
-    for (int64_t work = 0; work < B * KVH; work++) {                                               \
-        const int64_t b = work / KVH, h = work % KVH, ctx = ctx_lens[b];                           \
-        const int64_t first = (window > 0 && ctx > window) ? ctx - window : 0;                     \
-        const int64_t n = ctx - first;                                                             \
-        float qf[MAX_GD], acc[MAX_GD], kv[MAX_GD / 4], maxs[64], sums[64];                         \
-        float *restrict scores = malloc(sizeof(float) * G * n);                                    \
-        const int64_t *table = tables + b * max_blocks;                                            \
-        for (int64_t g = 0; g < G; g++) {                                                          \
-            maxs[g] = -3.0e38f; sums[g] = 0.0f;                                                    \
-            for (int64_t d = 0; d < D; d++) {                                                      \
-                qf[g * D + d] = LOAD(q, b * q_stride + (h * G + g) * D + d) * scale;               \
-                acc[g * D + d] = 0.0f;                                                             \
-            }                                                                                      \
-        }                                                                                          \
-        for (int64_t t0 = first - first % block_size; t0 < ctx; t0 += block_size) {               \
-            const T *restrict base = cache + table[t0 / block_size] * block_size * row + h * D;    \
-            const int64_t lo = t0 < first ? first : t0;                                            \
-            const int64_t hi = t0 + block_size < ctx ? t0 + block_size : ctx;                      \
-            for (int64_t t = lo; t < hi; t++) {                                                    \
-                const T *restrict k = base + (t - t0) * row;                                       \
-                for (int64_t d = 0; d < D; d++) kv[d] = LOAD(k, d);                                \
-                for (int64_t g = 0; g < G; g++) {                                                  \
-                    float s = 0.0f;                                                                \
-                    for (int64_t d = 0; d < D; d++) s += qf[g * D + d] * kv[d];                    \
-                    scores[g * n + (t - first)] = s;                                               \
-                }                                                                                  \
-            }                                                                                      \
-        }                                                                                          \
-        for (int64_t g = 0; g < G; g++) {                                                          \
-            float *restrict sg = scores + g * n;                                                   \
-            float m = -3.0e38f, total = 0.0f;                                                      \
-            for (int64_t i = 0; i < n; i++) m = sg[i] > m ? sg[i] : m;                             \
-            for (int64_t i = 0; i < n; i++) { sg[i] = expf(sg[i] - m); total += sg[i]; }           \
-            sums[g] = total;                                                                       \
-        }                                                                                          \
-        for (int64_t t0 = first - first % block_size; t0 < ctx; t0 += block_size) {               \
-            const T *restrict base = cache + table[t0 / block_size] * block_size * row             \
-                                     + KVH * D + h * D;                                            \
-            const int64_t lo = t0 < first ? first : t0;                                            \
-            const int64_t hi = t0 + block_size < ctx ? t0 + block_size : ctx;                      \
-            for (int64_t t = lo; t < hi; t++) {                                                    \
-                const T *restrict v = base + (t - t0) * row;                                       \
-                for (int64_t d = 0; d < D; d++) kv[d] = LOAD(v, d);                                \
-                for (int64_t g = 0; g < G; g++) {                                                  \
-                    const float p = scores[g * n + (t - first)];                                   \
-                    for (int64_t d = 0; d < D; d++) acc[g * D + d] += p * kv[d];                   \
-                }                                                                                  \
-            }                                                                                      \
-        }                                                                                          \
-        for (int64_t g = 0; g < G; g++) {                                                          \
-            const float inv = 1.0f / sums[g];                                                      \
-            for (int64_t d = 0; d < D; d++) STORE(out, (b * H + h * G + g) * D + d, acc[g * D + d] * inv); \
-        }                                                                                          \
-        free(scores);                                                                              \
-    }                                                                                              \
-}
-
-DEFINE_DECODE(decode_f32, float, load_f32, store_f32, 0)
-DEFINE_DECODE(decode_bf16, uint16_t, load_bf16, store_bf16, 0)
-DEFINE_DECODE(decode_f32_d64, float, load_f32, store_f32, 64)
-DEFINE_DECODE(decode_bf16_d64, uint16_t, load_bf16, store_bf16, 64)
-DEFINE_DECODE(decode_f32_d128, float, load_f32, store_f32, 128)
-DEFINE_DECODE(decode_bf16_d128, uint16_t, load_bf16, store_bf16, 128)
-"""
-
-# -ffast-math lets the compiler vectorise the float reductions and expf (glibc libmvec).
 _FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
-_MAX_GROUP, _MAX_GROUP_DIM = 64, 4096  # sizes of the kernel's stack buffers
+_MAX_GROUP, _MAX_HEAD_DIM = 64, 1024  # sizes of the decode kernel's stack buffers
+_DTYPES = (torch.float32, torch.bfloat16)
 _lock = threading.Lock()
-_loaded: dict[str, object] = {}
+_loaded: dict[str, ctypes.CDLL | None] = {}
 
 
 def _cache_path() -> Path:
     root = os.environ.get("LLMSERVE_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "llmserve"
     )
-    key = hashlib.sha256("\n".join([_SOURCE, *_FLAGS, platform.machine(), _cpu_model()]).encode()).hexdigest()
-    return Path(root) / "kernels" / f"paged_decode_{key[:16]}.so"
+    key = hashlib.sha256("\n".join([SOURCE, *_FLAGS, platform.machine(), _cpu_flags()]).encode()).hexdigest()
+    return Path(root) / "kernels" / f"cpu_kernels_{key[:16]}.so"
 
 
-def _cpu_model() -> str:
-    # -march=native output is only valid on the CPU it was built for.
+def _cpu_flags() -> str:
+    # -march=native output is only valid on CPUs with the same instruction sets.
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
+            if line.startswith("flags"):
                 return line
     except OSError:
         pass
@@ -147,11 +60,11 @@ def _cpu_model() -> str:
 def _build(target: Path) -> None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        raise OSError("no C compiler")
+        raise OSError("no C compiler found")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src, lib = Path(tmp) / "kernel.c", Path(tmp) / "kernel.so"
-        src.write_text(_SOURCE)
+        src, lib = Path(tmp) / "kernels.c", Path(tmp) / "kernels.so"
+        src.write_text(SOURCE)
         subprocess.run([compiler, *_FLAGS, str(src), "-o", str(lib), "-lm"], check=True, capture_output=True)
         os.replace(lib, target)  # atomic: concurrent builders never see a half-written library
 
@@ -165,67 +78,131 @@ def _library() -> ctypes.CDLL | None:
                 if not path.exists():
                     _build(path)
                 lib = ctypes.CDLL(str(path))
-                i64, ptr = ctypes.c_int64, ctypes.c_void_p
-                for dtype, dim in _VARIANTS:
-                    fn = getattr(lib, _variant_name(dtype, dim))
-                    fn.restype = None
-                    fn.argtypes = [ptr, i64, ptr, ptr, ptr, ptr] + [i64] * 6 + [ctypes.c_float, i64, ctypes.c_int]
+                _declare(lib)
                 _loaded["lib"] = lib
             except (OSError, subprocess.CalledProcessError) as exc:
-                log.info("fused CPU decode kernel unavailable (%s); using the torch path", exc)
-        return _loaded["lib"]  # type: ignore[return-value]
+                log.info("fused CPU kernels unavailable (%s); using torch ops", exc)
+        return _loaded["lib"]
 
 
-_VARIANTS = [(dtype, dim) for dtype in ("f32", "bf16") for dim in (0, 64, 128)]
+def _declare(lib: ctypes.CDLL) -> None:
+    i64, ptr, f32, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
+    signatures = {
+        "paged_decode": [ptr, i64, ptr, ptr, ptr, ptr] + [i64] * 6 + [f32, i64, c_int, c_int],
+        "add_rms_norm": [ptr, ptr, ptr, ptr, i64, i64, f32, c_int, c_int],
+        "silu_mul": [ptr, ptr, i64, i64, c_int, c_int],
+        "rope": [ptr, i64, i64, i64, i64, ptr, ptr, c_int, c_int],
+    }
+    for name, args in signatures.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = None, args
 
 
-def _variant_name(dtype: str, dim: int) -> str:
-    return f"decode_{dtype}" + (f"_d{dim}" if dim else "")
+class CpuKernels(TorchOps):
+    """TorchOps with the hot ops replaced by the C kernels for contiguous bf16/fp32 CPU tensors.
 
+    Anything the kernels do not cover (other dtypes, strided inputs) falls back to torch.
+    """
 
-def decode_kernel(dtype: torch.dtype, device: torch.device, group: int, head_dim: int):
-    """The C decode function for this dtype and head size, or None when it cannot be used here."""
-    if device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16) or group > _MAX_GROUP or group * head_dim > _MAX_GROUP_DIM or head_dim > 1024:
-        return None
-    lib = _library()
-    if lib is None:
-        return None
-    name = "bf16" if dtype == torch.bfloat16 else "f32"
-    return getattr(lib, _variant_name(name, head_dim if head_dim in (64, 128) else 0))
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self.lib = lib
 
+    @classmethod
+    def load(cls, dtype: torch.dtype, device: torch.device) -> CpuKernels | None:
+        """The kernels for this run dtype and device, or None where they cannot be used."""
+        if device.type != "cpu" or dtype not in _DTYPES:
+            return None
+        lib = _library()
+        return cls(lib) if lib is not None else None
 
-def paged_decode(
-    fn,
-    q: torch.Tensor,
-    kv_cache: torch.Tensor,
-    tables: torch.Tensor,
-    ctx_lens: torch.Tensor,
-    max_blocks: int,
-    scale: float,
-    window: int | None,
-) -> torch.Tensor:
-    """Decode attention with the C kernel ``fn``. ``q`` [B, H, D] may be a row-strided view
-    (heads and head_dim contiguous); returns [B, H * D]."""
-    num_seqs, heads, head_dim = q.shape
-    if q.stride(2) != 1 or q.stride(1) != head_dim or not kv_cache.is_contiguous():
-        raise ValueError("paged_decode needs contiguous heads in q and a contiguous cache")
-    _, block_size, _, kv_heads, _ = kv_cache.shape
-    out = torch.empty(num_seqs, heads * head_dim, dtype=q.dtype)
-    fn(
-        q.data_ptr(),
-        q.stride(0),
-        kv_cache.data_ptr(),
-        tables.data_ptr(),
-        ctx_lens.data_ptr(),
-        out.data_ptr(),
-        num_seqs,
-        heads,
-        kv_heads,
-        head_dim,
-        block_size,
-        max_blocks,
-        scale,
-        window or 0,
-        torch.get_num_threads(),
-    )
-    return out
+    def supports_decode(self, heads: int, kv_heads: int, head_dim: int) -> bool:
+        return heads // kv_heads <= _MAX_GROUP and head_dim <= _MAX_HEAD_DIM
+
+    def _ok(self, *tensors: torch.Tensor) -> bool:
+        return all(t.is_contiguous() and t.dtype in _DTYPES and t.dtype == tensors[0].dtype for t in tensors)
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        if not self._ok(x, weight):
+            return super().rms_norm(x, weight, eps)
+        out = torch.empty_like(x)
+        rows = x.numel() // x.shape[-1]
+        self.lib.add_rms_norm(
+            None, x.data_ptr(), weight.data_ptr(), out.data_ptr(), rows, x.shape[-1], eps, *self._mode(x)
+        )
+        return out
+
+    def add_rms_norm(
+        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``residual += x`` in place; returns (rms_norm(residual) * weight, residual)."""
+        if not self._ok(x, residual, weight):
+            return super().add_rms_norm(x, residual, weight, eps)
+        out = torch.empty_like(x)
+        rows = x.numel() // x.shape[-1]
+        self.lib.add_rms_norm(
+            x.data_ptr(),
+            residual.data_ptr(),
+            weight.data_ptr(),
+            out.data_ptr(),
+            rows,
+            x.shape[-1],
+            eps,
+            *self._mode(x),
+        )
+        return out, residual
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        if not self._ok(gate_up):
+            return super().silu_mul(gate_up)
+        rows, width = gate_up.shape
+        out = torch.empty(rows, width // 2, dtype=gate_up.dtype)
+        self.lib.silu_mul(gate_up.data_ptr(), out.data_ptr(), rows, width // 2, *self._mode(gate_up))
+        return out
+
+    def rope_tables(self, angles: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        return angles.cos().contiguous(), angles.sin().contiguous()  # float32 [tokens, head_dim / 2]
+
+    def rope_(self, x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> None:
+        tokens, heads, head_dim = x.shape
+        if x.stride(2) != 1 or x.stride(1) != head_dim or x.dtype not in _DTYPES:
+            raise ValueError("rope_ needs [tokens, heads, head_dim] with contiguous heads")
+        cos, sin = tables
+        self.lib.rope(
+            x.data_ptr(), tokens, x.stride(0), heads, head_dim, cos.data_ptr(), sin.data_ptr(), *self._mode(x)
+        )
+
+    def paged_decode(self, q: torch.Tensor, kv_cache: torch.Tensor, group, scale: float) -> torch.Tensor:
+        """Decode attention straight from the paged cache. ``q`` [B, H, D] may be a row-strided
+        view (heads and head_dim contiguous). Returns [B, H * D]."""
+        num_seqs, heads, head_dim = q.shape
+        if (
+            q.stride(2) != 1
+            or q.stride(1) != head_dim
+            or not kv_cache.is_contiguous()
+            or q.dtype != kv_cache.dtype
+        ):
+            raise ValueError("paged_decode needs contiguous heads in q and a contiguous cache of q's dtype")
+        _, block_size, _, kv_heads, _ = kv_cache.shape
+        out = torch.empty(num_seqs, heads * head_dim, dtype=q.dtype)
+        self.lib.paged_decode(
+            q.data_ptr(),
+            q.stride(0),
+            kv_cache.data_ptr(),
+            group.block_ids.data_ptr(),
+            group.context_lens.data_ptr(),
+            out.data_ptr(),
+            num_seqs,
+            heads,
+            kv_heads,
+            head_dim,
+            block_size,
+            group.max_blocks,
+            scale,
+            group.window or 0,
+            *self._mode(q),
+        )
+        return out
+
+    @staticmethod
+    def _mode(x: torch.Tensor) -> tuple[int, int]:
+        return int(x.dtype == torch.bfloat16), torch.get_num_threads()

@@ -53,6 +53,6 @@ class TorchEmbedder(Embedder):
             pooled = self.model(ids.to(self.device), mask.to(self.device), self.pooling).float()
             if normalize:
                 pooled = F.normalize(pooled, dim=-1)
-            for row, vector in zip(chunk, pooled.cpu().tolist()):
+            for row, vector in zip(chunk, pooled.cpu().tolist(), strict=True):
                 results[row] = vector
         return results

@@ -1,12 +1,14 @@
 """Building blocks shared by the decoder families: norm, rotary embedding, gated MLP, attention.
 
 Projections that read the same input are fused at load time (q/k/v into one matmul, gate/up
-into one), so a decoder layer is four matmuls plus a handful of cheap ops.
+into one), so a decoder layer is four matmuls plus a few fused ops. The fused ops go through an
+``ops`` object: ``TorchOps`` here (any device), or ``CpuKernels`` (C kernels) on CPU.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,29 +19,68 @@ from llmserve.backends.torch.attention import AttentionMetadata, paged_attention
 from llmserve.models.registry import UnsupportedModelError
 
 
+class TorchOps:
+    """Reference implementations of the fused ops, in plain torch."""
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+    def add_rms_norm(
+        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rms_norm(x + residual) * weight, x + residual)."""
+        residual = x + residual
+        return self.rms_norm(residual, weight, eps), residual
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        half = gate_up.shape[-1] // 2
+        return F.silu(gate_up[:, :half]).mul_(gate_up[:, half:])
+
+    def rope_tables(self, angles: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """From float32 angles [tokens, head_dim / 2]: cos and signed sin [tokens, 1, head_dim]."""
+        cos, sin = angles.cos(), angles.sin()
+        return torch.cat((cos, cos), -1)[:, None].to(dtype), torch.cat((-sin, sin), -1)[:, None].to(dtype)
+
+    def rope_(self, x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Rotate ``x`` [tokens, heads, head_dim] in place ("rotate half" layout)."""
+        cos, sin = tables
+        rotated = torch.roll(x, x.shape[-1] // 2, dims=-1)  # [x2, x1]; sin carries rotate_half's minus
+        x.mul_(cos).addcmul_(rotated, sin)
+
+
+@dataclass(slots=True)
+class StepContext:
+    """Per-step inputs every layer shares: attention metadata, rotary tables, the op set."""
+
+    attn: AttentionMetadata
+    rope: tuple[torch.Tensor, torch.Tensor]
+    ops: TorchOps
+
+
 class RMSNorm(nn.Module):
-    """Root-mean-square layer norm (Llama)."""
+    """Root-mean-square layer norm; with ``residual`` it first adds x into it (fused)."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim), requires_grad=False)
         self.eps = eps
-        self.shape = (dim,)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, self.shape, self.weight, self.eps)
+    def forward(self, x: torch.Tensor, ops: TorchOps, residual: torch.Tensor | None = None) -> Any:
+        if residual is None:
+            return ops.rms_norm(x, self.weight, self.eps)
+        return ops.add_rms_norm(x, residual, self.weight, self.eps)
 
 
 class RotaryEmbedding:
-    """Rotary position embedding, HF "rotate half" layout, with linear / llama3 frequency scaling.
+    """Rotary position embedding frequencies, with linear / llama3 scaling.
 
-    ``cos_sin(positions)`` is computed once per step and shared by every layer; the sign of
-    rotate-half is folded into ``sin`` so applying it is a roll and two multiply-adds. Not a
-    module: it holds no weights, so models can be built on the meta device.
+    Not a module: it holds no weights, so models can be built on the meta device.
     """
 
     def __init__(self, head_dim: int, theta: float, scaling: dict[str, Any] | None) -> None:
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device="cpu") / head_dim))
+        inv_freq = 1.0 / (
+            theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device="cpu") / head_dim)
+        )
         rope_type = (scaling or {}).get("rope_type", "default")
         if rope_type == "llama3":
             inv_freq = _llama3_inv_freq(inv_freq, scaling)
@@ -48,24 +89,12 @@ class RotaryEmbedding:
         elif rope_type != "default":
             raise UnsupportedModelError(f"rope scaling type {rope_type!r} is not supported")
         self.inv_freq = inv_freq.float()
-        self.sign = torch.ones(head_dim, device="cpu")
-        self.sign[: head_dim // 2] = -1.0
-        self.half = head_dim // 2
 
-    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and signed sin, each [num_tokens, 1, head_dim] in ``dtype``."""
+    def angles(self, positions: torch.Tensor) -> torch.Tensor:
+        """float32 [tokens, head_dim / 2]: position times each frequency."""
         if self.inv_freq.device != positions.device:
-            self.inv_freq, self.sign = self.inv_freq.to(positions.device), self.sign.to(positions.device)
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]
-        angles = torch.cat((freqs, freqs), dim=-1)
-        cos = angles.cos().to(dtype)
-        sin = (angles.sin() * self.sign).to(dtype)
-        return cos[:, None, :], sin[:, None, :]
-
-    def apply_(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
-        """Rotate ``x`` [num_tokens, heads, head_dim] in place."""
-        rotated = torch.roll(x, self.half, dims=-1)  # [x2, x1]; sin carries rotate_half's minus
-        x.mul_(cos).addcmul_(rotated, sin)
+            self.inv_freq = self.inv_freq.to(positions.device)
+        return positions.float()[:, None] * self.inv_freq[None, :]
 
 
 def _llama3_inv_freq(inv_freq: torch.Tensor, p: dict[str, Any]) -> torch.Tensor:
@@ -80,25 +109,18 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, p: dict[str, Any]) -> torch.Tensor:
     return torch.where(is_mid, mid, scaled)
 
 
-_ACTIVATIONS = {"silu": F.silu, "swish": F.silu, "gelu": F.gelu}
-
-
 class GatedMLP(nn.Module):
-    """down(act(gate(x)) * up(x)) with gate and up fused into one matmul."""
+    """down(silu(gate(x)) * up(x)) with gate and up fused into one matmul."""
 
     def __init__(self, hidden: int, intermediate: int, act: str, bias: bool) -> None:
         super().__init__()
-        if act not in _ACTIVATIONS:
+        if act not in ("silu", "swish"):
             raise UnsupportedModelError(f"activation {act!r} is not supported")
-        self.act = _ACTIVATIONS[act]
-        self.intermediate = intermediate
         self.gate_up_proj = nn.Linear(hidden, 2 * intermediate, bias=bias)
         self.down_proj = nn.Linear(intermediate, hidden, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate_up = self.gate_up_proj(x)  # [num_tokens, 2 * intermediate]
-        h = self.act(gate_up[:, : self.intermediate]).mul_(gate_up[:, self.intermediate :])
-        return self.down_proj(h)
+    def forward(self, x: torch.Tensor, ops: TorchOps) -> torch.Tensor:
+        return self.down_proj(ops.silu_mul(self.gate_up_proj(x)))  # [tokens, 2 * inter] -> [tokens, hidden]
 
 
 class PagedAttention(nn.Module):
@@ -126,22 +148,14 @@ class PagedAttention(nn.Module):
         self.q_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
         self.k_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos_sin: tuple[torch.Tensor, torch.Tensor],
-        rotary: RotaryEmbedding,
-        kv_cache: torch.Tensor,
-        meta: AttentionMetadata,
-    ) -> torch.Tensor:
-        num_tokens = x.shape[0]
-        qkv = self.qkv_proj(x)  # [num_tokens, (heads + 2 * kv_heads) * head_dim]
-        rope_width = self.q_size + self.kv_size
-        qk = qkv[:, :rope_width].view(num_tokens, self.heads + self.kv_heads, self.head_dim)
+    def forward(self, x: torch.Tensor, step: StepContext, kv_cache: torch.Tensor) -> torch.Tensor:
+        tokens = x.shape[0]
+        qkv = self.qkv_proj(x)  # [tokens, (heads + 2 * kv_heads) * head_dim]
+        qk = qkv[:, : self.q_size + self.kv_size].view(tokens, self.heads + self.kv_heads, self.head_dim)
         if self.q_norm is not None:
-            qk[:, : self.heads] = self.q_norm(qk[:, : self.heads])
-            qk[:, self.heads :] = self.k_norm(qk[:, self.heads :])
-        rotary.apply_(qk, *cos_sin)
-        write_kv(kv_cache, meta.slot_mapping, qkv[:, self.q_size :].view(num_tokens, 2, self.kv_heads, self.head_dim))
-        out = paged_attention(qk[:, : self.heads], kv_cache, meta, self.scale)
-        return self.o_proj(out)
+            qk[:, : self.heads] = self.q_norm(qk[:, : self.heads], step.ops)
+            qk[:, self.heads :] = self.k_norm(qk[:, self.heads :], step.ops)
+        step.ops.rope_(qk, step.rope)  # in place: qkv now holds rotated q and k
+        kv = qkv[:, self.q_size :].view(tokens, 2, self.kv_heads, self.head_dim)
+        write_kv(kv_cache, step.attn.slot_mapping, kv)
+        return self.o_proj(paged_attention(qk[:, : self.heads], kv_cache, step.attn, self.scale))

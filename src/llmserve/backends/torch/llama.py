@@ -12,7 +12,14 @@ import torch
 from torch import nn
 
 from llmserve.backends.torch.attention import AttentionMetadata
-from llmserve.backends.torch.layers import GatedMLP, PagedAttention, RMSNorm, RotaryEmbedding
+from llmserve.backends.torch.layers import (
+    GatedMLP,
+    PagedAttention,
+    RMSNorm,
+    RotaryEmbedding,
+    StepContext,
+    TorchOps,
+)
 from llmserve.backends.torch.loader import load_checkpoint
 from llmserve.models.hf_config import ArchConfig
 
@@ -34,15 +41,16 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act, cfg.mlp_bias)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        cos_sin: tuple[torch.Tensor, torch.Tensor],
-        rotary: RotaryEmbedding,
-        kv_cache: torch.Tensor,
-        meta: AttentionMetadata,
-    ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos_sin, rotary, kv_cache, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        self, x: torch.Tensor, residual: torch.Tensor | None, step: StepContext, kv_cache: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """h = x + attn(norm(x)); out = h + mlp(norm(h)), with each residual add fused into the
+        next norm: returns (last sublayer output, running residual sum)."""
+        if residual is None:
+            residual, h = x, self.input_layernorm(x, step.ops)
+        else:
+            h, residual = self.input_layernorm(x, step.ops, residual)
+        h, residual = self.post_attention_layernorm(self.self_attn(h, step, kv_cache), step.ops, residual)
+        return self.mlp(h, step.ops), residual
 
 
 class LlamaModel(nn.Module):
@@ -74,6 +82,7 @@ class LlamaForCausalLM(nn.Module):
         self.model = LlamaModel(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+        self.ops = TorchOps()  # the runner swaps in CpuKernels where they run
         # Row counts of the fused projections' shards, in STACKED_PARAMS order.
         q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
         self.shard_sizes = {"qkv_proj": (q, kv, kv), "gate_up_proj": (cfg.intermediate_size,) * 2}
@@ -87,14 +96,15 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Hidden states [num_tokens, hidden] before the final norm."""
         x = self.model.embed_tokens(input_ids)
-        cos_sin = self.rotary.cos_sin(positions, x.dtype)
-        for layer, kv_cache in zip(self.model.layers, kv_caches):
-            x = layer(x, cos_sin, self.rotary, kv_cache, meta)
-        return x
+        step = StepContext(meta, self.ops.rope_tables(self.rotary.angles(positions), x.dtype), self.ops)
+        residual = None
+        for layer, kv_cache in zip(self.model.layers, kv_caches, strict=True):
+            x, residual = layer(x, residual, step, kv_cache)
+        return x + residual
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits [rows, vocab] for the given rows of ``forward``'s output."""
-        return self.lm_head(self.model.norm(hidden)).float()
+        return self.lm_head(self.model.norm(hidden, self.ops)).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy checkpoint tensors into the (already allocated) parameters, fusing as needed."""

@@ -12,7 +12,7 @@ import torch
 
 from llmserve.backends.base import Batch, BatchItem, ModelInfo
 from llmserve.backends.torch.attention import AttentionMetadata, DecodeGroup, PrefillGroup, build_masks
-from llmserve.backends.torch.cpu_kernels import decode_kernel
+from llmserve.backends.torch.cpu_kernels import CpuKernels
 from llmserve.backends.torch.loader import load_model
 from llmserve.errors import ConfigError
 from llmserve.models.hf_config import ArchConfig, load_arch_config
@@ -60,8 +60,11 @@ class TorchModelRunner:
         self.dtype = TORCH_DTYPES[dtype_name]
         self.cfg = cfg
         self.model = load_model(self.model_dir, cfg, self.dtype, self.device)
-        group = cfg.num_heads // cfg.num_kv_heads
-        self.decode_kernel = decode_kernel(self.dtype, self.device, group, cfg.head_dim) if self.use_kernels else None
+        kernels = CpuKernels.load(self.dtype, self.device) if self.use_kernels else None
+        if kernels is not None:
+            self.model.ops = kernels
+            if kernels.supports_decode(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim):
+                self.decode_kernel = kernels.paged_decode
         return ModelInfo(
             architecture=cfg.architecture,
             vocab_size=cfg.vocab_size,
@@ -77,7 +80,9 @@ class TorchModelRunner:
         if self.cfg is None:
             raise RuntimeError("load() the model before allocating its KV cache")
         shape = (num_blocks, block_size, 2, self.cfg.num_kv_heads, self.cfg.head_dim)
-        self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.cfg.num_layers)]
+        self.kv_caches = [
+            torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.cfg.num_layers)
+        ]
         self.block_size, self.num_blocks = block_size, num_blocks
 
     @torch.inference_mode()
@@ -87,7 +92,9 @@ class TorchModelRunner:
             raise RuntimeError("allocate_kv_cache() before forward()")
         if batch.block_size != self.block_size:
             raise ValueError(f"batch block_size {batch.block_size} != allocated {self.block_size}")
-        step = _StepInputs(batch.items, self.block_size, self.cfg.sliding_window, self.device, self.decode_kernel)
+        step = StepInputs(
+            batch.items, self.block_size, self.cfg.sliding_window, self.device, self.decode_kernel
+        )
         hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.meta)
         sample_rows = [step.last_row[i] for i, item in enumerate(batch.items) if item.sample]
         prompt_rows = {
@@ -107,7 +114,7 @@ class TorchModelRunner:
         return logits[: len(sample_rows)], prompt_logits
 
 
-class _StepInputs:
+class StepInputs:
     """Flat inputs and attention metadata for one batch, decodes first, then prefill chunks."""
 
     def __init__(
@@ -155,7 +162,9 @@ class _StepInputs:
             block_ids, max_blocks, ctx_lens = _padded_tables(group, block_size)
             query_lens = [len(item.token_ids) for item in group]
             max_query = max(query_lens)
-            mask = build_masks(torch.tensor(ctx_lens), torch.tensor(query_lens), max_query, max_blocks * block_size, window)
+            mask = build_masks(
+                torch.tensor(ctx_lens), torch.tensor(query_lens), max_query, max_blocks * block_size, window
+            )
             prefill = PrefillGroup(len(group), max_query, tensor(block_ids), max_blocks, mask.to(device))
             if len(group) > 1:
                 pad, unpad, offset = [], [], 0

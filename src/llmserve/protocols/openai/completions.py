@@ -118,7 +118,9 @@ class _View:
                     "stop_reason": choice.stop_reason,
                 }
                 if self.req.prompt_logprobs is not None:
-                    item["prompt_logprobs"] = prompt_logprobs(result.prompt_logprobs, self.token_text)
+                    item["prompt_logprobs"] = prompt_logprobs(
+                        result.prompt_logprobs, self.token_text, len(result.prompt.token_ids)
+                    )
                 if self.req.return_token_ids:
                     item["prompt_token_ids"] = result.prompt.token_ids
                     item["token_ids"] = choice.token_ids

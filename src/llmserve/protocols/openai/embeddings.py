@@ -33,9 +33,7 @@ async def create_embedding() -> Any:
         max_model_len=embedder.max_model_len,
         param="input",
     )
-    for i, prompt in enumerate(prompts):
-        if not prompt.token_ids:
-            raise InvalidRequestError(f"input[{i}] is empty", param="input")
+    for prompt in prompts:
         if len(prompt.token_ids) > embedder.max_model_len:
             raise InvalidRequestError(
                 f"This model's maximum context length is {embedder.max_model_len} tokens. However, you "

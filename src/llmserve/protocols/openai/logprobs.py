@@ -87,10 +87,13 @@ def chat_logprobs(steps: Sequence[Step], text: TokenText, num_top: int, as_ids: 
     return out
 
 
-def prompt_logprobs(steps: Sequence[Step | None] | None, text: TokenText) -> list[dict | None] | None:
-    """vLLM's prompt_logprobs: per prompt position None or {token_id: {logprob, rank, decoded_token}}."""
+def prompt_logprobs(
+    steps: Sequence[Step | None] | None, text: TokenText, prompt_len: int | None = None
+) -> list[dict | None] | None:
+    """vLLM's prompt_logprobs: per prompt position None or {token_id: {logprob, rank, decoded_token}}.
+    Pass ``prompt_len`` when they were requested: a one-token prompt has just [None]."""
     if steps is None:
-        return None
+        return [None] if prompt_len == 1 else None
     out: list[dict | None] = []
     for step in steps:
         if step is None:

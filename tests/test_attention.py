@@ -1,0 +1,97 @@
+"""Paged attention (torch path and fused C decode kernel) against a naive per-sequence reference."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from llmserve.backends.base import BatchItem
+from llmserve.backends.torch.attention import paged_attention, write_kv
+from llmserve.backends.torch.cpu_kernels import CpuKernels
+from llmserve.backends.torch.runner import StepInputs
+from llmserve.engine.sampling import SamplingParams
+
+BLOCK = 4
+
+
+def reference(q, k, v, start: int, window: int | None) -> torch.Tensor:
+    """Causal attention of queries at positions start.. over keys 0..: float64, one sequence."""
+    heads, kv_heads = q.shape[1], k.shape[1]
+    k = k.double().repeat_interleave(heads // kv_heads, dim=1)
+    v = v.double().repeat_interleave(heads // kv_heads, dim=1)
+    scores = torch.einsum("qhd,khd->hqk", q.double(), k) * q.shape[-1] ** -0.5
+    qpos = torch.arange(q.shape[0])[:, None] + start
+    kpos = torch.arange(k.shape[0])[None, :]
+    allowed = kpos <= qpos
+    if window is not None:
+        allowed &= kpos > qpos - window
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(q.shape[0], -1)
+
+
+def run_case(dtype, heads, kv_heads, head_dim, window, use_kernel, seed=0):
+    """Sequences (cached prefix, new tokens): five decodes and two prefill chunks in one step."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    shapes = [(9, 1), (30, 1), (0, 1), (17, 1), (4, 1), (0, 7), (6, 5)]
+    num_blocks = 48
+    free = list(range(num_blocks))
+    rng.shuffle(free)
+    cache = torch.randn(num_blocks, BLOCK, 2, kv_heads, head_dim).to(dtype)  # garbage everywhere
+    items, full = [], []
+    for seq_id, (cached, new) in enumerate(shapes):
+        total = cached + new
+        need = (total + BLOCK - 1) // BLOCK
+        table, free = free[:need], free[need:]
+        k = torch.randn(total, kv_heads, head_dim).to(dtype)
+        v = torch.randn(total, kv_heads, head_dim).to(dtype)
+        q = torch.randn(new, heads, head_dim).to(dtype)
+        for p in range(cached):  # the prefix is already in the cache
+            slot = table[p // BLOCK] * BLOCK + p % BLOCK
+            cache.view(-1, 2, kv_heads, head_dim)[slot] = torch.stack((k[p], v[p]))
+        tokens = list(range(new))
+        items.append(BatchItem(seq_id, tokens, cached, table, True, SamplingParams(), tokens, []))
+        full.append((q, k, v, cached))
+    kernel = None
+    if use_kernel:
+        kernels = CpuKernels.load(dtype, torch.device("cpu"))
+        if kernels is None:
+            pytest.skip("no C compiler for the fused CPU kernels")
+        kernel = kernels.paged_decode
+    step = StepInputs(items, BLOCK, window, torch.device("cpu"), kernel)
+    order = sorted(range(len(items)), key=lambda i: step.last_row[i])
+    q = torch.cat([full[i][0] for i in order])
+    new_kv = torch.cat([torch.stack((full[i][1], full[i][2]), 1)[full[i][3] :] for i in order])
+    write_kv(cache, step.meta.slot_mapping, new_kv)
+    out = paged_attention(q, cache, step.meta, head_dim**-0.5)
+    for i, (qi, k, v, cached) in enumerate(full):
+        rows = slice(step.last_row[i] + 1 - qi.shape[0], step.last_row[i] + 1)
+        yield out[rows].double(), reference(qi, k, v, cached, window)
+
+
+@pytest.mark.parametrize("use_kernel", [False, True], ids=["torch", "kernel"])
+@pytest.mark.parametrize(
+    "heads,kv_heads,head_dim",
+    [(4, 2, 16), (9, 3, 64), (8, 1, 128), (4, 4, 32)],
+    ids=["gqa", "smollm", "mqa", "mha"],
+)
+@pytest.mark.parametrize("window", [None, 3])
+def test_paged_attention_float32(heads, kv_heads, head_dim, window, use_kernel):
+    for ours, ref in run_case(torch.float32, heads, kv_heads, head_dim, window, use_kernel):
+        torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("use_kernel", [False, True], ids=["torch", "kernel"])
+def test_paged_attention_bfloat16(use_kernel):
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("CPU without native bf16")
+    for ours, ref in run_case(torch.bfloat16, 9, 3, 64, None, use_kernel, seed=1):
+        torch.testing.assert_close(ours, ref, atol=2e-2, rtol=2e-2)
+
+
+def test_block_table_too_short_is_rejected():
+    item = BatchItem(0, [1, 2, 3], 2, [0], True, SamplingParams(), [1, 2, 3], [])
+    with pytest.raises(ValueError, match="block table too short"):
+        StepInputs([item], BLOCK, None, torch.device("cpu"), None)
