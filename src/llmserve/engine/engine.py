@@ -74,6 +74,7 @@ class LLMEngine:
             max_num_batched_tokens=max(config.max_num_batched_tokens, 1),
             max_model_len=self.max_model_len,
             block_size=block_size,
+            vocab_size=info.vocab_size,
         )
         self.scheduler = Scheduler(sched_config, self.blocks, info.eos_token_ids)
         self._scheduled: dict[str, float] = {}  # request id -> first scheduled (monotonic)
