@@ -10,6 +10,7 @@ import torch
 from llmserve.backends.base import BatchItem
 from llmserve.backends.torch.attention import paged_attention, write_kv
 from llmserve.backends.torch.cpu_kernels import CpuKernels
+from llmserve.backends.torch.layers import TorchOps
 from llmserve.backends.torch.runner import StepInputs
 from llmserve.engine.sampling import SamplingParams
 
@@ -97,3 +98,30 @@ def test_block_table_too_short_is_rejected():
     item = BatchItem(0, [1, 2, 3], 2, [0], True, SamplingParams(), [1, 2, 3], [])
     with pytest.raises(ValueError, match="block table too short"):
         StepInputs([item], BLOCK, None, torch.device("cpu"), None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_kernels_match_torch_ops(dtype):
+    kernels = CpuKernels.load(dtype, torch.device("cpu"))
+    if kernels is None:
+        pytest.skip("no C compiler for the fused CPU kernels")
+    ref = TorchOps()
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 2e-2}
+    torch.manual_seed(0)
+    x, residual = torch.randn(5, 96).to(dtype), torch.randn(5, 96).to(dtype)
+    weight = (1 + 0.1 * torch.randn(96)).to(dtype)
+    torch.testing.assert_close(kernels.rms_norm(x, weight, 1e-6), ref.rms_norm(x, weight, 1e-6), **tol)
+    out, new_residual = kernels.add_rms_norm(x, residual.clone(), weight, 1e-6)
+    ref_out, ref_residual = ref.add_rms_norm(x, residual, weight, 1e-6)
+    torch.testing.assert_close(new_residual, ref_residual, **tol)
+    torch.testing.assert_close(out, ref_out, **tol)
+    gate_up = torch.randn(5, 64).to(dtype)
+    torch.testing.assert_close(kernels.silu_mul(gate_up), ref.silu_mul(gate_up), **tol)
+    # rotary on the q/k heads of a fused qkv row, leaving v untouched
+    qkv = torch.randn(5, 7 * 16).to(dtype)
+    angles = torch.arange(5).float()[:, None] * torch.logspace(0, -3, 8)[None, :]
+    ours, theirs = qkv.clone(), qkv.clone()
+    kernels.rope_(ours[:, : 6 * 16].view(5, 6, 16), kernels.rope_tables(angles, dtype))
+    ref.rope_(theirs[:, : 6 * 16].view(5, 6, 16), ref.rope_tables(angles, dtype))
+    torch.testing.assert_close(ours, theirs, **tol)
+    assert torch.equal(ours[:, 6 * 16 :], qkv[:, 6 * 16 :])
