@@ -68,13 +68,17 @@ def test_seeded_sampling_is_reproducible_whatever_the_batch(llm):
     noisy = [SamplingParams(max_tokens=12, temperature=1.0, ignore_eos=True) for _ in PROMPTS]
     batch = llm.generate(PROMPTS + [PROMPTS[2]], noisy + [params])
     assert batch[-1].outputs[0].token_ids == alone
-    other = llm.generate([PROMPTS[2]], SamplingParams(max_tokens=12, temperature=1.0, seed=99, ignore_eos=True))
+    other = llm.generate(
+        [PROMPTS[2]], SamplingParams(max_tokens=12, temperature=1.0, seed=99, ignore_eos=True)
+    )
     assert other[0].outputs[0].token_ids != alone
 
 
 def test_n_choices_share_the_prompt(llm):
     prompt = "Write a short poem about the sea. " * 6
-    out = llm.generate([prompt], SamplingParams(n=3, max_tokens=8, temperature=1.0, seed=7, ignore_eos=True))[0]
+    out = llm.generate([prompt], SamplingParams(n=3, max_tokens=8, temperature=1.0, seed=7, ignore_eos=True))[
+        0
+    ]
     assert [c.index for c in out.outputs] == [0, 1, 2]
     assert len({tuple(c.token_ids) for c in out.outputs}) > 1  # independent samples
     assert all(len(c.token_ids) == 8 for c in out.outputs)

@@ -1,4 +1,4 @@
-"""Paged attention in plain torch (CPU, or any device torch runs on).
+"""Paged attention: torch gather + SDPA (any device), with a fused C decode kernel on CPU.
 
 KV cache, per layer: one tensor ``[num_blocks, block_size, 2, num_kv_heads, head_dim]`` (K at
 index 0, V at 1), so one ``index_copy_`` stores a token's K and V together. The slot of position
@@ -6,7 +6,10 @@ p of a sequence is ``block_table[p // block_size] * block_size + p % block_size`
 
 The runner builds an ``AttentionMetadata`` once per step; every layer then does one KV write and
 at most two attention calls (a decode group and a prefill group), never a loop over sequences.
-Tokens are ordered decodes first (one new token per sequence), then prefill chunks.
+Tokens are ordered decodes first (one new token per sequence), then prefill chunks. Decodes
+go to ``DecodeGroup.kernel`` when the runner set one (``CpuKernels.paged_decode`` reads K/V
+straight from the blocks); otherwise, like prefill, each sequence's blocks are gathered with one
+``index_select`` into a padded [B, ctx] view and attended with a causal + length mask.
 """
 
 from __future__ import annotations
