@@ -117,7 +117,7 @@ def test_logprobs(llm, reference):
     out = llm.generate([PROMPTS[0]], greedy(4, logprobs=3, prompt_logprobs=2))[0]
     choice = out.outputs[0]
     assert len(choice.logprobs) == 4
-    for token, (chosen, top) in zip(choice.token_ids, choice.logprobs):
+    for token, (chosen, top) in zip(choice.token_ids, choice.logprobs, strict=True):
         assert chosen.token_id == token and chosen.rank == 1
         assert len(top) == 3 and top[0].token_id == token
         assert abs(top[0].logprob - chosen.logprob) < 1e-5 and chosen.logprob <= 0
