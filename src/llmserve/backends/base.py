@@ -131,8 +131,8 @@ class Backend(ABC):
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    @classmethod
-    def check_available(cls, config: Config) -> None:  # noqa: B027 - optional hook
+    @classmethod  # noqa: B027 - an optional hook with a do-nothing default
+    def check_available(cls, config: Config) -> None:
         """Raise BackendUnavailable, with what to do instead, when this backend cannot run here.
 
         Called before any model is loaded, so a missing device fails fast."""
