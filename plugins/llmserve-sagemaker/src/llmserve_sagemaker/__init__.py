@@ -1,0 +1,1 @@
+"""SageMaker's /invocations route for llmserve."""
