@@ -87,10 +87,13 @@ def test_paged_attention_float32(heads, kv_heads, head_dim, window, use_kernel, 
 
 
 @pytest.mark.parametrize("use_kernel", [False, True], ids=["torch", "kernel"])
-def test_paged_attention_bfloat16(use_kernel):
+@pytest.mark.parametrize("heads,kv_heads,head_dim,decodes", [(9, 3, 64, 5), (8, 2, 128, 1), (4, 2, 32, 3)])
+def test_paged_attention_bfloat16(use_kernel, heads, kv_heads, head_dim, decodes):
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         pytest.skip("CPU without native bf16")
-    for ours, ref in run_case(torch.bfloat16, 9, 3, 64, None, use_kernel, seed=1):
+    for ours, ref in run_case(
+        torch.bfloat16, heads, kv_heads, head_dim, 5, use_kernel, seed=1, decodes=decodes
+    ):
         torch.testing.assert_close(ours, ref, atol=2e-2, rtol=2e-2)
 
 

@@ -65,7 +65,9 @@ def _build(target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         src, lib = Path(tmp) / "kernels.c", Path(tmp) / "kernels.so"
         src.write_text(SOURCE)
-        subprocess.run([compiler, *_FLAGS, str(src), "-o", str(lib), "-lm"], check=True, capture_output=True)
+        subprocess.run(
+            [compiler, *_FLAGS, str(src), "-o", str(lib), "-lm"], check=True, capture_output=True, text=True
+        )
         os.replace(lib, target)  # atomic: concurrent builders never see a half-written library
 
 
@@ -80,7 +82,9 @@ def _library() -> ctypes.CDLL | None:
                 lib = ctypes.CDLL(str(path))
                 _declare(lib)
                 _loaded["lib"] = lib
-            except (OSError, subprocess.CalledProcessError) as exc:
+            except subprocess.CalledProcessError as exc:
+                log.warning("building the fused CPU kernels failed; using torch ops: %s", exc.stderr[-2000:])
+            except OSError as exc:
                 log.info("fused CPU kernels unavailable (%s); using torch ops", exc)
         return _loaded["lib"]
 

@@ -11,8 +11,10 @@ SOURCE = r"""
 /* Decode attention over a paged KV cache, one new token per sequence.
    q: [B, H, D] (row stride q_stride); cache: [slots, 2, KVH, D]; tables: [B, max_blocks];
    ctx_lens: [B]; out: [B, H, D] contiguous. Elements are bf16 (as uint16) or float32.
-   One work item per (sequence, kv head): its G = H / KVH query heads share each K/V row it
-   loads. Two passes over the context, block by block: scores (q.k), then the p-weighted V sum. */
+   A work item is a whole sequence when there are enough sequences to share out, else one
+   (sequence, KV head); the G = H / KVH query heads of a KV head share each K/V row loaded.
+   head_dim 64 / 128 with AVX-512: one pass with an online softmax. Otherwise a portable
+   two-pass version (scores, then the p-weighted V sum). */
 
 typedef struct {
     const void *q, *cache;
@@ -25,6 +27,7 @@ typedef struct {
 
 #define MAX_G 64
 #define MAX_D 1024
+#define MAX_VECS 512 /* 16-float vectors per work item: all its query heads times D / 16 */
 
 static inline float get(const void *p, int64_t i, int bf16) {
     if (!bf16) return ((const float *)p)[i];
@@ -101,7 +104,6 @@ static inline void store16(void *p, int64_t i, __m512 v, int bf16) {
    up to 16 tokens is scored (q.k), folded into the running max / sum, and its V rows accumulated
    while the rows are still in cache. NV = D / 16 vectors per row and BF16 are compile-time
    constants in each specialisation. A whole sequence per item streams whole cache rows. */
-#define MAX_VECS 512
 #define CHUNK 16
 static inline __attribute__((always_inline)) void work_avx512(const Args *a, int64_t b, int64_t h0, int64_t h1,
     int64_t first, int64_t ctx, const int NV, const int BF16) {
