@@ -21,6 +21,7 @@ from llmserve.errors import PluginError
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "llmserve.backends.torch.plugin",
+    "llmserve.backends.jax.plugin",
     "llmserve.protocols.openai.plugin",
     "llmserve.protocols.vllm.plugin",
 )

@@ -29,7 +29,7 @@ from llmserve.models.weights import iter_weights
 log = logging.getLogger("llmserve.jax")
 
 TILE = 32  # queries per prefill tile
-KEY_CHUNK = 256  # keys visited per attention loop iteration (rounded to whole blocks)
+KEY_CHUNK = 128  # keys visited per attention loop iteration (rounded to whole blocks)
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -163,6 +163,7 @@ class JaxModelRunner:
 
         self.model_dir = model_dir
         self.mesh = make_mesh(tensor_parallel_size, platform)
+        self.replicated = named(self.mesh, ())
         self.platform = self.mesh.devices.flat[0].platform
         self.dtype_name = resolve_dtype(dtype, self.platform)
         self.dtype = jax.numpy.dtype(self.dtype_name)
@@ -247,7 +248,7 @@ class JaxModelRunner:
     def _make_step(self) -> Any:
         import jax
 
-        replicated = named(self.mesh, ())
+        replicated = self.replicated
         cache_out = tuple((self.cache_sharding, self.cache_sharding) for _ in self.caches)
         fn = functools.partial(
             llama.forward,
@@ -275,7 +276,7 @@ class JaxModelRunner:
             "prefill_chunks": (),
             "sample_rows": (num_decode + num_tiles,),
         }
-        replicated = named(self.mesh, ())
+        replicated = self.replicated
         return {k: jax.ShapeDtypeStruct(s, np.int32, sharding=replicated) for k, s in shapes.items()}
 
     def _executable(self, key: tuple[int, int]) -> Any:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from llmserve.backends.base import BatchItem, SampleResult, TokenLogprob
+from llmserve.backends.torch.logprobs import logprobs_of, logsumexp
 
 _MASK64 = (1 << 64) - 1
 # Candidate widths for top_k / top_p rows, smallest first (see Sampler._race_truncated).
@@ -313,7 +314,7 @@ class Sampler:
         # Without top_k, top_p's mass is relative to the whole vocabulary.
         lse = None
         if not bool(has_k.all()):
-            lse = _logsumexp(x, self._scratch("noise", x.shape[0])).squeeze(1)
+            lse = logsumexp(x, self._scratch("noise", x.shape[0])).squeeze(1)
         out = torch.empty(x.shape[0], dtype=torch.long, device=self.device)
         todo = torch.arange(x.shape[0], device=self.device)
         for width in _CANDIDATE_WIDTHS:
@@ -392,7 +393,7 @@ class Sampler:
         logits = raw
         if len(rows) < raw.shape[0]:
             logits = torch.index_select(raw, 0, idx, out=self._scratch("x", len(rows)))
-        chosen, ranks, top = _logprobs_of(logits, tokens[idx], max(ks), self._scratch("noise", len(rows)))
+        chosen, ranks, top = logprobs_of(logits, tokens[idx], max(ks), self._scratch("noise", len(rows)))
         for j, i in enumerate(rows):
             res = results[i]
             res.logprob, res.rank = chosen[j], ranks[j]
@@ -421,7 +422,7 @@ class Sampler:
             hi = min(lo + _PROMPT_LOGPROB_ROWS, rows)
             targets = [prompt[item.start_pos + j + 1] for j in range(lo, hi)]
             scratch = self._scratch("noise", hi - lo)
-            chosen, ranks, top = _logprobs_of(logits[lo:hi].float(), self._long(targets), k, scratch)
+            chosen, ranks, top = logprobs_of(logits[lo:hi].float(), self._long(targets), k, scratch)
             out.extend(
                 (TokenLogprob(t, lp, r), alts)
                 for t, lp, r, alts in zip(targets, chosen, ranks, top, strict=True)
@@ -442,37 +443,3 @@ def _log_exponential(uniform: torch.Tensor) -> torch.Tensor:
 def _argmax(x: torch.Tensor) -> torch.Tensor:
     """Row argmax (first index on ties); max().indices is ~4x faster than argmax on CPU."""
     return x.max(dim=1).indices
-
-
-def _logsumexp(x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
-    """Row logsumexp [rows, 1], with ``scratch`` (same shape) for the exponentials."""
-    top = x.amax(dim=1, keepdim=True)
-    return torch.sub(x, top, out=scratch).exp_().sum(dim=1, keepdim=True).log_().add_(top)
-
-
-def _logprobs_of(
-    logits: torch.Tensor, tokens: torch.Tensor, k: int, scratch: torch.Tensor
-) -> tuple[list[float], list[int], list[list[TokenLogprob]]]:
-    """Per row: the token's logprob, its rank (1 = most likely) and the top-k alternatives.
-
-    logprob = logit - logsumexp: no [rows, vocab] log-softmax is materialised. The rank of a
-    token within the top k (or the top 1) is read off the top-k; only other rows count over
-    the vocabulary.
-    """
-    lse = _logsumexp(logits, scratch)
-    chosen = logits.gather(1, tokens.unsqueeze(1))  # [rows, 1]
-    if k > 0:
-        values, ids = logits.topk(k, dim=1)
-    else:
-        values, ids = logits.max(dim=1, keepdim=True)  # topk(1) is ~5x slower on CPU
-    ranks = (values > chosen).sum(dim=1, dtype=torch.int32).add_(1)
-    outside = (chosen < values[:, -1:]).squeeze(1)
-    if bool(outside.any()):
-        far = outside.nonzero().squeeze(1)
-        ranks[far] = (logits[far] > chosen[far]).sum(dim=1, dtype=torch.int32).add_(1)
-    top: list[list[TokenLogprob]] = [[] for _ in range(logits.shape[0])]
-    if k > 0:
-        values = values.sub_(lse)
-        for row, (vs, ts) in enumerate(zip(values.tolist(), ids.tolist(), strict=True)):
-            top[row] = [TokenLogprob(t, v, r) for r, (t, v) in enumerate(zip(ts, vs, strict=True), start=1)]
-    return chosen.sub_(lse).squeeze(1).tolist(), ranks.tolist(), top
