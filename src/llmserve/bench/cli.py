@@ -80,7 +80,10 @@ def serve_bench(
     request_rate: float = typer.Option(0.0, help="Poisson arrival rate in req/s (0: all at once)."),
     endpoint: str = typer.Option("completions", help="completions or chat."),
     api_key: str | None = typer.Option(None, help="Bearer token."),
-    result_file: str | None = typer.Option(None, help="Write the summary as JSON here."),
+    ignore_eos: bool = typer.Option(False, help="Send vLLM's ignore_eos (OpenAI-only servers reject it)."),
+    compare_url: str | None = typer.Option(None, help="Run the same workload against this second server."),
+    compare_model: str | None = typer.Option(None, help="Model name for --compare-url (default: --model)."),
+    result_file: str | None = typer.Option(None, help="Write the summary (or both) as JSON here."),
 ) -> None:
     """Benchmark a running server: request/s, output tok/s, TTFT/TPOT/ITL mean/median/p99."""
     import asyncio

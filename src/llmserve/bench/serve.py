@@ -38,6 +38,7 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict, chat: bool) -> R
     start = time.perf_counter()
     last = start
     result = RequestResult(ok=False)
+    chunks = 0
     try:
         async with client.stream("POST", url, json=body) as response:
             if response.status_code != 200:
@@ -57,6 +58,7 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict, chat: bool) -> R
                 )
                 if not text:
                     continue
+                chunks += 1
                 now = time.perf_counter()
                 if result.ttft == 0.0:
                     result.ttft = now - start
@@ -64,6 +66,7 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict, chat: bool) -> R
                     result.itl.append(now - last)
                 last = now
         result.latency = time.perf_counter() - start
+        result.output_tokens = result.output_tokens or chunks  # no usage reported: count chunks
         result.ok = True
     except (httpx.HTTPError, json.JSONDecodeError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
@@ -80,6 +83,7 @@ async def run(
     chat: bool = False,
     api_key: str | None = None,
     seed: int = 0,
+    ignore_eos: bool = False,
 ) -> dict:
     """Send every prompt; return the summary dict (also what --result-file holds)."""
     url = base_url.rstrip("/") + ("/v1/chat/completions" if chat else "/v1/completions")
@@ -89,7 +93,9 @@ async def run(
 
     def body(prompt: str) -> dict:
         common = {"model": model, "max_tokens": output_len, "stream": True, "temperature": 0.0,
-                  "ignore_eos": True, "stream_options": {"include_usage": True}}  # fmt: skip
+                  "stream_options": {"include_usage": True}}  # fmt: skip
+        if ignore_eos:  # a vLLM extension; OpenAI-only servers reject it
+            common["ignore_eos"] = True
         if chat:
             return {**common, "messages": [{"role": "user", "content": prompt}]}
         return {**common, "prompt": prompt}
