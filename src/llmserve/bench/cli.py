@@ -92,12 +92,29 @@ def serve_bench(
     from llmserve.bench import serve as bench
 
     prompts = bench.random_text_prompts(num_prompts, input_len)
-    summary = asyncio.run(
-        bench.run(
-            base_url, model, prompts, output_len, max_concurrency, request_rate, endpoint == "chat", api_key
+    targets = [(base_url, model)] + ([(compare_url, compare_model or model)] if compare_url else [])
+    chat = endpoint == "chat"
+    summaries = []
+    for url, name in targets:
+        run = bench.run(
+            url,
+            name,
+            prompts,
+            output_len,
+            max_concurrency,
+            request_rate,
+            chat,
+            api_key,
+            ignore_eos=ignore_eos,
         )
-    )
-    typer.echo(bench.format_summary(summary))
+        summaries.append(asyncio.run(run))
+        typer.echo(f"== {url} ({name})")
+        typer.echo(bench.format_summary(summaries[-1]))
+    if len(summaries) == 2:
+        first, second = summaries
+        ratio = first["output_throughput"] / max(second["output_throughput"], 1e-9)
+        ttft = f"{first['ttft_ms']['median']:.0f} ms vs {second['ttft_ms']['median']:.0f} ms"
+        typer.echo(f"output throughput ratio: {ratio:.2f}x; median TTFT {ttft}")
     if result_file:
         with open(result_file, "w") as fh:
-            json.dump(summary, fh, indent=2)
+            json.dump(summaries if len(summaries) > 1 else summaries[0], fh, indent=2)
