@@ -44,14 +44,16 @@ def throughput(
     path = llm.engine.engine.model_dir
     params = count_params(path)
     peak = matmul_peak_flops(getattr(torch, dtype))
-    achieved = 2 * params * ours.tok_s
+    total_tok_s = (ours.output_tokens + num_prompts * input_len) / ours.seconds  # prompt + output, as vLLM
+    achieved = 2 * params * total_tok_s
     typer.echo(f"workload: {num_prompts} requests x {input_len} prompt / {output_len} output tokens, {dtype}, "
                f"{torch.get_num_threads()} threads, model {llm.model_name}")  # fmt: skip
     typer.echo(
-        f"llmserve: {ours.output_tokens} tokens in {ours.seconds:.2f} s = {ours.tok_s:.1f} output tok/s"
+        f"llmserve: {ours.output_tokens} tokens in {ours.seconds:.2f} s = {ours.tok_s:.1f} output tok/s "
+        f"({total_tok_s:.1f} total tok/s)"
     )
     typer.echo(
-        f"roofline: {params / 1e6:.1f} M params, 2*params*tok/s = {achieved / 1e9:.1f} GFLOP/s of "
+        f"roofline: {params / 1e6:.1f} M params, 2*params*total tok/s = {achieved / 1e9:.1f} GFLOP/s of "
         f"{peak / 1e9:.1f} GFLOP/s measured {dtype} matmul peak ({100 * achieved / peak:.0f}%)"
     )
     if prefix_len:

@@ -7,8 +7,9 @@ p of a sequence is ``block_table[p // block_size] * block_size + p % block_size`
 The runner builds an ``AttentionMetadata`` once per step; every layer then does one KV write and
 at most two attention calls (a decode group and a prefill group), never a loop over sequences.
 Tokens are ordered decodes first (one new token per sequence), then prefill chunks. Decodes
-go to ``DecodeGroup.kernel`` when the runner set one (``CpuKernels.paged_decode`` reads K/V
-straight from the blocks); otherwise, like prefill, each sequence's blocks are gathered with one
+go to ``DecodeGroup.kernel`` when the runner set one (``CpuKernels.paged_decode`` on CPU, the
+Triton kernel on CUDA, both reading K/V straight from the blocks), and prefill chunks to
+``PrefillGroup.kernel`` (Triton, CUDA); otherwise each sequence's blocks are gathered with one
 ``index_select`` into a padded [B, ctx] view and attended with a causal + length mask.
 """
 
@@ -44,11 +45,18 @@ class PrefillGroup:
     max_query: int
     block_ids: torch.Tensor  # [num_seqs * max_blocks]
     max_blocks: int
-    mask: torch.Tensor  # [num_seqs, 1, max_query, max_blocks * block_size] bool
+    # [num_seqs, 1, max_query, max_blocks * block_size] bool, True = attend; None when ``kernel`` runs.
+    mask: torch.Tensor | None
     # Rows of the group's tokens to gather into a padded [num_seqs * max_query] layout and the
     # padded rows to keep afterwards; None when there is a single sequence (no padding).
     pad_index: torch.Tensor | None = None
     unpad_index: torch.Tensor | None = None
+    # kernel(q, kv_cache, group, scale) -> [tokens, H * D] over packed (unpadded) queries
+    # (TritonOps.prefill), with each sequence's first row in q ([num_seqs + 1]) and context length.
+    kernel: Any = None
+    query_starts: torch.Tensor | None = None
+    context_lens: torch.Tensor | None = None
+    window: int | None = None
 
 
 @dataclass(slots=True)
@@ -117,6 +125,8 @@ def _decode(q: torch.Tensor, kv_cache: torch.Tensor, group: DecodeGroup, scale: 
 
 
 def _prefill(q: torch.Tensor, kv_cache: torch.Tensor, group: PrefillGroup, scale: float) -> torch.Tensor:
+    if group.kernel is not None:
+        return group.kernel(q, kv_cache, group, scale)
     num_tokens, heads, head_dim = q.shape
     k, v = _gather(kv_cache, group.block_ids, group.num_seqs)
     if group.pad_index is not None:

@@ -2,7 +2,8 @@
 
 Projections that read the same input are fused at load time (q/k/v into one matmul, gate/up
 into one), so a decoder layer is four matmuls plus a few fused ops. The fused ops go through an
-``ops`` object: ``TorchOps`` here (any device), or ``CpuKernels`` (C kernels) on CPU.
+``ops`` object: ``TorchOps`` here (any device), ``CpuKernels`` (C kernels) on CPU, or ``TritonOps``
+(Triton kernels) on CUDA.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class TorchOps:
         cos, sin = tables
         rotated = torch.roll(x, x.shape[-1] // 2, dims=-1)  # [x2, x1]; sin carries rotate_half's minus
         x.mul_(cos).addcmul_(rotated, sin)
+
+    def write_kv(self, kv_cache: torch.Tensor, slot_mapping: torch.Tensor, kv: torch.Tensor) -> None:
+        """Store new tokens' K/V [tokens, 2, kv_heads, head_dim] at their cache slots."""
+        write_kv(kv_cache, slot_mapping, kv)
 
 
 @dataclass(slots=True)
@@ -157,5 +162,5 @@ class PagedAttention(nn.Module):
             qk[:, self.heads :] = self.k_norm(qk[:, self.heads :], step.ops)
         step.ops.rope_(qk, step.rope)  # in place: qkv now holds rotated q and k
         kv = qkv[:, self.q_size :].view(tokens, 2, self.kv_heads, self.head_dim)
-        write_kv(kv_cache, step.attn.slot_mapping, kv)
+        step.ops.write_kv(kv_cache, step.attn.slot_mapping, kv)
         return self.o_proj(paged_attention(qk[:, : self.heads], kv_cache, step.attn, self.scale))
