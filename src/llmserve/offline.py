@@ -43,6 +43,16 @@ class LLM:
             raise ValueError("one SamplingParams per prompt, or a single one for all")
         return asyncio.run(self._run(token_lists, sampling_params))
 
+    def close(self) -> None:
+        """Release the backend (worker processes, devices). The LLM cannot generate afterwards."""
+        self.engine.backend.shutdown()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     async def _run(self, token_lists, params_list) -> list[RequestOutput]:
         await self.engine.start()
         try:

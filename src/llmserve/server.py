@@ -119,7 +119,10 @@ def run_server(config: Config, plugins: Plugins) -> int:
         )
     log.info("protocols: %s", ", ".join(state.extras.get("protocols", [])))
     log.info("serving on %s", url)
-    asyncio.run(_serve(app, config))
+    try:
+        asyncio.run(_serve(app, config))
+    finally:
+        state.extras["backend"].shutdown()
     log.info("stopped")
     return 0
 

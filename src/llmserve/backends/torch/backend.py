@@ -1,4 +1,10 @@
-"""The torch backends: model runner + sampler behind the engine's Backend contract."""
+"""The torch backends: model runner + sampler behind the engine's Backend contract.
+
+With ``--tensor-parallel-size N`` this process is rank 0: it starts ranks 1..N-1
+(``distributed.TensorParallelDriver``), and every runner call it makes after loading (KV budget,
+allocation, graph capture, forward) is first sent to them, so all ranks run the same collectives.
+Only rank 0 samples.
+"""
 
 from __future__ import annotations
 
@@ -18,14 +24,32 @@ class TorchBackend(Backend):
         self.runner = None
         self.sampler = None
         self.info: ModelInfo | None = None
+        self.tp = None  # distributed.TensorParallelDriver with tensor_parallel_size > 1
 
     def load_model(self, model_dir: str) -> ModelInfo:
         from llmserve.backends.torch.runner import TorchModelRunner
         from llmserve.backends.torch.sampler import Sampler
 
         torch.manual_seed(self.config.seed)
-        self.runner = TorchModelRunner(model_dir, self.config.dtype, self.device)
-        self.info = self.runner.load()
+        world, group, device = self.config.tensor_parallel_size, None, self.device
+        if world > 1:
+            from llmserve.backends.torch import distributed
+            from llmserve.models.hf_config import load_arch_config
+
+            distributed.check_tensor_parallel(load_arch_config(model_dir), world)
+            if self.device == "cuda":
+                torch.cuda.set_device(0)
+                device = "cuda:0"
+            self.tp = distributed.TensorParallelDriver(world, self.device, model_dir, self.config.dtype, True)
+            group = distributed.TPGroup(0, world)
+        self.runner = TorchModelRunner(model_dir, self.config.dtype, device, tp=group)
+        try:
+            self.info = self.runner.load()  # while the workers load their shards
+            if self.tp is not None:
+                self.tp.connect()
+        except BaseException:
+            self.shutdown()
+            raise
         self.sampler = Sampler(
             self.info.vocab_size,
             device=self.device,
@@ -34,10 +58,20 @@ class TorchBackend(Backend):
         )
         return self.info
 
+    def _on_all_ranks(self, method: str, *args):
+        """``runner.<method>(*args)`` on every rank; rank 0's result."""
+        if self.tp is not None:
+            self.tp.send(method, *args)
+        return getattr(self.runner, method)(*args)
+
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
-        self.runner.allocate_kv_cache(num_blocks, block_size)
+        self._on_all_ranks("allocate_kv_cache", num_blocks, block_size)
 
     def execute(self, batch: Batch) -> list[SampleResult]:
+        if self.tp is not None:
+            from llmserve.backends.torch.distributed import slim_batch
+
+            self.tp.send("forward", slim_batch(batch))
         logits, prompt_logits = self.runner.forward(batch)
         sampling = [item for item in batch.items if item.sample]
         sampled = iter(self.sampler.sample(logits, sampling) if sampling else [])
@@ -55,7 +89,13 @@ class TorchBackend(Backend):
         return TorchEmbedder(model_dir, device=self.device)
 
     def describe(self) -> str:
-        return f"{self.name} (torch {torch.__version__}, {torch.get_num_threads()} threads)"
+        tp = f", tensor parallel x{self.config.tensor_parallel_size}" if self.tp is not None else ""
+        return f"{self.name} (torch {torch.__version__}, {torch.get_num_threads()} threads{tp})"
+
+    def shutdown(self) -> None:
+        if self.tp is not None:
+            self.tp.shutdown()
+            self.tp = None
 
 
 class CpuBackend(TorchBackend):
@@ -75,8 +115,27 @@ class CudaBackend(TorchBackend):
     def check_available(cls, config) -> None:
         if not torch.cuda.is_available():
             raise BackendUnavailable("--backend cuda: no CUDA device found; use --backend cpu")
+        if config.tensor_parallel_size > torch.cuda.device_count():
+            raise BackendUnavailable(
+                f"--tensor-parallel-size {config.tensor_parallel_size} needs as many GPUs; "
+                f"{torch.cuda.device_count()} found"
+            )
 
     def kv_cache_budget_bytes(self, info: ModelInfo) -> int:
-        free, total = torch.cuda.mem_get_info()
-        used = total - free
-        return max(int(total * self.config.gpu_memory_utilization) - used, 0)
+        """Profiled: total * --gpu-memory-utilization - the peak of a max-size step (see
+        TorchModelRunner.profile_kv_budget), the minimum over tensor-parallel ranks."""
+        c = self.config
+        return self._on_all_ranks(
+            "profile_kv_budget",
+            c.gpu_memory_utilization,
+            c.max_num_batched_tokens,
+            c.max_num_seqs,
+            c.block_size,
+            c.max_model_len or info.max_model_len,
+        )
+
+    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
+        super().allocate_kv_cache(num_blocks, block_size)
+        if not self.config.enforce_eager:
+            max_len = self.config.max_model_len or self.info.max_model_len
+            self._on_all_ranks("capture_decode_graphs", self.config.max_num_seqs, max_len)

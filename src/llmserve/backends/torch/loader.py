@@ -18,11 +18,20 @@ from llmserve.models.registry import torch_model_class
 from llmserve.models.weights import WeightsNotFoundError, iter_weights
 
 
-def load_model(model_dir: str | Path, cfg: ArchConfig, dtype: torch.dtype, device: torch.device) -> nn.Module:
-    """The model class for ``cfg`` built on the meta device, then filled from ``model_dir``."""
+def load_model(
+    model_dir: str | Path, cfg: ArchConfig, dtype: torch.dtype, device: torch.device, tp=None
+) -> nn.Module:
+    """The model class for ``cfg`` built on the meta device, then filled from ``model_dir``.
+
+    With a ``tp`` group (distributed.TPGroup) of several ranks, the model is sharded first and
+    each rank loads its slices."""
     cls = torch_model_class(cfg.architecture)
     with torch.device("meta"):
         model = cls(cfg)
+        if tp is not None and tp.world > 1:
+            from llmserve.backends.torch.distributed import shard_model
+
+            shard_model(model, tp)
     model = model.to_empty(device=device).to(dtype)
     model.load_weights(iter_weights(model_dir))
     return model.eval()
@@ -40,9 +49,11 @@ def load_checkpoint(
 
     Checkpoint names ending with a string in ``skip`` are ignored, and ``prefix`` (e.g. "bert.")
     is stripped. Tied parameters (shared tensors) must be left out of ``named_parameters``
-    by the caller (tie after loading).
+    by the caller (tie after loading). A module with a ``load_tensor(name, tensor, shard)``
+    method (the tensor-parallel layers) copies its own slice of each tensor.
     """
     params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
     needed = {name: len(shard_sizes.get(name.split(".")[-2], (0,))) for name in params}
     loaded: dict[str, int] = {}
     for name, tensor in weights:
@@ -56,6 +67,12 @@ def load_checkpoint(
                 break
         if param_name not in params:
             raise WeightsNotFoundError(f"unexpected checkpoint tensor {name!r}")
+        owner, _, attr = param_name.rpartition(".")
+        custom = getattr(modules.get(owner), "load_tensor", None)
+        if custom is not None:
+            custom(attr, tensor, shard)
+            loaded[param_name] = loaded.get(param_name, 0) + 1
+            continue
         dest = params[param_name].data
         if shard is not None:
             sizes = shard_sizes[param_name.split(".")[-2]]

@@ -2,15 +2,20 @@
 
 Per step, all bookkeeping (flat token ids, positions, cache slots, padded block tables, masks)
 is built once here in plain Python and a few tensor ops; the layers only index with it.
+
+On CUDA the fused ops and attention are Triton kernels (``TritonOps``), the KV pool is sized by
+profiling a max-size step (``profile_kv_budget``) and decode-only steps replay CUDA graphs
+(``capture_decode_graphs``). With tensor parallelism every rank runs its own runner on its shard.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
 
-from llmserve.backends.base import Batch, BatchItem, ModelInfo
+from llmserve.backends.base import DTYPE_BYTES, Batch, BatchItem, ModelInfo
 from llmserve.backends.torch.attention import AttentionMetadata, DecodeGroup, PrefillGroup, build_masks
 from llmserve.backends.torch.cpu_kernels import CpuKernels
 from llmserve.backends.torch.loader import load_model
@@ -39,29 +44,41 @@ def resolve_dtype(dtype: str, device: str, cfg: ArchConfig) -> str:
 class TorchModelRunner:
     """Loads a causal LM and runs batches of prefill chunks and decodes on its paged KV cache."""
 
-    def __init__(self, model_dir: str, dtype: str, device: str = "cpu", use_kernels: bool = True) -> None:
+    def __init__(
+        self, model_dir: str, dtype: str, device: str = "cpu", use_kernels: bool = True, tp: Any = None
+    ) -> None:
         self.model_dir = model_dir
         self.requested_dtype = dtype
         self.device = torch.device(device)
         self.cfg: ArchConfig | None = None
         self.model: torch.nn.Module | None = None
-        self.dtype = torch.float32
+        self.dtype, self.dtype_name = torch.float32, "float32"
         self.kv_caches: list[torch.Tensor] = []
         self.block_size = 0
         self.num_blocks = 0
         self.use_kernels = use_kernels
         self.decode_kernel = None
+        self.prefill_kernel = None
+        self.tp = tp  # distributed.TPGroup when the model is sharded over several ranks
+        self.kv_heads = 0  # on this rank
+        self.graphs = None  # cuda_graphs.DecodeGraphs once captured
 
     def load(self) -> ModelInfo:
         cfg = load_arch_config(self.model_dir)
         if is_encoder(cfg.architecture):
             raise UnsupportedModelError(f"{cfg.architecture} is an embedding model, not a causal LM")
-        dtype_name = resolve_dtype(self.requested_dtype, self.device.type, cfg)
+        self.dtype_name = dtype_name = resolve_dtype(self.requested_dtype, self.device.type, cfg)
         self.dtype = TORCH_DTYPES[dtype_name]
         self.cfg = cfg
-        self.model = load_model(self.model_dir, cfg, self.dtype, self.device)
-        kernels = CpuKernels.load(self.dtype, self.device) if self.use_kernels else None
-        if kernels is not None:
+        self.model = load_model(self.model_dir, cfg, self.dtype, self.device, self.tp)
+        world = self.tp.world if self.tp is not None else 1
+        self.kv_heads = max(cfg.num_kv_heads // world, 1)
+        if self.use_kernels and self.device.type == "cuda":
+            from llmserve.backends.torch.triton.ops import TritonOps
+
+            self.model.ops = ops = TritonOps()
+            self.decode_kernel, self.prefill_kernel = ops.paged_decode, ops.prefill
+        elif self.use_kernels and (kernels := CpuKernels.load(self.dtype, self.device)) is not None:
             self.model.ops = kernels
             if kernels.supports_decode(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim):
                 self.decode_kernel = kernels.paged_decode
@@ -69,7 +86,7 @@ class TorchModelRunner:
             architecture=cfg.architecture,
             vocab_size=cfg.vocab_size,
             num_layers=cfg.num_layers,
-            num_kv_heads=cfg.num_kv_heads,
+            num_kv_heads=self.kv_heads,
             head_dim=cfg.head_dim,
             max_model_len=cfg.max_position_embeddings,
             dtype=dtype_name,
@@ -79,7 +96,8 @@ class TorchModelRunner:
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
         if self.cfg is None:
             raise RuntimeError("load() the model before allocating its KV cache")
-        shape = (num_blocks, block_size, 2, self.cfg.num_kv_heads, self.cfg.head_dim)
+        self.graphs = None  # captured against the old cache
+        shape = (num_blocks, block_size, 2, self.kv_heads, self.cfg.head_dim)
         self.kv_caches = [
             torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.cfg.num_layers)
         ]
@@ -92,13 +110,18 @@ class TorchModelRunner:
             raise RuntimeError("allocate_kv_cache() before forward()")
         if batch.block_size != self.block_size:
             raise ValueError(f"batch block_size {batch.block_size} != allocated {self.block_size}")
-        step = StepInputs(
-            batch.items, self.block_size, self.cfg.sliding_window, self.device, self.decode_kernel
-        )
-        hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.meta)
-        sample_rows = [step.last_row[i] for i, item in enumerate(batch.items) if item.sample]
+        if self.graphs is not None and self.graphs.can_run(batch.items):
+            hidden, last_row = self.graphs.run(batch.items), range(len(batch.items))
+        else:
+            step = StepInputs(
+                batch.items, self.block_size, self.cfg.sliding_window, self.device, self.decode_kernel,
+                prefill_kernel=self.prefill_kernel,
+            )  # fmt: skip
+            hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.meta)
+            last_row = step.last_row
+        sample_rows = [last_row[i] for i, item in enumerate(batch.items) if item.sample]
         prompt_rows = {
-            i: range(step.last_row[i] + 1 - len(item.token_ids), step.last_row[i] + 1)
+            i: range(last_row[i] + 1 - len(item.token_ids), last_row[i] + 1)
             for i, item in enumerate(batch.items)
             if item.want_prompt_logprobs
         }
@@ -113,12 +136,81 @@ class TorchModelRunner:
             offset += len(span)
         return logits[: len(sample_rows)], prompt_logits
 
+    @torch.inference_mode()
+    def profile_kv_budget(
+        self, utilization: float, max_tokens: int, max_seqs: int, block_size: int, max_model_len: int
+    ) -> int:
+        """CUDA: bytes the KV cache may take on this device, the same on every rank (the minimum).
+
+        Runs the largest step the scheduler can make (``profile_batches``), then: total *
+        utilization - peak torch memory of that step (weights + activations + logits) - memory
+        outside torch's allocator (CUDA context, NCCL buffers, other processes)."""
+        prefill, decode, num_blocks = profile_batches(max_tokens, max_seqs, block_size, max_model_len)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.allocate_kv_cache(num_blocks, block_size)  # a throwaway cache just big enough
+        cache_bytes = num_blocks * block_size * self.kv_bytes_per_token()
+        self.forward(prefill)
+        self.forward(decode)  # compiles the eager decode kernels now, not while serving
+        torch.cuda.synchronize(self.device)
+        self.kv_caches = []
+        peak = torch.cuda.max_memory_allocated(self.device) - cache_bytes
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(self.device)
+        outside = max(total - free - torch.cuda.memory_reserved(self.device), 0)
+        budget = torch.tensor([int(total * utilization) - peak - outside], device=self.device)
+        if self.tp is not None:
+            import torch.distributed as dist
+
+            self.tp.all_reduce(budget, dist.ReduceOp.MIN)
+        return max(int(budget.item()), 0)
+
+    def kv_bytes_per_token(self) -> int:
+        """K and V bytes of one token over all layers, on this rank."""
+        return 2 * self.cfg.num_layers * self.kv_heads * self.cfg.head_dim * DTYPE_BYTES[self.dtype_name]
+
+    @torch.inference_mode()
+    def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int) -> None:
+        """CUDA: capture decode-only steps at bucketed batch sizes (after allocate_kv_cache).
+        Needs the Triton kernels (their KV write skips padded rows)."""
+        from llmserve.backends.torch.triton.cuda_graphs import DecodeGraphs, capture_sizes
+
+        if self.device.type != "cuda" or self.prefill_kernel is None:
+            return
+        max_blocks = -(-max_model_len // self.block_size)
+        graphs = DecodeGraphs(capture_sizes(max_num_seqs), max_blocks, self.block_size, self.device)
+        graphs.capture(self.model, self.kv_caches, self.decode_kernel, self.cfg.sliding_window)
+        self.graphs = graphs
+
+
+def profile_batches(
+    max_tokens: int, max_seqs: int, block_size: int, max_model_len: int
+) -> tuple[Batch, Batch, int]:
+    """The largest step the scheduler can make (``max_tokens`` prompt tokens over up to
+    ``max_seqs`` sequences, all sampling), a decode step after it, and the blocks they need."""
+    num_tokens = min(max_tokens, max_seqs * max(max_model_len - 1, 1))
+    num_seqs = min(max_seqs, num_tokens)
+    prefills, decodes, first = [], [], 0
+    for i in range(num_seqs):
+        n = num_tokens // num_seqs + (i < num_tokens % num_seqs)
+        table = list(range(first, first + n // block_size + 1))  # room for the decode token
+        first += len(table)
+        prefills.append(BatchItem(i, [0] * n, 0, table, True, None, (), ()))
+        decodes.append(BatchItem(i, [0], n, table, True, None, (), ()))
+    return Batch(prefills, block_size), Batch(decodes, block_size), first
+
 
 class StepInputs:
     """Flat inputs and attention metadata for one batch, decodes first, then prefill chunks."""
 
     def __init__(
-        self, items: list[BatchItem], block_size: int, window: int | None, device: torch.device, kernel: Any
+        self,
+        items: list[BatchItem],
+        block_size: int,
+        window: int | None,
+        device: torch.device,
+        kernel: Any,
+        prefill_kernel: Any = None,
     ) -> None:
         decodes = [i for i, item in enumerate(items) if len(item.token_ids) == 1]
         prefills = [i for i, item in enumerate(items) if len(item.token_ids) != 1]
@@ -159,21 +251,32 @@ class StepInputs:
             decode = DecodeGroup(len(decodes), tensor(block_ids), max_blocks, lens, mask, kernel, window)
         if prefills:
             group = [items[i] for i in prefills]
-            block_ids, max_blocks, ctx_lens = _padded_tables(group, block_size)
-            query_lens = [len(item.token_ids) for item in group]
-            max_query = max(query_lens)
-            mask = build_masks(
-                torch.tensor(ctx_lens), torch.tensor(query_lens), max_query, max_blocks * block_size, window
-            )
-            prefill = PrefillGroup(len(group), max_query, tensor(block_ids), max_blocks, mask.to(device))
-            if len(group) > 1:
-                pad, unpad, offset = [], [], 0
-                for j, n in enumerate(query_lens):
-                    pad.extend(offset + min(q, n - 1) for q in range(max_query))
-                    unpad.extend(range(j * max_query, j * max_query + n))
-                    offset += n
-                prefill.pad_index, prefill.unpad_index = tensor(pad), tensor(unpad)
+            prefill = _prefill_group(group, block_size, window, device, tensor, prefill_kernel)
         self.meta = AttentionMetadata(tensor(slots), decode, prefill)
+
+
+def _prefill_group(
+    group: list[BatchItem], block_size: int, window: int | None, device: torch.device, tensor, kernel: Any
+) -> PrefillGroup:
+    block_ids, max_blocks, ctx_lens = _padded_tables(group, block_size)
+    query_lens = [len(item.token_ids) for item in group]
+    max_query = max(query_lens)
+    if kernel is not None:  # packed queries, masked inside the kernel: no padding, no mask tensor
+        starts = list(itertools.accumulate(query_lens, initial=0))
+        return PrefillGroup(len(group), max_query, tensor(block_ids), max_blocks, None, kernel=kernel,
+                            query_starts=tensor(starts), context_lens=tensor(ctx_lens), window=window)  # fmt: skip
+    mask = build_masks(
+        torch.tensor(ctx_lens), torch.tensor(query_lens), max_query, max_blocks * block_size, window
+    )
+    prefill = PrefillGroup(len(group), max_query, tensor(block_ids), max_blocks, mask.to(device))
+    if len(group) > 1:
+        pad, unpad, offset = [], [], 0
+        for j, n in enumerate(query_lens):
+            pad.extend(offset + min(q, n - 1) for q in range(max_query))
+            unpad.extend(range(j * max_query, j * max_query + n))
+            offset += n
+        prefill.pad_index, prefill.unpad_index = tensor(pad), tensor(unpad)
+    return prefill
 
 
 def _padded_tables(items: list[BatchItem], block_size: int) -> tuple[list[int], int, list[int]]:

@@ -2,16 +2,18 @@
 
 Flash-decoding over block tables. Grid ``(num_seqs, kv_heads, num_splits)``: a program takes one
 sequence, one KV head and all the query heads that share it (GQA: K/V are read once per group,
-the group is the M side of ``tl.dot``, padded to 16), and one partition of the context. It walks
-its partition in tiles of ``TILE`` tokens; a tile's rows are gathered from the blocks through the
+the group is the M side of ``tl.dot``, padded to 16), and one of ``num_splits`` equal parts of
+that sequence's attended context (cut in the kernel from its actual length, whole tiles each). It
+walks its part in tiles of ``TILE`` tokens; a tile's rows are gathered from the blocks through the
 block table (``block_table[t // block_size]``), so any block size works, even one smaller than a
 tile. With one split the program writes the output; with several, each writes its running max,
 sum and unnormalised output, and ``_reduce_kernel`` (grid ``(num_seqs, heads)``) merges them.
 
 Decode reads the whole cache once per step, so it is bandwidth bound: the split count is chosen
-so that about two programs per SM are in flight even at batch 1 (``decode_partition``). It
-depends only on Python ints (batch size, padded context), never on tensor values, so a launch
-makes no host sync and the grid of a captured CUDA graph stays valid.
+so that about two programs per SM are in flight even at batch 1 (``decode_splits``). It depends
+only on Python ints (batch size, padded context), never on tensor values, so a launch makes no
+host sync and the grid of a captured CUDA graph stays valid; since each sequence is cut by its
+own length, a graph sized for max_model_len still spreads a short context over the splits.
 """
 
 from __future__ import annotations
@@ -26,14 +28,15 @@ TILE = 64  # KV tokens per inner iteration on a GPU (tests pass smaller tiles)
 _MIN_GROUP = 16  # tl.dot needs M >= 16
 
 
-@triton.jit
+# Values that change from step to step are not specialised on (no recompiles while serving).
+@triton.jit(do_not_specialize=["stride_tb", "num_splits"])
 def _decode_kernel(
     q_ptr, stride_qt, stride_qh,
     cache_ptr, stride_cb, stride_cs, stride_ckv, stride_ch,
     tables_ptr, stride_tb, lens_ptr,
     out_ptr, stride_ot, stride_oh,
     m_ptr, l_ptr, acc_ptr,
-    scale_log2, window, partition, num_splits,
+    scale_log2, window, num_splits,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -45,8 +48,9 @@ def _decode_kernel(
     lo = 0
     if window > 0:
         lo = tl.maximum(ctx - window, 0)
-    start = tl.maximum(split * partition, lo)
-    end = tl.minimum(split * partition + partition, ctx)
+    part = tl.cdiv(tl.cdiv(ctx - lo, num_splits), TILE) * TILE  # this sequence's tokens per split
+    start = lo + split * part
+    end = tl.minimum(start + part, ctx)  # empty for the splits past the context: they write m=-1e30
 
     g = tl.arange(0, GROUP_PAD)
     d = tl.arange(0, D_PAD)
@@ -106,10 +110,14 @@ def _reduce_kernel(
     weight = tl.where(s_mask, tl.exp2(m - tl.max(m, 0)), 0.0)  # empty splits carry m = -1e30: 0
     total = tl.sum(tl.load(l_ptr + row, mask=s_mask, other=0.0) * weight, 0)
     acc = tl.load(
-        acc_ptr + row[:, None] * HEAD_DIM + d[None, :], mask=s_mask[:, None] & (d < HEAD_DIM)[None, :], other=0.0
+        acc_ptr + row[:, None] * HEAD_DIM + d[None, :],
+        mask=s_mask[:, None] & (d < HEAD_DIM)[None, :],
+        other=0.0,
     )
     out = tl.sum(acc * weight[:, None], 0) / tl.where(total == 0.0, 1.0, total)
-    tl.store(out_ptr + seq * stride_ot + head * stride_oh + d, out.to(out_ptr.dtype.element_ty), mask=d < HEAD_DIM)
+    tl.store(
+        out_ptr + seq * stride_ot + head * stride_oh + d, out.to(out_ptr.dtype.element_ty), mask=d < HEAD_DIM
+    )
 
 
 @functools.cache
@@ -119,13 +127,12 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def decode_partition(num_seqs: int, kv_heads: int, max_context: int, num_sms: int, tile: int = TILE) -> int:
-    """Tokens per split: enough splits that num_seqs * kv_heads * splits ~ 2 programs per SM, at
-    least one tile each. A pure function of Python ints (stable inside a CUDA graph)."""
+def decode_splits(num_seqs: int, kv_heads: int, max_context: int, num_sms: int, tile: int = TILE) -> int:
+    """Splits per sequence: num_seqs * kv_heads * splits ~ 2 programs per SM, no more splits than
+    tiles in the longest context. A pure function of Python ints (stable inside a CUDA graph)."""
     tiles = triton.cdiv(max(max_context, 1), tile)
     want = triton.cdiv(2 * num_sms, max(num_seqs * kv_heads, 1))
-    splits = min(tiles, max(want, 1))
-    return triton.cdiv(tiles, splits) * tile
+    return max(min(tiles, want), 1)
 
 
 def paged_decode(
@@ -138,7 +145,7 @@ def paged_decode(
     max_blocks: int,
     window: int | None = None,
     tile: int = TILE,
-    partition: int | None = None,
+    splits: int | None = None,
 ) -> torch.Tensor:
     """Attention of ``q`` [B, H, D] (heads and head_dim contiguous; rows may be strided) over the
     paged cache [num_blocks, block_size, 2, kv_heads, D]. ``block_tables`` holds B rows of
@@ -154,10 +161,8 @@ def paged_decode(
     out = torch.empty(num_seqs, heads, head_dim, dtype=q.dtype, device=q.device)
     if num_seqs == 0:
         return out.view(0, heads * head_dim)
-    max_context = max_blocks * block_size
-    if partition is None:
-        partition = decode_partition(num_seqs, kv_heads, max_context, _num_sms(q.device), tile)
-    splits = triton.cdiv(max_context, partition)
+    if splits is None:
+        splits = decode_splits(num_seqs, kv_heads, max_blocks * block_size, _num_sms(q.device), tile)
     if splits > 1:
         m = torch.empty(num_seqs, heads, splits, dtype=torch.float32, device=q.device)
         l_sum = torch.empty_like(m)
@@ -171,7 +176,7 @@ def paged_decode(
         block_tables, max_blocks, context_lens,
         out, out.stride(0), out.stride(1),
         m, l_sum, acc,
-        scale * 1.4426950408889634, window or 0, partition, splits,
+        scale * 1.4426950408889634, window or 0, splits,
         GROUP=group, GROUP_PAD=max(_MIN_GROUP, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         D_PAD=d_pad, BLOCK_SIZE=block_size, TILE=tile, SPLIT=splits > 1,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",

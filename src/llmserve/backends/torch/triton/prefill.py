@@ -21,7 +21,7 @@ import triton.language as tl
 BLOCK_M, BLOCK_N = 64, 64  # H100: 64x64 tiles, 4 warps, 2 stages fit any head_dim <= 256 in SMEM
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_tb"])  # changes every step: no recompiles while serving
 def _prefill_kernel(
     q_ptr, stride_qt, stride_qh,
     cache_ptr, stride_cb, stride_cs, stride_ckv, stride_ch,
