@@ -18,6 +18,7 @@ def throughput(
     max_num_batched_tokens: int = typer.Option(2048, help="llmserve --max-num-batched-tokens."),
     hf_batch_size: int = typer.Option(8, help="transformers static batch size (0 skips the comparison)."),
     prefix_len: int = typer.Option(0, help="Also measure TTFT of a request sharing a prefix this long."),
+    backend: str = typer.Option("cpu", help="llmserve backend to benchmark (cpu, jax, ...)."),
 ) -> None:
     """Run N requests through the engine, then the same workload through transformers generate."""
     import torch
@@ -34,7 +35,7 @@ def throughput(
 
     llm = LLM(
         model,
-        backend="cpu",
+        backend=backend,
         dtype=dtype,
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,
@@ -46,7 +47,7 @@ def throughput(
     peak = matmul_peak_flops(getattr(torch, dtype))
     total_tok_s = (ours.output_tokens + num_prompts * input_len) / ours.seconds  # prompt + output, as vLLM
     achieved = 2 * params * total_tok_s
-    typer.echo(f"workload: {num_prompts} requests x {input_len} prompt / {output_len} output tokens, {dtype}, "
+    typer.echo(f"workload: {num_prompts} requests x {input_len} prompt / {output_len} output tokens, {dtype}, backend {backend}, "
                f"{torch.get_num_threads()} threads, model {llm.model_name}")  # fmt: skip
     typer.echo(
         f"llmserve: {ours.output_tokens} tokens in {ours.seconds:.2f} s = {ours.tok_s:.1f} output tok/s "

@@ -44,6 +44,10 @@ class JaxBackend(Backend):
     @classmethod
     def check_available(cls, config) -> None:
         _import_jax(cls.name)
+        if config.tensor_parallel_size > 1:
+            from llmserve.backends.jax.sharding import make_mesh
+
+            make_mesh(config.tensor_parallel_size, cls.platform)  # raises when devices are missing
 
     def load_model(self, model_dir: str) -> ModelInfo:
         from llmserve.backends.jax.runner import JaxModelRunner
@@ -80,28 +84,29 @@ class JaxBackend(Backend):
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
         self.runner.allocate_kv_cache(num_blocks, block_size)
         if self.runner.warmup:
-            for key in list(self.runner.compiled):
-                self.sampler.warm_up(key[0] + key[1], self.runner.replicated)
+            for rows in sorted({d + t for d, t in self.runner.warm_keys()}):
+                self.sampler.warm_up(rows, self.runner.replicated)
 
     def execute(self, batch: Batch) -> list[SampleResult]:
-        logits, hidden, layout = self.runner.forward(batch)
-        sampling = [i for i, item in enumerate(batch.items) if item.sample]
-        sampled: dict[int, SampleResult] = {}
-        if sampling:
-            rows = [layout.sample_row[i] for i in sampling]
-            results = self.sampler.sample(logits, rows, [batch.items[i] for i in sampling])
-            sampled = dict(zip(sampling, results, strict=True))
-        out = []
-        for i, item in enumerate(batch.items):
-            res = sampled.get(i) or SampleResult(item.seq_id)
-            if item.want_prompt_logprobs:
-                first = layout.token_rows[i]
-                rows = np.arange(first, first + len(item.token_ids), dtype=np.int32)
-                res.prompt_logprobs = self.sampler.prompt_logprobs(
-                    lambda r: self.runner.logits_of_rows(hidden, r), rows, item
-                )
-            out.append(res)
-        return out
+        results = [SampleResult(item.seq_id) for item in batch.items]
+        for part in self.runner.forward(batch):
+            layout = part.layout
+            sampling = [i for i in layout.sample_row if batch.items[i].sample]
+            if sampling:
+                rows = [layout.sample_row[i] for i in sampling]
+                sampled = self.sampler.sample(part.logits, rows, [batch.items[i] for i in sampling])
+                for i, res in zip(sampling, sampled, strict=True):
+                    results[i] = res
+            for i in layout.token_rows:
+                item = batch.items[i]
+                if item.want_prompt_logprobs:
+                    first = layout.token_rows[i]
+                    rows = np.arange(first, first + len(item.token_ids), dtype=np.int32)
+                    hidden = part.hidden
+                    results[i].prompt_logprobs = self.sampler.prompt_logprobs(
+                        lambda r, h=hidden: self.runner.logits_of_rows(h, r), rows, item
+                    )
+        return results
 
     def load_embedding_model(self, model_dir: str) -> Embedder:
         from llmserve.backends.jax.bert import JaxEmbedder
@@ -148,3 +153,4 @@ class TpuBackend(JaxBackend):
                 f"--backend tpu: no TPU devices found (JAX platforms here: {', '.join(found) or 'none'}); "
                 "use --backend jax to run the JAX backend on this platform, or --backend cpu"
             )
+        super().check_available(config)

@@ -67,7 +67,9 @@ def load_bert_params(model_dir: str, cfg: ArchConfig) -> dict[str, Any]:
             raise WeightsNotFoundError(f"unexpected checkpoint tensor {name!r}")
     need = {f"{m}.{k}" for m in LINEARS + NORMS for k in ("weight", "bias")}
     missing = [f"layers.{i}.{n}" for i, layer in enumerate(layers) for n in sorted(need - layer.keys())]
-    missing += sorted({"word_embeddings.weight", "position_embeddings.weight", "embed_norm.weight"} - top.keys())
+    missing += sorted(
+        {"word_embeddings.weight", "position_embeddings.weight", "embed_norm.weight"} - top.keys()
+    )
     if missing:
         raise WeightsNotFoundError(f"checkpoint lacks {len(missing)} tensors, e.g. {', '.join(missing[:5])}")
     if "token_type_embeddings.weight" not in top:

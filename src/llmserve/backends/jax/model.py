@@ -8,6 +8,7 @@ pass is a pure function of (params, KV caches, step arrays) and is jitted by the
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -123,7 +124,9 @@ def _check_shapes(top: dict, layers: list[dict], cfg: ArchConfig) -> None:
         "gate": (d, i), "up": (d, i), "down": (i, d), "gate_bias": (i,), "up_bias": (i,), "down_bias": (d,),
     }  # fmt: skip
     found = [(k, a, expected[k]) for k, a in top.items()]
-    found += [(f"layers.{n}.{k}", a, per_layer[k]) for n, layer in enumerate(layers) for k, a in layer.items()]
+    found += [
+        (f"layers.{n}.{k}", a, per_layer[k]) for n, layer in enumerate(layers) for k, a in layer.items()
+    ]
     for name, array, shape in found:
         if array.shape != shape:
             raise WeightsNotFoundError(f"tensor {name} has shape {array.shape}, expected {shape}")
@@ -151,17 +154,13 @@ def rope_inv_freq(cfg: ArchConfig) -> np.ndarray:
 
 
 def rms_norm(x: Any, weight: Any, eps: float) -> Any:
+    """x / rms(x) * weight, computed in float32."""
+    import jax
     import jax.numpy as jnp
 
     x32 = x.astype(jnp.float32)
-    out = x32 * jax_rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    out = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
     return (out * weight.astype(jnp.float32)).astype(x.dtype)
-
-
-def jax_rsqrt(x: Any) -> Any:
-    import jax
-
-    return jax.lax.rsqrt(x)
 
 
 def apply_rope(x: Any, cos: Any, sin: Any) -> Any:
@@ -180,7 +179,9 @@ def _linear(x: Any, p: dict, name: str) -> Any:
     return y if bias is None else y + bias
 
 
-def decoder_layer(x: Any, cache: tuple, p: dict, step: dict, cfg: ArchConfig, statics: dict) -> tuple[Any, tuple]:
+def decoder_layer(
+    x: Any, cache: tuple, p: dict, step: dict, cfg: ArchConfig, statics: dict
+) -> tuple[Any, tuple]:
     """h = x + attn(norm(x)); out = h + mlp(norm(h)). Returns (out, updated (K, V) cache)."""
     import jax
     import jax.numpy as jnp
@@ -198,7 +199,7 @@ def decoder_layer(x: Any, cache: tuple, p: dict, step: dict, cfg: ArchConfig, st
     k = apply_rope(k, step["cos"], step["sin"])
     k_cache, v_cache = write_kv(*cache, step["slots"], k, v)
     num_decode, num_tiles, tile = step["decode_pos"].shape[0], step["prefill_pos"].shape[0], statics["tile"]
-    attend = jax.tree_util.Partial(
+    attend = functools.partial(
         paged_attention,
         chunk_blocks=statics["chunk_blocks"],
         scale=head_dim**-0.5,
@@ -207,10 +208,14 @@ def decoder_layer(x: Any, cache: tuple, p: dict, step: dict, cfg: ArchConfig, st
     outs = []
     if num_decode:
         qd = q[:num_decode].reshape(num_decode, 1, heads, head_dim)
-        outs.append(attend(qd, k_cache, v_cache, step["decode_tables"], step["decode_pos"], step["decode_chunks"]))
+        outs.append(
+            attend(qd, k_cache, v_cache, step["decode_tables"], step["decode_pos"], step["decode_chunks"])
+        )
     if num_tiles:
         qp = q[num_decode:].reshape(num_tiles, tile, heads, head_dim)
-        outs.append(attend(qp, k_cache, v_cache, step["prefill_tables"], step["prefill_pos"], step["prefill_chunks"]))
+        outs.append(
+            attend(qp, k_cache, v_cache, step["prefill_tables"], step["prefill_pos"], step["prefill_chunks"])
+        )
     attn = outs[0] if len(outs) == 1 else jnp.concatenate(outs)
     h = x + _linear(attn, p, "o")
     m = rms_norm(h, p["post_norm"], cfg.rms_norm_eps)
@@ -229,7 +234,11 @@ def forward(params: dict, caches: tuple, step: dict, *, cfg: ArchConfig, statics
     x = params["embed"][step["input_ids"]]
     angles = step["positions"].astype(jnp.float32)[:, None] * jnp.asarray(inv_freq)[None, :]
     cos, sin = jnp.cos(angles), jnp.sin(angles)
-    step = {**step, "cos": jnp.concatenate([cos, cos], -1)[:, None], "sin": jnp.concatenate([-sin, sin], -1)[:, None]}
+    step = {
+        **step,
+        "cos": jnp.concatenate([cos, cos], -1)[:, None],
+        "sin": jnp.concatenate([-sin, sin], -1)[:, None],
+    }
     new_caches = []
     for p, cache in zip(params["layers"], caches, strict=True):
         x, cache = decoder_layer(x, cache, p, step, cfg, statics)

@@ -1,25 +1,31 @@
-"""Model runner: turns an engine ``Batch`` into one jitted forward pass over the paged KV cache.
+"""Model runner: turns an engine ``Batch`` into jitted forward passes over the paged KV cache.
 
 Shapes are padded to buckets so the number of compilations is bounded: a step is compiled per
-(decode bucket, prefill-tile bucket), both powers of two. Decodes are tiles of one query;
-prefill chunks are cut into tiles of ``TILE`` queries. The context length is not in the key
-(attention loops over key chunks with a traced trip count), nor is the batch composition beyond
-these two numbers. Every compilation is logged with its bucket; ``allocate_kv_cache`` compiles
-the decode-only and prefill-only buckets up front so a first request does not wait for XLA.
+(decode bucket, prefill-tile bucket) (layout.py). The context length is not
+in the key: attention loops over key chunks with a traced trip count. Every compilation is
+logged with its bucket. ``allocate_kv_cache`` compiles every decode-only and prefill-only
+bucket the engine's limits allow; a batch mixing decodes and prefill chunks whose bucket is not
+compiled yet runs as those two warm halves while its own bucket compiles in the background, so
+no step waits for XLA after the warm-up. Compiled programs are also kept in JAX's persistent
+compilation cache, which makes later starts much faster.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
+import queue
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from llmserve.backends.base import Batch, BatchItem, ModelInfo
+from llmserve.backends.base import Batch, ModelInfo
 from llmserve.backends.jax import model as llama
+from llmserve.backends.jax.layout import TILE, StepLayout, buckets_upto, build_step, is_decode, step_key
 from llmserve.backends.jax.sharding import ShardingPlan, make_mesh, named, param_shardings
 from llmserve.errors import ConfigError
 from llmserve.models.hf_config import load_arch_config
@@ -28,14 +34,13 @@ from llmserve.models.weights import iter_weights
 
 log = logging.getLogger("llmserve.jax")
 
-TILE = 32  # queries per prefill tile
 KEY_CHUNK = 128  # keys visited per attention loop iteration (rounded to whole blocks)
 DTYPES = ("float32", "bfloat16", "float16")
 
 
 def resolve_dtype(dtype: str, platform: str) -> str:
-    """"auto" is bfloat16 on accelerators and float32 on CPU: XLA:CPU runs bf16 matmuls slower
-    than f32 here (see JAX_PERF notes), unlike torch's oneDNN kernels."""
+    """The run dtype for --dtype: "auto" is bfloat16 on accelerators and float32 on CPU, where
+    XLA runs bf16 matmuls no faster than f32 and converts around every op (see JAX_PERF notes)."""
     if dtype == "auto":
         return "float32" if platform == "cpu" else "bfloat16"
     if dtype not in DTYPES:
@@ -43,105 +48,31 @@ def resolve_dtype(dtype: str, platform: str) -> str:
     return dtype
 
 
-def pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
+def enable_compilation_cache() -> None:
+    """Use JAX's persistent compilation cache in llmserve's cache folder, unless the user set
+    one (JAX_COMPILATION_CACHE_DIR)."""
+    import jax
 
+    if jax.config.jax_compilation_cache_dir:
+        return
+    from llmserve.models.packs import cache_dir
 
-def buckets_upto(limit: int) -> list[int]:
-    """Powers of two from 1 up to the first one >= limit."""
-    out = [1]
-    while out[-1] < limit:
-        out.append(out[-1] * 2)
-    return out
+    path = cache_dir() / "jax-compilation-cache"
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:  # a read-only home: compile every start
+        return
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
 @dataclass(slots=True)
-class StepLayout:
-    """Host arrays of one step (numpy) and where each item's rows landed."""
+class StepPart:
+    """What one jitted call returns: device logits and hidden states, and where items landed."""
 
-    arrays: dict[str, np.ndarray]
-    key: tuple[int, int]  # (decode bucket, prefill tiles bucket)
-    sample_row: dict[int, int] = field(default_factory=dict)  # item index -> logits row
-    token_rows: dict[int, int] = field(default_factory=dict)  # item index -> first hidden row
-
-
-def build_step(
-    items: list[BatchItem], block_size: int, table_width: int, num_slots: int, chunk_blocks: int
-) -> StepLayout:
-    """Flat tokens (decodes first, then prefill tiles), slots, tables and query positions."""
-    decodes = [i for i, item in enumerate(items) if len(item.token_ids) == 1]
-    prefills = [i for i, item in enumerate(items) if len(item.token_ids) > 1]
-    num_decode = pow2(len(decodes)) if decodes else 0
-    tiles_needed = sum(-(-len(items[i].token_ids) // TILE) for i in prefills)
-    num_tiles = pow2(tiles_needed) if tiles_needed else 0
-    tokens = num_decode + num_tiles * TILE
-    input_ids = np.zeros(tokens, np.int32)
-    positions = np.zeros(tokens, np.int32)
-    slots = np.full(tokens, num_slots, np.int32)  # out of range: dropped by the KV write
-    decode_tables = np.zeros((num_decode, table_width), np.int32)
-    decode_pos = np.full((num_decode, 1), -1, np.int32)
-    prefill_tables = np.zeros((num_tiles, table_width), np.int32)
-    prefill_pos = np.full((num_tiles, TILE), -1, np.int32)
-    layout = StepLayout({}, (num_decode, num_tiles))
-    sample_rows = np.zeros(num_decode + num_tiles, np.int32)
-
-    def table_of(item: BatchItem) -> np.ndarray:
-        need = -(-item.end_pos // block_size)
-        if item.end_pos <= item.start_pos:
-            raise ValueError(f"sequence {item.seq_id}: batch item has no tokens")
-        if need > len(item.block_table):
-            raise ValueError(f"sequence {item.seq_id}: block table too short for {item.end_pos} tokens")
-        if need > table_width:
-            raise ValueError(f"sequence {item.seq_id}: {item.end_pos} tokens exceed the model length")
-        return np.asarray(item.block_table[:need], np.int32)
-
-    for row, i in enumerate(decodes):
-        item = items[i]
-        table = table_of(item)
-        pos = item.start_pos
-        input_ids[row] = item.token_ids[0]
-        positions[row] = pos
-        slots[row] = table[pos // block_size] * block_size + pos % block_size
-        decode_tables[row, : len(table)] = table
-        decode_pos[row, 0] = pos
-        layout.sample_row[i] = row
-        layout.token_rows[i] = row
-        sample_rows[row] = row
-    tile = 0
-    for i in prefills:
-        item = items[i]
-        table = table_of(item)
-        n = len(item.token_ids)
-        row = num_decode + tile * TILE
-        pos = np.arange(item.start_pos, item.end_pos, dtype=np.int32)
-        input_ids[row : row + n] = item.token_ids
-        positions[row : row + n] = pos
-        slots[row : row + n] = table[pos // block_size] * block_size + pos % block_size
-        count = -(-n // TILE)
-        prefill_tables[tile : tile + count, : len(table)] = table
-        prefill_pos.reshape(-1)[tile * TILE : tile * TILE + n] = pos
-        layout.sample_row[i] = num_decode + tile  # one logits row per tile: this item's first
-        layout.token_rows[i] = row
-        sample_rows[num_decode + tile] = row + n - 1
-        tile += count
-    span = chunk_blocks * block_size
-
-    def chunks(pos: np.ndarray) -> np.ndarray:
-        return np.int32(-(-(int(pos.max()) + 1) // span) if pos.size else 0)
-
-    layout.arrays = {
-        "input_ids": input_ids,
-        "positions": positions,
-        "slots": slots,
-        "decode_tables": decode_tables,
-        "decode_pos": decode_pos,
-        "decode_chunks": chunks(decode_pos),
-        "prefill_tables": prefill_tables,
-        "prefill_pos": prefill_pos,
-        "prefill_chunks": chunks(prefill_pos),
-        "sample_rows": sample_rows,
-    }
-    return layout
+    logits: Any  # float32 [rows, vocab]
+    hidden: Any  # [tokens, hidden]
+    layout: StepLayout
 
 
 class JaxModelRunner:
@@ -161,6 +92,7 @@ class JaxModelRunner:
     ) -> None:
         import jax
 
+        enable_compilation_cache()
         self.model_dir = model_dir
         self.mesh = make_mesh(tensor_parallel_size, platform)
         self.replicated = named(self.mesh, ())
@@ -178,7 +110,10 @@ class JaxModelRunner:
         self.block_size = self.num_blocks = self.table_width = self.chunk_blocks = 0
         self.compiled: dict[tuple[int, int], Any] = {}
         self.compile_seconds = 0.0
-        self._logits_fns: dict[int, Any] = {}
+        self._lock = threading.Lock()  # compiled / compile_seconds, shared with the compile thread
+        self._pending: set[tuple[int, int]] = set()
+        self._queue: queue.Queue | None = None
+        self._logits_fn = None
 
     # ------------------------------------------------------------------ loading
 
@@ -192,8 +127,7 @@ class JaxModelRunner:
         self.cfg = cfg
         self.plan = ShardingPlan.for_config(cfg, self.tp)
         host = llama.load_params(iter_weights(self.model_dir, framework="numpy"), cfg, self.dtype)
-        shardings = param_shardings(host, self.plan, self.mesh)
-        self.params = jax.tree.map(jax.device_put, host, shardings)
+        self.params = jax.tree.map(jax.device_put, host, param_shardings(host, self.plan, self.mesh))
         self.inv_freq = llama.rope_inv_freq(cfg)
         return ModelInfo(
             architecture=cfg.architecture,
@@ -215,10 +149,10 @@ class JaxModelRunner:
         cfg = self.cfg
         k_shape = (num_blocks, cfg.num_kv_heads, cfg.head_dim, block_size)
         v_shape = (num_blocks, cfg.num_kv_heads, block_size, cfg.head_dim)
-        self.cache_sharding = named(self.mesh, self.plan.cache_spec())
+        sharding = named(self.mesh, self.plan.cache_spec())
         zeros = jax.jit(
             lambda: (jnp.zeros(k_shape, self.dtype), jnp.zeros(v_shape, self.dtype)),
-            out_shardings=(self.cache_sharding, self.cache_sharding),
+            out_shardings=(sharding, sharding),
         )
         self.caches = tuple(zeros() for _ in range(cfg.num_layers))
         self.block_size, self.num_blocks = block_size, num_blocks
@@ -226,37 +160,45 @@ class JaxModelRunner:
         max_len = min(self.max_model_len or cfg.max_position_embeddings, num_blocks * block_size)
         blocks = -(-max_len // block_size)
         self.table_width = -(-blocks // self.chunk_blocks) * self.chunk_blocks
-        self.compiled.clear()
-        self._jitted = self._make_step()
-        if self.warmup:
-            self.warm_up()
 
-    def warm_up(self) -> None:
-        """Compile every decode-only and prefill-only bucket the engine's limits allow."""
-        start = time.perf_counter()
-        decode = buckets_upto(self.max_num_seqs)
-        tiles = buckets_upto(-(-self.max_num_batched_tokens // TILE))
-        for key in [(d, 0) for d in decode] + [(0, t) for t in tiles]:
-            self._executable(key)
-        log.info(
-            "jax warm-up: %d step buckets compiled in %.1f s (decode %s, prefill tiles of %d: %s)",
-            len(self.compiled), time.perf_counter() - start, decode, TILE, tiles,
-        )  # fmt: skip
+        def spec(a: Any) -> Any:
+            return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding)
 
-    # ------------------------------------------------------------------ compiling
-
-    def _make_step(self) -> Any:
-        import jax
-
-        replicated = self.replicated
-        cache_out = tuple((self.cache_sharding, self.cache_sharding) for _ in self.caches)
+        # Lowering uses shapes only: the compile thread must not touch donated buffers.
+        self._param_specs = jax.tree.map(spec, self.params)
+        self._cache_specs = jax.tree.map(spec, self.caches)
         fn = functools.partial(
             llama.forward,
-            cfg=self.cfg,
+            cfg=cfg,
             statics={"tile": TILE, "chunk_blocks": self.chunk_blocks},
             inv_freq=self.inv_freq,
         )
-        return jax.jit(fn, donate_argnums=(1,), out_shardings=(cache_out, replicated, replicated))
+        cache_out = tuple((sharding, sharding) for _ in self.caches)
+        self._jitted = jax.jit(
+            fn, donate_argnums=(1,), out_shardings=(cache_out, self.replicated, self.replicated)
+        )
+        self.compiled.clear()
+        if self.warmup:
+            self.warm_up()
+
+    def warm_keys(self) -> list[tuple[int, int]]:
+        """Every decode-only bucket, and the prefill-only buckets up to a full token budget plus
+        one tile (a budget that ends inside a prompt chunk leaves that chunk a partial tile)."""
+        decode = buckets_upto(self.max_num_seqs)
+        tiles = buckets_upto(-(-self.max_num_batched_tokens // TILE) + 1)
+        return [(d, 0) for d in decode] + [(0, t) for t in tiles]
+
+    def warm_up(self) -> None:
+        start = time.perf_counter()
+        keys = self.warm_keys()
+        for key in keys:
+            self._executable(key)
+        log.info(
+            "jax warm-up: %d step buckets (decodes, prefill tiles of %d) compiled in %.1f s: %s",
+            len(keys), TILE, time.perf_counter() - start, keys,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ compiling
 
     def _step_specs(self, key: tuple[int, int]) -> dict[str, Any]:
         import jax
@@ -276,44 +218,86 @@ class JaxModelRunner:
             "prefill_chunks": (),
             "sample_rows": (num_decode + num_tiles,),
         }
-        replicated = self.replicated
-        return {k: jax.ShapeDtypeStruct(s, np.int32, sharding=replicated) for k, s in shapes.items()}
+        return {k: jax.ShapeDtypeStruct(s, np.int32, sharding=self.replicated) for k, s in shapes.items()}
 
-    def _executable(self, key: tuple[int, int]) -> Any:
+    def _executable(self, key: tuple[int, int], background: bool = False) -> Any:
         exe = self.compiled.get(key)
-        if exe is None:
-            start = time.perf_counter()
-            exe = self._jitted.lower(self.params, self.caches, self._step_specs(key)).compile()
-            seconds = time.perf_counter() - start
+        if exe is not None:
+            return exe
+        start = time.perf_counter()
+        exe = self._jitted.lower(self._param_specs, self._cache_specs, self._step_specs(key)).compile()
+        seconds = time.perf_counter() - start
+        with self._lock:
             self.compiled[key] = exe
             self.compile_seconds += seconds
-            log.info(
-                "jax compile #%d: step bucket decode=%d prefill_tiles=%d (%d tokens) in %.2f s",
-                len(self.compiled), key[0], key[1], key[0] + key[1] * TILE, seconds,
-            )  # fmt: skip
+            self._pending.discard(key)
+            count = len(self.compiled)
+        log.info(
+            "jax compile #%d%s: step bucket decode=%d prefill_tiles=%d (%d tokens) in %.2f s",
+            count, " (background)" if background else "", key[0], key[1], key[0] + key[1] * TILE, seconds,
+        )  # fmt: skip
         return exe
+
+    def _compile_later(self, key: tuple[int, int]) -> None:
+        with self._lock:
+            if key in self._pending or key in self.compiled:
+                return
+            self._pending.add(key)
+            if self._queue is None:
+                self._queue = queue.Queue()
+                threading.Thread(target=self._compile_loop, name="llmserve-jax-compile", daemon=True).start()
+        self._queue.put(key)
+
+    def _compile_loop(self) -> None:
+        while True:
+            key = self._queue.get()
+            try:
+                self._executable(key, background=True)
+            except Exception:  # the split path keeps serving this shape
+                log.exception("jax: background compile of bucket %s failed", key)
+            finally:
+                self._queue.task_done()
+
+    def wait_for_compiles(self) -> None:
+        """Block until background compilations are done (tests, benchmarks)."""
+        if self._queue is not None:
+            self._queue.join()
 
     # ------------------------------------------------------------------ running
 
-    def forward(self, batch: Batch) -> tuple[Any, Any, StepLayout]:
-        """(device float32 logits [rows, vocab], device hidden [tokens, hidden], layout)."""
+    def forward(self, batch: Batch) -> list[StepPart]:
+        """Run the batch: one part, or two (decodes, prefill chunks) while its bucket compiles."""
         if not self.caches:
             raise RuntimeError("allocate_kv_cache() before forward()")
         if batch.block_size != self.block_size:
             raise ValueError(f"batch block_size {batch.block_size} != allocated {self.block_size}")
+        items = batch.items
+        key = step_key(items)
+        if key[0] and key[1] and key not in self.compiled:
+            self._compile_later(key)
+            decodes = [i for i, item in enumerate(items) if is_decode(item)]
+            prefills = [i for i, item in enumerate(items) if not is_decode(item)]
+            return [self._run(decodes, items), self._run(prefills, items)]
+        return [self._run(list(range(len(items))), items)]
+
+    def _run(self, indices: list[int], items: list) -> StepPart:
         layout = build_step(
-            batch.items, self.block_size, self.table_width, self.num_blocks * self.block_size, self.chunk_blocks
+            [items[i] for i in indices],
+            indices,
+            self.block_size,
+            self.table_width,
+            self.num_blocks * self.block_size,
+            self.chunk_blocks,
         )
         exe = self._executable(layout.key)
         self.caches, logits, hidden = exe(self.params, self.caches, layout.arrays)
-        return logits, hidden, layout
+        return StepPart(logits, hidden, layout)
 
     def logits_of_rows(self, hidden: Any, rows: np.ndarray) -> Any:
         """float32 logits of ``rows`` of a step's hidden states (for prompt logprobs)."""
         import jax
 
-        fn = self._logits_fns.get(0)
-        if fn is None:
+        if self._logits_fn is None:
             cfg = self.cfg
-            fn = self._logits_fns[0] = jax.jit(lambda p, h, r: llama.compute_logits(p, h[r], cfg))
-        return fn(self.params, hidden, rows)
+            self._logits_fn = jax.jit(lambda p, h, r: llama.compute_logits(p, h[r], cfg))
+        return self._logits_fn(self.params, hidden, rows)

@@ -60,7 +60,7 @@ def _sample_rows(work, raw, temperature, top_k, top_p, min_p, greedy, seeds, *, 
         tokens = jnp.where(greedy, tokens, raced)
     if not logprobs:
         return (tokens,)
-    return (tokens, *token_logprobs(raw, tokens, TOP_LOGPROBS))
+    return (tokens, *token_logprobs(raw, tokens, min(TOP_LOGPROBS, raw.shape[1])))
 
 
 def _top_k_top_p(x, top_k, top_p):
@@ -125,7 +125,12 @@ class JaxSampler:
             temperature[row], top_k[row], top_p[row], min_p[row] = p.temperature, p.top_k, p.top_p, p.min_p
             if p.seed is not None:
                 seed = p.seed & ((1 << 64) - 1)
-                seeds[row] = (seed >> 32, seed & _MASK32, item.seed_offset & _MASK32, len(item.output_token_ids))
+                seeds[row] = (
+                    seed >> 32,
+                    seed & _MASK32,
+                    item.seed_offset & _MASK32,
+                    len(item.output_token_ids),
+                )
         if greedy.all():
             mode = "greedy"
         elif any(not p.greedy and (p.top_k > 0 or p.top_p < 1.0) for p in (i.params for i in items)):
@@ -142,7 +147,10 @@ class JaxSampler:
         args = (work, logits, temperature, top_k, top_p, min_p, greedy, seeds)
         out = jax.device_get(self._executable(mode, want_logprobs, args)(*args))
         tokens = out[0]
-        results = [SampleResult(item.seq_id, token_id=int(tokens[row])) for row, item in zip(rows, items, strict=True)]
+        results = [
+            SampleResult(item.seq_id, token_id=int(tokens[row]))
+            for row, item in zip(rows, items, strict=True)
+        ]
         if want_logprobs:
             chosen, rank, values, ids = out[1:]
             for res, row, item in zip(results, rows, items, strict=True):
@@ -168,9 +176,7 @@ class JaxSampler:
             seconds = time.perf_counter() - start
             self.compiled[key] = exe
             self.compile_seconds += seconds
-            log.info(
-                "jax compile: sampler rows=%d mode=%s logprobs=%s in %.2f s", key[0], mode, want_logprobs, seconds
-            )
+            log.info("jax compile: sampler rows=%d mode=%s logprobs=%s in %.2f s", *key, seconds)
         return exe
 
     def warm_up(self, num_rows: int, sharding: Any) -> None:
@@ -217,14 +223,14 @@ class JaxSampler:
 
 
 @functools.cache
-def _prompt_lp_fn():
+def _prompt_lp_fn(k: int):
     import jax
 
-    return jax.jit(functools.partial(token_logprobs, k=TOP_LOGPROBS))
+    return jax.jit(functools.partial(token_logprobs, k=k))
 
 
 def _prompt_lp(logits: Any, targets: np.ndarray) -> Any:
-    return _prompt_lp_fn()(logits, targets)
+    return _prompt_lp_fn(min(TOP_LOGPROBS, logits.shape[1]))(logits, targets)
 
 
 # ---------------------------------------------------------------------- host-side adjustments

@@ -103,5 +103,7 @@ def named(mesh: Any, spec: tuple) -> Any:
 def param_shardings(params: dict, plan: ShardingPlan, mesh: Any) -> dict:
     """A pytree of NamedShardings matching the model's ``params``."""
     out = {name: named(mesh, plan.top_spec(name)) for name in params if name != "layers"}
-    out["layers"] = [{name: named(mesh, plan.layer_spec(name)) for name in layer} for layer in params["layers"]]
+    out["layers"] = [
+        {name: named(mesh, plan.layer_spec(name)) for name in layer} for layer in params["layers"]
+    ]
     return out
