@@ -86,9 +86,11 @@ def build_state(config: Config, plugins: Plugins) -> ServerState:
 
 
 def _load_embedder(state: ServerState, backend, path: Path, names: list[str]) -> None:
+    from llmserve.engine.device_thread import device_thread
     from llmserve.engine.embedding import EmbeddingService
 
-    state.embedder = EmbeddingService(backend.load_embedding_model(str(path)), str(path))
+    embedder = device_thread().run(backend.load_embedding_model, str(path))
+    state.embedder = EmbeddingService(embedder, str(path))
     state.embedding_model_name, state.embedding_model_path = names[0], str(path)
     state.aliases.update({name: "embed" for name in names})
 

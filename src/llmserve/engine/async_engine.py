@@ -1,8 +1,8 @@
 """The async front: per-request output streams over an engine stepping in its own thread.
 
-The step loop never runs on the event loop, so HTTP handling cannot stall decoding. Commands
-(add, abort) go in through a thread-safe queue; each step's events come back in one
-``call_soon_threadsafe``. Detokenization and stop strings are handled here, on the API side.
+The engine steps on the device thread (engine/device_thread.py), never on the event loop, so HTTP
+handling cannot stall decoding. Commands (add, abort) go to that thread as jobs, run between
+steps; each step's events come back in one ``call_soon_threadsafe``. Detokenization and stop strings are handled here, on the API side.
 """
 
 from __future__ import annotations
@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import queue
-import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmserve.engine.detokenizer import IncrementalDetokenizer
+from llmserve.engine.device_thread import device_thread
 from llmserve.engine.engine import EngineStats, LLMEngine, SeqEvent
 from llmserve.engine.outputs import CompletionOutput, RequestOutput
 from llmserve.engine.sampling import SamplingParams
@@ -88,10 +87,8 @@ class AsyncEngine:
         self.is_sleeping = False
         self.error: BaseException | None = None
         self._streams: dict[str, _Stream] = {}
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._device = device_thread()
+        self._running = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stats = engine.stats()
 
@@ -99,7 +96,7 @@ class AsyncEngine:
     def create(cls, config, backend, model_dir: str, model_name: str) -> AsyncEngine:
         from transformers import AutoTokenizer
 
-        engine = LLMEngine(backend, model_dir, config)
+        engine = device_thread().run(LLMEngine, backend, model_dir, config)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         return cls(
             engine,
@@ -112,19 +109,16 @@ class AsyncEngine:
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._thread is not None:
+        if self._running:
             return
         self._loop = asyncio.get_running_loop()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="llmserve-engine", daemon=True)
-        self._thread.start()
+        self._running = True
+        await asyncio.wrap_future(self._device.add_stepper(self))
 
     async def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 10)
-            self._thread = None
+        if self._running:
+            self._running = False
+            await asyncio.wrap_future(self._device.remove_stepper(self))
 
     async def sleep(self, level: int = 1) -> None:
         self.is_sleeping = True
@@ -166,6 +160,9 @@ class AsyncEngine:
         try:
             while not stream.finished:
                 item = await stream.queue.get()
+                if isinstance(item, LLMServeError):
+                    stream.choices = []  # nothing runs any more: do not abort on the way out
+                    raise item
                 if isinstance(item, BaseException):
                     raise EngineDeadError(f"The engine stopped after an error: {item}")
                 output = self._process(stream, item)
@@ -180,8 +177,7 @@ class AsyncEngine:
         self._send(("abort", request_id, "abort"))
 
     def _send(self, command: tuple) -> None:
-        self._inbox.put(command)
-        self._wake.set()
+        self._device.submit(self._apply, command)
 
     # --- API side: events -> outputs -----------------------------------------------------------
 
@@ -265,40 +261,37 @@ class AsyncEngine:
 
     # --- step thread ---------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        engine = self.engine
+    # --- device thread: commands and steps ---------------------------------------------------
+
+    def has_work(self) -> bool:
+        return self.error is None and self.engine.has_work()
+
+    def step_once(self) -> None:
         try:
-            while not self._stop.is_set():
-                self._drain_inbox()
-                if not engine.has_work():
-                    self._stats = engine.stats()
-                    self._wake.wait(0.5)
-                    self._wake.clear()
-                    continue
-                events = engine.step()
-                self._stats = engine.stats()
-                if events:
-                    self._loop.call_soon_threadsafe(self._dispatch, events)
+            events = self.engine.step()
         except BaseException as exc:  # the engine is dead: tell every waiting stream
             log.exception("engine step failed")
             self.error = exc
             self._loop.call_soon_threadsafe(self._fail_all, exc)
+            return
+        self._stats = self.engine.stats()
+        if events:
+            self._loop.call_soon_threadsafe(self._dispatch, events)
 
-    def _drain_inbox(self) -> None:
+    def _apply(self, command: tuple) -> None:
+        kind, request_id = command[0], command[1]
         engine = self.engine
-        while True:
-            try:
-                command = self._inbox.get_nowait()
-            except queue.Empty:
-                return
-            kind, request_id = command[0], command[1]
-            if kind == "add":
-                if request_id in self._streams:
+        if kind == "add":
+            if request_id in self._streams:
+                try:
                     engine.add_request(request_id, command[2], command[3])
-            elif kind == "abort":
-                engine.abort(request_id, command[2])
-            elif kind == "abort_seq":
-                engine.scheduler.abort_request(request_id, "stop", index=command[2])
+                except LLMServeError as exc:  # e.g. a request the scheduler can never fit
+                    self._loop.call_soon_threadsafe(self._fail_one, request_id, exc)
+        elif kind == "abort":
+            engine.abort(request_id, command[2])
+        elif kind == "abort_seq":
+            engine.scheduler.abort_request(request_id, "stop", index=command[2])
+        self._stats = engine.stats()
 
     def _dispatch(self, events: list[SeqEvent]) -> None:
         by_request: dict[str, list[SeqEvent]] = {}
@@ -308,6 +301,11 @@ class AsyncEngine:
             stream = self._streams.get(request_id)
             if stream is not None:
                 stream.queue.put_nowait(group)
+
+    def _fail_one(self, request_id: str, exc: BaseException) -> None:
+        stream = self._streams.get(request_id)
+        if stream is not None:
+            stream.queue.put_nowait(exc)
 
     def _fail_all(self, exc: BaseException) -> None:
         for stream in self._streams.values():

@@ -1,10 +1,11 @@
-"""The async front of an embedding (pooling) model."""
+"""The async front of an embedding (pooling) model; the model runs on the device thread."""
 
 from __future__ import annotations
 
 import asyncio
 
 from llmserve.backends.base import Embedder
+from llmserve.engine.device_thread import device_thread
 
 
 class EmbeddingService:
@@ -17,11 +18,9 @@ class EmbeddingService:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.dim = embedder.dim
         self.max_model_len = embedder.max_model_len
-        self._lock = asyncio.Lock()
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
 
     async def embed(self, token_ids: list[list[int]], normalize: bool = True) -> list[list[float]]:
-        async with self._lock:
-            return await asyncio.to_thread(self.embedder.embed, token_ids, normalize)
+        return await asyncio.wrap_future(device_thread().submit(self.embedder.embed, token_ids, normalize))
