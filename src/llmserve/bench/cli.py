@@ -31,6 +31,7 @@ def throughput(
         run_llmserve,
         run_transformers,
     )
+    from llmserve.engine.device_thread import device_thread
     from llmserve.offline import LLM
 
     llm = LLM(
@@ -44,7 +45,9 @@ def throughput(
     ours = run_llmserve(llm, prompts, output_len)
     path = llm.engine.engine.model_dir
     params = count_params(path)
-    peak = matmul_peak_flops(getattr(torch, dtype))
+    # Measured on the device thread, like the engine: a second OpenMP thread would be throttled.
+    device = device_thread()
+    peak = device.run(matmul_peak_flops, getattr(torch, dtype))
     total_tok_s = (ours.output_tokens + num_prompts * input_len) / ours.seconds  # prompt + output, as vLLM
     achieved = 2 * params * total_tok_s
     typer.echo(f"workload: {num_prompts} requests x {input_len} prompt / {output_len} output tokens, {dtype}, backend {backend}, "
@@ -65,7 +68,7 @@ def throughput(
         )
     if hf_batch_size:
         del llm
-        ref = run_transformers(path, prompts, output_len, hf_batch_size, getattr(torch, dtype))
+        ref = device.run(run_transformers, path, prompts, output_len, hf_batch_size, getattr(torch, dtype))
         typer.echo(
             f"{ref.name}: {ref.output_tokens} tokens in {ref.seconds:.2f} s = {ref.tok_s:.1f} output tok/s"
         )
