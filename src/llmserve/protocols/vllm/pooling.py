@@ -168,15 +168,7 @@ async def pooling() -> Response:
             payload = [float(x) for x in vector]
         data.append({"index": i, "object": "pooling", "data": payload})
     used = sum(len(t) for t in ids)
-    body = {
-        "id": random_id("pool"),
-        "object": "list",
-        "created": now(),
-        "model": model,
-        "data": data,
-        "usage": {"prompt_tokens": used, "total_tokens": used, "completion_tokens": 0},
-    }
-    return jsonify(body)
+    return jsonify(_list_body("pool", model, data, used))
 
 
 # --- /score ---------------------------------------------------------------------------------------------
@@ -214,15 +206,7 @@ async def score() -> Response:
         value = float(vectors[i] @ vectors[len(left) + j])
         data.append({"index": index, "object": "score", "score": value})
         used += lengths[i] + lengths[len(left) + j]
-    body = {
-        "id": random_id("score"),
-        "object": "list",
-        "created": now(),
-        "model": model,
-        "data": data,
-        "usage": {"prompt_tokens": used, "total_tokens": used, "completion_tokens": 0},
-    }
-    return jsonify(body)
+    return jsonify(_list_body("score", model, data, used))
 
 
 # --- /rerank (Jina shape) -----------------------------------------------------------------------------
@@ -269,3 +253,15 @@ async def classify() -> Response:
         "(the server runs a generation and/or an embedding model).",
         code="model_not_supported",
     )
+
+
+def _list_body(prefix: str, model: str, data: list, used: int) -> dict:
+    """vLLM's list envelope for pooling-style answers; usage counts input tokens only."""
+    return {
+        "id": random_id(prefix),
+        "object": "list",
+        "created": now(),
+        "model": model,
+        "data": data,
+        "usage": {"prompt_tokens": used, "total_tokens": used, "completion_tokens": 0},
+    }
