@@ -116,6 +116,19 @@ class Embedder(ABC):
     def embed(self, token_ids: list[list[int]], normalize: bool = True) -> list[list[float]]:
         """Pooled embeddings, one per input, in input order."""
 
+    def check_inputs(self, token_ids: list[list[int]]) -> None:
+        """Reject empty inputs and inputs longer than the model's context (400)."""
+        from llmserve.errors import InvalidRequestError
+
+        for ids in token_ids:
+            if not ids:
+                raise InvalidRequestError("cannot embed an empty input", param="input")
+            if len(ids) > self.max_model_len:
+                raise InvalidRequestError(
+                    f"input has {len(ids)} tokens, more than the embedding model's {self.max_model_len}",
+                    param="input",
+                )
+
 
 class Backend(ABC):
     """A model backend, registered by name through the ``llmserve_backends`` hook.

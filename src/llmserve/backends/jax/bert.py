@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from llmserve.backends.base import Embedder
-from llmserve.errors import InvalidRequestError
 from llmserve.models.hf_config import ArchConfig, load_arch_config
 from llmserve.models.registry import UnsupportedModelError, is_encoder
 from llmserve.models.weights import WeightsNotFoundError, iter_weights
@@ -147,14 +146,7 @@ class JaxEmbedder(Embedder):
     def embed(self, token_ids: list[list[int]], normalize: bool = True) -> list[list[float]]:
         import jax
 
-        for ids in token_ids:
-            if not ids:
-                raise InvalidRequestError("cannot embed an empty input", param="input")
-            if len(ids) > self.max_model_len:
-                raise InvalidRequestError(
-                    f"input has {len(ids)} tokens, more than the embedding model's {self.max_model_len}",
-                    param="input",
-                )
+        self.check_inputs(token_ids)
         order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
         results: list[list[float]] = [[] for _ in token_ids]
         for start in range(0, len(order), _MAX_BATCH):

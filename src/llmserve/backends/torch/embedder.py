@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from llmserve.backends.base import Embedder
 from llmserve.backends.torch.loader import load_model
 from llmserve.backends.torch.runner import TORCH_DTYPES
-from llmserve.errors import InvalidRequestError
 from llmserve.models.hf_config import load_arch_config
 from llmserve.models.registry import UnsupportedModelError, is_encoder
 
@@ -32,14 +31,7 @@ class TorchEmbedder(Embedder):
 
     @torch.inference_mode()
     def embed(self, token_ids: list[list[int]], normalize: bool = True) -> list[list[float]]:
-        for ids in token_ids:
-            if not ids:
-                raise InvalidRequestError("cannot embed an empty input", param="input")
-            if len(ids) > self.max_model_len:
-                raise InvalidRequestError(
-                    f"input has {len(ids)} tokens, more than the embedding model's {self.max_model_len}",
-                    param="input",
-                )
+        self.check_inputs(token_ids)
         order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
         results: list[list[float]] = [[] for _ in token_ids]
         for start in range(0, len(order), _MAX_BATCH):
