@@ -19,6 +19,7 @@ from llmserve.backends.base import DTYPE_BYTES, Batch, BatchItem, ModelInfo
 from llmserve.backends.torch.attention import AttentionMetadata, DecodeGroup, PrefillGroup, build_masks
 from llmserve.backends.torch.cpu_kernels import CpuKernels
 from llmserve.backends.torch.loader import load_model
+from llmserve.backends.torch.packed_linear import pack_linears
 from llmserve.errors import ConfigError
 from llmserve.models.hf_config import ArchConfig, load_arch_config
 from llmserve.models.registry import UnsupportedModelError, is_encoder
@@ -71,6 +72,8 @@ class TorchModelRunner:
         self.dtype = TORCH_DTYPES[dtype_name]
         self.cfg = cfg
         self.model = load_model(self.model_dir, cfg, self.dtype, self.device, self.tp)
+        if self.tp is None and self.device.type == "cpu" and self.dtype == torch.bfloat16:
+            pack_linears(self.model)
         world = self.tp.world if self.tp is not None else 1
         self.kv_heads = max(cfg.num_kv_heads // world, 1)
         if self.use_kernels and self.device.type == "cuda":
