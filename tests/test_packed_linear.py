@@ -1,0 +1,45 @@
+"""Prepacked bf16 linears give the same answers as F.linear, and the CPU runner uses them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from llmserve.backends.torch.packed_linear import PackedLinear, pack_linears
+
+pytestmark = pytest.mark.skipif(
+    not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no native bf16 on this CPU"
+)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("rows", [1, 7, 64])
+def test_same_result_as_linear(bias, rows):
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 160, bias=bias).to(torch.bfloat16)
+    x = torch.randn(rows, 96, dtype=torch.bfloat16)
+    expected = linear(x).float()
+    got = PackedLinear(linear)(x).float()
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=0.05, rtol=0.02)
+
+
+def test_only_plain_bf16_linears_are_packed():
+    class Custom(nn.Linear):
+        pass
+
+    model = nn.Sequential(
+        nn.Linear(8, 8).to(torch.bfloat16), nn.Linear(8, 8), Custom(8, 8).to(torch.bfloat16)
+    )
+    assert pack_linears(model) == 1
+    assert isinstance(model[0], PackedLinear) and type(model[1]) is nn.Linear and type(model[2]) is Custom
+
+
+def test_cpu_runner_packs_its_linears(smollm2_dir):
+    from llmserve.backends.torch.runner import TorchModelRunner
+
+    runner = TorchModelRunner(str(smollm2_dir), "bfloat16")
+    runner.load()
+    packed = [m for m in runner.model.modules() if isinstance(m, PackedLinear)]
+    assert len(packed) >= 30 * 4  # qkv, o, gate_up, down in every layer
