@@ -27,6 +27,27 @@ def minilm_dir() -> Path:
     return packs.ensure_model("minilm")
 
 
+@pytest.fixture(scope="session")
+def tok(smollm2_dir):
+    """SmolLM2's tokenizer, for exact token counts."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    """The official OpenAI SDK pointed at the session server."""
+    import openai
+
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def model(client) -> str:
+    return client.models.list().data[0].id
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

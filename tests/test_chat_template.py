@@ -6,7 +6,6 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from transformers import AutoTokenizer
 
 from llmserve.chat import detect_content_format, load_chat_template, render_chat
 from llmserve.config import build_config
@@ -31,11 +30,6 @@ Tools:{% for t in tools %} {{ t.function.name }}{% endfor %}<|im_end|>
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
 USER = [{"role": "user", "content": "Hi"}]
-
-
-@pytest.fixture(scope="module")
-def tok(smollm2_dir):
-    return AutoTokenizer.from_pretrained(smollm2_dir)
 
 
 def make_state(tok, **config):

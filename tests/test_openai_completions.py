@@ -5,26 +5,10 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-from transformers import AutoTokenizer
 
 from llmserve.protocols.openai.schemas import CompletionResponse
 
 PROMPT = "The capital of France is"
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def model(client):
-    return client.models.list().data[0].id
-
-
-@pytest.fixture(scope="module")
-def tok(smollm2_dir):
-    return AutoTokenizer.from_pretrained(smollm2_dir)
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,6 @@ from llmserve.protocols.openai.schemas import EmbeddingResponse, ModelCard, Mode
 
 
 @pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-@pytest.fixture(scope="module")
 def cards(server):
     response = httpx.get(server + "/v1/models")
     assert response.status_code == 200

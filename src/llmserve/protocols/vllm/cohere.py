@@ -18,7 +18,13 @@ from llmserve.errors import InvalidRequestError, UnsupportedError
 from llmserve.protocols.common import parse_body, random_id
 from llmserve.protocols.vllm import schemas
 from llmserve.protocols.vllm.openapi import document
-from llmserve.protocols.vllm.pooling import document_texts, embed_texts, embedder_and_model, rank
+from llmserve.protocols.vllm.pooling import (
+    check_dimensions,
+    document_texts,
+    embed_texts,
+    embedder_and_model,
+    rank,
+)
 
 bp = Blueprint("vllm_cohere", __name__)
 
@@ -98,11 +104,7 @@ def _quantized(vectors: np.ndarray, kind: str) -> list:
 async def embed_v2() -> Response:
     req = await parse_body(schemas.CohereEmbedRequest)
     embedder, _ = embedder_and_model(req.model)
-    if req.output_dimension is not None and req.output_dimension != embedder.dim:
-        raise UnsupportedError(
-            f"output_dimension={req.output_dimension} is not supported: the model's embeddings have {embedder.dim}",
-            param="output_dimension",
-        )
+    check_dimensions(embedder, req.output_dimension, "output_dimension")
     texts = _texts(req)
     specials = embedder.tokenizer.num_special_tokens_to_add(pair=False)
     limit = req.max_tokens + specials if req.max_tokens else None

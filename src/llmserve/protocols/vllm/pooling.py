@@ -36,6 +36,14 @@ def embedder_and_model(requested: str | None) -> tuple[Any, str]:
     return state.embedder, resolve_model(state, requested, "embed")
 
 
+def check_dimensions(embedder: Any, requested: int | None, param: str) -> None:
+    """Our embedding models have one size (no matryoshka truncation): reject any other."""
+    if requested is not None and requested != embedder.dim:
+        raise UnsupportedError(
+            f"{param}={requested} is not supported: the model's embeddings have {embedder.dim}", param=param
+        )
+
+
 def token_limit(embedder: Any, truncate_prompt_tokens: int | None) -> tuple[int, Truncate]:
     """vLLM's truncate_prompt_tokens (keep the last k tokens; -1 = max_model_len) as a limit."""
     max_len = embedder.max_model_len
@@ -129,11 +137,7 @@ def document_texts(documents: list[str | schemas.RerankDocumentIn]) -> list[str]
 async def pooling() -> Response:
     req = await parse_body(schemas.PoolingRequest)
     embedder, model = embedder_and_model(req.model)
-    if req.dimensions is not None and req.dimensions != embedder.dim:
-        raise UnsupportedError(
-            f"dimensions={req.dimensions} is not supported: the model's embeddings have {embedder.dim}",
-            param="dimensions",
-        )
+    check_dimensions(embedder, req.dimensions, "dimensions")
     limit, truncate = token_limit(embedder, req.truncate_prompt_tokens)
     inputs = req.input
     if isinstance(inputs, str) or is_token_ids(inputs):
