@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from llmserve.backends.base import BatchItem
+from llmserve.backends.torch import cpu_kernels
 from llmserve.backends.torch.attention import paged_attention, write_kv
 from llmserve.backends.torch.cpu_kernels import CpuKernels
 from llmserve.backends.torch.layers import TorchOps
@@ -128,3 +129,11 @@ def test_cpu_kernels_match_torch_ops(dtype):
     ref.rope_(theirs[:, : 6 * 16].view(5, 6, 16), ref.rope_tables(angles, dtype))
     torch.testing.assert_close(ours, theirs, **tol)
     assert torch.equal(ours[:, 6 * 16 :], qkv[:, 6 * 16 :])
+
+
+def test_cpu_kernel_source_is_package_data_and_keys_the_cache():
+    source = cpu_kernels._source()  # csrc/cpu_kernels.c, read through importlib.resources
+    assert "void paged_decode(" in source
+    # An edited kernel file must build a new library, never load the stale one.
+    assert cpu_kernels._cache_path(source) != cpu_kernels._cache_path(source + "\n/* edited */")
+    assert cpu_kernels._cache_path(source) == cpu_kernels._cache_path(source)

@@ -5,10 +5,11 @@ gathers each sequence's blocks into a padded copy and runs SDPA over it (reading
 writing it once); ``paged_decode`` reads each K/V row once, straight from the paged cache. torch's
 RMSNorm and rotary are chains of 5-8 small ops each; here they are one call.
 
-The source (cpu_kernels_src.py) is compiled once with the system C compiler, cached under the
-llmserve cache directory, and loaded with ctypes. It links against the OpenMP runtime torch
-already loaded, so it shares torch's thread pool. Without a compiler ``CpuKernels.load`` returns
-None and the model runs on ``TorchOps`` alone.
+The source (csrc/cpu_kernels.c, shipped as package data) is compiled once with the system C
+compiler, cached under the llmserve cache directory (keyed by the source, flags and CPU), and
+loaded with ctypes. It links against the OpenMP runtime torch already loaded, so it shares
+torch's thread pool. Without a compiler ``CpuKernels.load`` returns None and the model runs on
+``TorchOps`` alone.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from importlib import resources
 from pathlib import Path
 
 import torch
 
-from llmserve.backends.torch.cpu_kernels_src import SOURCE
 from llmserve.backends.torch.layers import TorchOps
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,17 @@ _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}
 
 
-def _cache_path() -> Path:
+def _source() -> str:
+    return resources.files(__package__).joinpath("csrc").joinpath("cpu_kernels.c").read_text(encoding="utf-8")
+
+
+def _cache_path(source: str) -> Path:
+    """Where the library built from ``source`` is cached: the key covers the source itself, so
+    an edited kernel file is rebuilt rather than loaded stale."""
     root = os.environ.get("LLMSERVE_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "llmserve"
     )
-    key = hashlib.sha256("\n".join([SOURCE, *_FLAGS, platform.machine(), _cpu_flags()]).encode()).hexdigest()
+    key = hashlib.sha256("\n".join([source, *_FLAGS, platform.machine(), _cpu_flags()]).encode()).hexdigest()
     return Path(root) / "kernels" / f"cpu_kernels_{key[:16]}.so"
 
 
@@ -57,14 +64,14 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def _build(target: Path) -> None:
+def _build(target: Path, source: str) -> None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise OSError("no C compiler found")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         src, lib = Path(tmp) / "kernels.c", Path(tmp) / "kernels.so"
-        src.write_text(SOURCE)
+        src.write_text(source)
         subprocess.run(
             [compiler, *_FLAGS, str(src), "-o", str(lib), "-lm"], check=True, capture_output=True, text=True
         )
@@ -76,9 +83,10 @@ def _library() -> ctypes.CDLL | None:
         if "lib" not in _loaded:
             _loaded["lib"] = None
             try:
-                path = _cache_path()
+                source = _source()
+                path = _cache_path(source)
                 if not path.exists():
-                    _build(path)
+                    _build(path, source)
                 lib = ctypes.CDLL(str(path))
                 _declare(lib)
                 _loaded["lib"] = lib

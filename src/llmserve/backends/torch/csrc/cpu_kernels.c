@@ -1,6 +1,6 @@
-"""C source of the fused CPU kernels (see cpu_kernels.py, which builds and loads it)."""
+/* Fused CPU kernels for the torch backend; cpu_kernels.py compiles this file once and loads it
+   with ctypes (the exported signatures are declared there, in _declare). */
 
-SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -256,4 +256,3 @@ void paged_decode(const void *q, int64_t q_stride, const void *cache, const int6
         free(scores);
     }
 }
-"""
