@@ -1,5 +1,6 @@
 """Tensor parallelism on CPU (gloo, 2 ranks): the same greedy tokens and logprobs as one rank,
-clear errors for models that cannot be split, and no worker left behind."""
+whether attention and the MLP are split or replicated (SmolLM2's 9 heads do not split), and no
+worker left behind."""
 
 from __future__ import annotations
 
@@ -14,12 +15,10 @@ import pytest
 import torch
 import transformers
 
-from llmserve import LLM
 from llmserve.backends.torch.backend import CpuBackend
 from llmserve.config import build_config
 from llmserve.engine.engine import LLMEngine
 from llmserve.engine.sampling import SamplingParams
-from llmserve.errors import ConfigError
 
 TINY = dict(
     hidden_size=64,
@@ -28,12 +27,33 @@ TINY = dict(
     num_attention_heads=4,
     max_position_embeddings=128,
 )
+# Case -> (config overrides, KV heads in each rank's cache at 2 ranks).
 CASES = {
-    "gqa": dict(num_key_value_heads=2, vocab_size=512),
+    "gqa": (dict(num_key_value_heads=2, vocab_size=512), 1),
     # One KV head on two ranks (replicated), every bias, tied embeddings, a vocabulary that
     # does not split evenly (padded on the last rank).
-    "replicated-kv": dict(
-        num_key_value_heads=1, vocab_size=509, attention_bias=True, mlp_bias=True, tie_word_embeddings=True
+    "replicated-kv": (
+        dict(
+            num_key_value_heads=1,
+            vocab_size=509,
+            attention_bias=True,
+            mlp_bias=True,
+            tie_word_embeddings=True,
+        ),
+        1,
+    ),
+    # 3 heads and an odd intermediate size: attention and the MLP are whole on both ranks, only
+    # the embedding and LM head are split.
+    "replicated-attention-and-mlp": (
+        dict(
+            hidden_size=48,
+            num_attention_heads=3,
+            num_key_value_heads=3,
+            intermediate_size=97,
+            vocab_size=512,
+            attention_bias=True,
+        ),
+        3,
     ),
 }
 PROMPTS = [[5, 9, 200, 17, 3], list(range(30, 53)), [7] * 3 + list(range(100, 137))]
@@ -43,8 +63,8 @@ PROMPTS = [[5, 9, 200, 17, 3], list(range(30, 53)), [7] * 3 + list(range(100, 13
 def tiny_models(tmp_path_factory) -> dict:
     """Case name -> (directory of a random tiny Llama, its transformers config)."""
     models = {}
-    for name, extra in CASES.items():
-        config = transformers.LlamaConfig(**TINY, **extra)
+    for name, (extra, _) in CASES.items():
+        config = transformers.LlamaConfig(**{**TINY, **extra})
         torch.manual_seed(0)
         model = transformers.LlamaForCausalLM(config).eval()
         with torch.no_grad():
@@ -56,12 +76,12 @@ def tiny_models(tmp_path_factory) -> dict:
     return models
 
 
-def make_backend(model_dir, tp: int) -> tuple[CpuBackend, LLMEngine]:
+def make_backend(model_dir, tp: int, **overrides) -> tuple[CpuBackend, LLMEngine]:
     # A 16-token step budget: chunked prefills mixed with decodes in one step.
+    settings = dict(max_num_batched_tokens=16, block_size=4, kv_cache_space=0.002) | overrides
     config = build_config(
-        model=str(model_dir), backend="cpu", dtype="float32", tensor_parallel_size=tp,
-        max_num_batched_tokens=16, block_size=4, kv_cache_space=0.002,
-    )  # fmt: skip
+        model=str(model_dir), backend="cpu", dtype="float32", tensor_parallel_size=tp, **settings
+    )
     backend = CpuBackend(config)
     try:
         return backend, LLMEngine(backend, str(model_dir), config)
@@ -70,12 +90,14 @@ def make_backend(model_dir, tp: int) -> tuple[CpuBackend, LLMEngine]:
         raise
 
 
-def generate(engine: LLMEngine) -> dict[str, list[tuple[int, float]]]:
+def generate(
+    engine: LLMEngine, prompts: list[list[int]] = PROMPTS, max_tokens: int = 6
+) -> dict[str, list[tuple[int, float]]]:
     """Greedy (token, logprob) lists per request, the prompts batched together."""
-    for i, prompt in enumerate(PROMPTS):
-        params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True, logprobs=1)
+    for i, prompt in enumerate(prompts):
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, logprobs=1)
         engine.add_request(f"r{i}", prompt, params)
-    out: dict[str, list[tuple[int, float]]] = {f"r{i}": [] for i in range(len(PROMPTS))}
+    out: dict[str, list[tuple[int, float]]] = {f"r{i}": [] for i in range(len(prompts))}
     while engine.has_work():
         for event in engine.step():
             if event.token_id is not None:
@@ -85,15 +107,15 @@ def generate(engine: LLMEngine) -> dict[str, list[tuple[int, float]]]:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_two_ranks_match_one(tiny_models, case):
-    path, config = tiny_models[case]
+    path, _ = tiny_models[case]
     _, engine = make_backend(path, 1)
     reference = generate(engine)
     backend, engine = make_backend(path, 2)
     try:
         workers = list(backend.tp.procs)
         assert len(workers) == 1 and workers[0].poll() is None
-        # KV heads are split (or replicated when fewer than the ranks): the cache is per rank.
-        assert engine.model_info.num_kv_heads == max(config.num_key_value_heads // 2, 1)
+        # KV heads are split, or replicated with attention: the cache is per rank.
+        assert engine.model_info.num_kv_heads == CASES[case][1]
         sharded = generate(engine)
         free_blocks = engine.blocks.num_free_blocks
     finally:
@@ -109,11 +131,31 @@ def test_two_ranks_match_one(tiny_models, case):
     assert workers[0].wait(5) == 0  # shutdown stops the worker cleanly
 
 
-def test_model_whose_heads_do_not_split_is_refused(smollm2_dir):
-    # SmolLM2-135M has 9 attention heads and 3 KV heads: 2 ranks cannot split them, and
-    # attention is not replicated, so loading fails before any worker starts.
-    with pytest.raises(ConfigError, match="9 attention heads, 3 KV heads"):
-        LLM(str(smollm2_dir), backend="cpu", dtype="float32", tensor_parallel_size=2)
+def test_smollm2_with_unsplittable_heads_matches_one_rank(smollm2_dir, tok):
+    # 9 attention heads and 3 KV heads do not split over 2 ranks: attention and its KV cache are
+    # whole on both ranks, the MLP and the vocabulary are split.
+    prompts = [tok.encode("The capital of France is"), tok.encode("def fibonacci(n):\n    ")]
+    settings = dict(kv_cache_space=0.05, max_model_len=256)
+    _, engine = make_backend(smollm2_dir, 1, **settings)
+    reference, reference_blocks = generate(engine, prompts, 24), engine.num_blocks
+    backend, engine = make_backend(smollm2_dir, 2, **settings)
+    try:
+        # Every rank holds all 3 KV heads, so the per-rank budget buys the same blocks as 1 rank.
+        assert engine.model_info.num_kv_heads == 3
+        assert engine.num_blocks == reference_blocks
+        sharded = generate(engine, prompts, 24)
+        free_blocks = engine.blocks.num_free_blocks
+    finally:
+        backend.shutdown()
+    assert {k: [t for t, _ in v] for k, v in sharded.items()} == {
+        k: [t for t, _ in v] for k, v in reference.items()
+    }
+    assert all(len(pairs) == 24 for pairs in sharded.values())
+    for key, pairs in reference.items():
+        torch.testing.assert_close(
+            [lp for _, lp in sharded[key]], [lp for _, lp in pairs], atol=2e-3, rtol=2e-3
+        )
+    assert free_blocks == engine.num_blocks
 
 
 def _state(pid: int) -> str | None:

@@ -1,7 +1,7 @@
 """The torch backends: model runner + sampler behind the engine's Backend contract.
 
 With ``--tensor-parallel-size N`` this process is rank 0: it starts ranks 1..N-1
-(``distributed.TensorParallelDriver``), and every runner call it makes after loading (KV budget,
+(``tp_workers.TensorParallelDriver``), and every runner call it makes after loading (KV budget,
 allocation, graph capture, forward) is first sent to them, so all ranks run the same collectives.
 Only rank 0 samples.
 """
@@ -24,7 +24,7 @@ class TorchBackend(Backend):
         self.runner = None
         self.sampler = None
         self.info: ModelInfo | None = None
-        self.tp = None  # distributed.TensorParallelDriver with tensor_parallel_size > 1
+        self.tp = None  # tp_workers.TensorParallelDriver with tensor_parallel_size > 1
 
     def load_model(self, model_dir: str) -> ModelInfo:
         from llmserve.backends.torch.runner import TorchModelRunner
@@ -33,15 +33,16 @@ class TorchBackend(Backend):
         torch.manual_seed(self.config.seed)
         world, group, device = self.config.tensor_parallel_size, None, self.device
         if world > 1:
-            from llmserve.backends.torch import distributed
+            from llmserve.backends.torch.tp_layers import TPGroup, check_tensor_parallel
+            from llmserve.backends.torch.tp_workers import TensorParallelDriver
             from llmserve.models.hf_config import load_arch_config
 
-            distributed.check_tensor_parallel(load_arch_config(model_dir), world)
+            check_tensor_parallel(load_arch_config(model_dir), world)
             if self.device == "cuda":
                 torch.cuda.set_device(0)
                 device = "cuda:0"
-            self.tp = distributed.TensorParallelDriver(world, self.device, model_dir, self.config.dtype, True)
-            group = distributed.TPGroup(0, world)
+            self.tp = TensorParallelDriver(world, self.device, model_dir, self.config.dtype, True)
+            group = TPGroup(0, world)
         self.runner = TorchModelRunner(model_dir, self.config.dtype, device, tp=group)
         try:
             self.info = self.runner.load()  # while the workers load their shards
@@ -69,7 +70,7 @@ class TorchBackend(Backend):
 
     def execute(self, batch: Batch) -> list[SampleResult]:
         if self.tp is not None:
-            from llmserve.backends.torch.distributed import slim_batch
+            from llmserve.backends.torch.tp_workers import slim_batch
 
             self.tp.send("forward", slim_batch(batch))
         logits, prompt_logits = self.runner.forward(batch)

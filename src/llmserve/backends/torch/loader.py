@@ -23,13 +23,13 @@ def load_model(
 ) -> nn.Module:
     """The model class for ``cfg`` built on the meta device, then filled from ``model_dir``.
 
-    With a ``tp`` group (distributed.TPGroup) of several ranks, the model is sharded first and
+    With a ``tp`` group (tp_layers.TPGroup) of several ranks, the model is sharded first and
     each rank loads its slices."""
     cls = torch_model_class(cfg.architecture)
     with torch.device("meta"):
         model = cls(cfg)
         if tp is not None and tp.world > 1:
-            from llmserve.backends.torch.distributed import shard_model
+            from llmserve.backends.torch.tp_layers import shard_model
 
             shard_model(model, tp)
     model = model.to_empty(device=device).to(dtype)

@@ -60,7 +60,7 @@ class TorchModelRunner:
         self.use_kernels = use_kernels
         self.decode_kernel = None
         self.prefill_kernel = None
-        self.tp = tp  # distributed.TPGroup when the model is sharded over several ranks
+        self.tp = tp  # tp_layers.TPGroup when the model is sharded over several ranks
         self.kv_heads = 0  # on this rank
         self.graphs = None  # cuda_graphs.DecodeGraphs once captured
 
@@ -74,8 +74,12 @@ class TorchModelRunner:
         self.model = load_model(self.model_dir, cfg, self.dtype, self.device, self.tp)
         if self.tp is None and self.device.type == "cpu" and self.dtype == torch.bfloat16:
             pack_linears(self.model)
-        world = self.tp.world if self.tp is not None else 1
-        self.kv_heads = max(cfg.num_kv_heads // world, 1)
+        self.kv_heads = cfg.num_kv_heads
+        if self.tp is not None and self.tp.world > 1:
+            from llmserve.backends.torch.tp_layers import ShardingPlan
+
+            # Split attention keeps its share of the KV heads; replicated attention keeps them all.
+            self.kv_heads = ShardingPlan.for_config(cfg, self.tp.world).kv_heads
         if self.use_kernels and self.device.type == "cuda":
             from llmserve.backends.torch.triton.ops import TritonOps
 
