@@ -97,7 +97,7 @@ class ServerProcess:
 @pytest.fixture(scope="session")
 def server(smollm2_dir, minilm_dir):
     """A real server with the default models; yields its base URL."""
-    proc = ServerProcess("--max-model-len", "2048")
+    proc = ServerProcess("--max-model-len", "2048", "--enable-sleep-mode")
     try:
         yield proc.url
     finally:

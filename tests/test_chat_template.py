@@ -1,4 +1,4 @@
-"""llmserve.chat: --chat-template loading, content-format detection and rendering (no model run)."""
+"""Chat templates: --chat-template loading, content-format detection and rendering (no model run)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from llmserve.chat import detect_content_format, load_chat_template, render_chat
+from llmserve.protocols.shared import chat_template
+from llmserve.protocols.shared.chat_template import detect_content_format, load_chat_template
+from llmserve.server.registry import ServedModel
 from llmserve.config import build_config
 from llmserve.errors import ConfigError, InvalidRequestError
 
@@ -33,9 +35,12 @@ USER = [{"role": "user", "content": "Hi"}]
 
 
 def make_state(tok, **config):
-    return SimpleNamespace(
-        config=build_config(model="x", **config), engine=SimpleNamespace(tokenizer=tok), extras={}
-    )
+    model = ServedModel("m", "/m", "generate", tok, 2048)
+    return SimpleNamespace(model=model, config=build_config(model="x", **config))
+
+
+def render_chat(state, *args, **kwargs):
+    return chat_template.render_chat(state.model, state.config, *args, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +121,7 @@ def test_client_mistakes_are_400(tok):
     for kwargs, match in cases:
         with pytest.raises(InvalidRequestError, match=match):
             render_chat(state, **kwargs)
-    trusted = make_state(tok)
-    trusted.config = SimpleNamespace(**{**trusted.config.model_dump(), "trust_request_chat_template": True})
+    trusted = make_state(tok, trust_request_chat_template=True)
     with pytest.raises(InvalidRequestError, match="Conversation roles must alternate"):
         render_chat(trusted, USER, chat_template=raising)
 

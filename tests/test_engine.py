@@ -131,7 +131,7 @@ def test_abort_frees_blocks(llm):
     async def run():
         await engine.start()
         try:
-            streams = [engine.generate(f"abort-{i}", [1, 2, 3, 4] * 20, greedy(200)) for i in range(6)]
+            streams = [engine.add_request(f"abort-{i}", [1, 2, 3, 4] * 20, greedy(200)) for i in range(6)]
             for stream in streams:
                 async for _ in stream:
                     break  # one output, then the client goes away
@@ -154,8 +154,9 @@ def test_invalid_requests_are_rejected_before_the_engine(llm):
     from llmserve.errors import InvalidRequestError
 
     with pytest.raises(InvalidRequestError, match="maximum context length is 1024"):
-        llm.engine.validate([1] * 1000, SamplingParams(max_tokens=100))
+        llm.engine.add_request("too-long", [1] * 1000, SamplingParams(max_tokens=100))
     with pytest.raises(InvalidRequestError, match="out of vocabulary"):
-        llm.engine.validate([10**7], SamplingParams())
+        llm.engine.add_request("bad-token", [10**7], SamplingParams())
+    assert not llm.engine.engine.has_work()
     with pytest.raises(InvalidRequestError, match="top_p"):
         SamplingParams(top_p=0)

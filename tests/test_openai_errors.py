@@ -9,13 +9,14 @@ import httpx
 import openai
 import pytest
 
-from llmserve.app import create_app
 from llmserve.config import build_config
 from llmserve.engine.outputs import CompletionOutput, RequestOutput
 from llmserve.errors import EngineDeadError
 from llmserve.plugins import Plugins
 from llmserve.protocols.openai import plugin as openai_plugin
-from llmserve.state import ServerState
+from llmserve.server.app import create_app
+from llmserve.server.context import ProtocolContext
+from llmserve.server.registry import ModelRegistry, ServedModel
 
 CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
 
@@ -111,19 +112,26 @@ def test_unknown_content_part_is_400(post):
 # one test serves the real app with an engine double that dies after its first output.
 
 
-class _DyingEngine:
-    max_model_len = 64
-    generation_defaults: dict = {}
+class _DyingStream:
+    def __init__(self, request_id, prompt_token_ids) -> None:
+        self.request_id, self.prompt_token_ids = request_id, prompt_token_ids
 
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
+    async def __aiter__(self):
+        yield RequestOutput(self.request_id, self.prompt_token_ids, [CompletionOutput(0, "Hel", [1])])
+        raise EngineDeadError("The engine stopped after an error: boom")
 
-    def validate(self, prompt_token_ids, params) -> None:
+    def close(self) -> None:
         pass
 
-    async def generate(self, request_id, prompt_token_ids, params):
-        yield RequestOutput(request_id, prompt_token_ids, [CompletionOutput(0, "Hel", [1])])
-        raise EngineDeadError("The engine stopped after an error: boom")
+    async def aclose(self) -> None:
+        pass
+
+
+class _DyingEngine:
+    is_dead = False
+
+    def add_request(self, request_id, prompt_token_ids, params, kind=None, priority=0):
+        return _DyingStream(request_id, prompt_token_ids)
 
     async def start(self) -> None:
         pass
@@ -137,9 +145,9 @@ async def test_error_mid_stream_is_an_sse_error_event(smollm2_dir):
 
     config = build_config(model=str(smollm2_dir))
     plugins = Plugins({"LLMSERVE_PLUGINS": "openai"}).load(extra=[("openai", openai_plugin)])
-    state = ServerState(config=config, plugins=plugins, model_name="m", aliases={"m": "generate"})
-    state.engine = _DyingEngine(AutoTokenizer.from_pretrained(smollm2_dir))
-    app = create_app(config, state, plugins)
+    model = ServedModel("m", str(smollm2_dir), "generate", AutoTokenizer.from_pretrained(smollm2_dir), 64)
+    model.engine = _DyingEngine()
+    app = create_app(config, ProtocolContext(config, plugins, ModelRegistry([model])), plugins)
     client = app.test_client()
     for path, body in [("/v1/completions", {"prompt": "Hi"}), ("/v1/chat/completions", CHAT)]:
         response = await client.post(path, json={**body, "stream": True})

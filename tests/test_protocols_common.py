@@ -1,4 +1,4 @@
-"""llmserve.protocols.common: the helpers every protocol plugin shares (no server needed)."""
+"""llmserve.protocols.shared and the model registry: what every protocol plugin shares (no server)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,12 @@ import pytest
 from pydantic import BaseModel
 
 from llmserve.errors import InvalidRequestError, ModelNotFoundError, UnsupportedError
-from llmserve.protocols.common import (
-    merge_streams,
-    parse_json,
-    parse_prompts,
-    prefetch,
-    resolve_model,
-    sse,
-    to_sampling_params,
-)
+from llmserve.protocols.shared.parsing import parse_json
+from llmserve.protocols.shared.prompts import parse_prompts
+from llmserve.protocols.shared.sampling import to_sampling_params
+from llmserve.protocols.shared.sse import sse
+from llmserve.protocols.shared.streams import merge_streams
+from llmserve.server.registry import ModelRegistry, ServedModel
 from llmserve.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest
 
 
@@ -118,16 +115,27 @@ def test_prompt_forms():
         parse_prompts([1, 2], tok, truncate_prompt_tokens=20, max_model_len=10)
 
 
-def test_resolve_model():
-    state = SimpleNamespace(
-        model_name="m", embedding_model_name="e", aliases={"m": "generate", "m2": "generate", "e": "embed"}
-    )
-    assert resolve_model(state, None) == "m" and resolve_model(state, "m2") == "m2"
-    assert resolve_model(state, "", "embed") == "e"
+def _served(name, kind, aliases=()):
+    engine = SimpleNamespace() if kind == "generate" else None
+    embedder = SimpleNamespace() if kind == "embed" else None
+    return ServedModel(name, "/m", kind, None, 64, engine=engine, embedder=embedder, aliases=aliases)
+
+
+def test_model_for():
+    chat, other, emb = _served("m", "generate", ("m2",)), _served("q", "generate"), _served("e", "embed")
+    models = ModelRegistry([chat, other, emb])
+    assert models.model_for(None) is chat and models.model_for("m2") is chat and models.model_for("q") is other
+    assert models.model_for("", "embed") is emb and models.model_for("default") is chat
+    assert models.model_for("default", "embed") is emb and models.model_for(None, None) is chat
+    assert chat.answer_name("m2") == "m2" and chat.answer_name("default") == "m"
     with pytest.raises(ModelNotFoundError, match="The model `x` does not exist."):
-        resolve_model(state, "x")
-    with pytest.raises(UnsupportedError):
-        resolve_model(state, "m", "embed")
+        models.model_for("x")
+    with pytest.raises(UnsupportedError, match="does not support the Embeddings API"):
+        models.model_for("m", "embed")
+    with pytest.raises(UnsupportedError, match="No model serving embed"):
+        ModelRegistry([chat]).model_for(None, "embed")
+    with pytest.raises(ValueError, match="used twice"):
+        models.add(_served("m2", "generate"))
 
 
 def test_sse_encoding():
@@ -153,18 +161,3 @@ async def test_merge_streams_interleaves_and_closing_closes_every_stream():
     assert await merged.__anext__() == (0, "a0")
     await merged.aclose()  # what a client disconnect does
     assert sorted(closed) == ["a", "b"]
-
-
-async def test_prefetch_raises_start_errors_and_replays_the_first_item():
-    async def failing():
-        raise InvalidRequestError("too long")
-        yield  # pragma: no cover
-
-    with pytest.raises(InvalidRequestError):
-        await prefetch(failing())
-
-    async def ok():
-        yield 1
-        yield 2
-
-    assert [x async for x in await prefetch(ok())] == [1, 2]

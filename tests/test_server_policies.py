@@ -128,3 +128,32 @@ def test_twenty_dropped_streams_free_everything(server):
     assert _metric(text, "llmserve:num_requests_running") == 0
     assert _metric(text, "llmserve:num_requests_waiting") == 0
     assert _metric(text, "llmserve:kv_cache_usage_perc") == 0  # every block back in the free pool
+
+
+def test_request_chat_template_needs_the_trust_flag(guarded):
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "chat_template": "{{ 'x' }}"}
+    response = httpx.post(
+        guarded + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, json=body
+    )
+    assert (
+        response.status_code == 400 and "--trust-request-chat-template" in response.json()["error"]["message"]
+    )
+
+
+def test_priority_needs_the_priority_policy(guarded):
+    body = {"prompt": "hi", "max_tokens": 1, "priority": 3}
+    response = httpx.post(guarded + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"}, json=body)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "priority"
+    body["priority"] = 0
+    assert (
+        httpx.post(
+            guarded + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"}, json=body
+        ).status_code
+        == 200
+    )
+
+
+def test_sleep_routes_are_not_mounted_without_the_flag(guarded):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    assert httpx.post(guarded + "/sleep", headers=headers).status_code == 404
+    assert httpx.get(guarded + "/is_sleeping", headers=headers).status_code == 404

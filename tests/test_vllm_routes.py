@@ -422,16 +422,16 @@ def test_docs_page_works_offline(http):
 async def test_health_is_503_when_the_engine_died():
     from types import SimpleNamespace
 
-    from llmserve.app import create_app
     from llmserve.config import Config
     from llmserve.plugins import load_plugins
-    from llmserve.state import ServerState
+    from llmserve.server.app import create_app
+    from llmserve.server.context import ProtocolContext
+    from llmserve.server.registry import ModelRegistry, ServedModel
 
     engine = SimpleNamespace(is_dead=False, is_sleeping=False)
     config = Config()
-    app = create_app(
-        config, ServerState(config=config, plugins=load_plugins(), engine=engine, model_name="m")
-    )
+    model = ServedModel("m", "/m", "generate", None, 64, engine=engine)
+    app = create_app(config, ProtocolContext(config, load_plugins(), ModelRegistry([model])))
     client = app.test_client()
     assert (await client.get("/health")).status_code == 200
     engine.is_dead = True

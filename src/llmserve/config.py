@@ -58,6 +58,9 @@ class Config(BaseSettings):
     enable_request_id_headers: bool = False
     max_request_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_waiting_requests: int = Field(1024, ge=1)
+    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
+    trust_request_chat_template: bool = False
+    enable_sleep_mode: bool = False
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
 
     @field_validator("dtype")

@@ -6,8 +6,9 @@ import asyncio
 import itertools
 from collections.abc import Sequence
 
-from llmserve.engine.outputs import CompletionOutput, RequestOutput
+from llmserve.engine.outputs import RequestOutput
 from llmserve.engine.sampling import SamplingParams
+from llmserve.engine.stream import OutputKind
 
 
 class LLM:
@@ -64,22 +65,8 @@ class LLM:
             await self.engine.stop()
 
     async def _one(self, prompt_ids: list[int], params: SamplingParams) -> RequestOutput:
-        request_id = f"offline-{next(self._ids)}"
-        choices = [CompletionOutput(index=i) for i in range(params.n)]
-        final = RequestOutput(request_id, prompt_ids, choices, finished=True)
-        async for out in self.engine.generate(request_id, prompt_ids, params):
-            if out.prompt_logprobs is not None:
-                final.prompt_logprobs = out.prompt_logprobs
-            final.num_cached_tokens = max(final.num_cached_tokens, out.num_cached_tokens)
-            for delta in out.outputs:
-                choice = choices[delta.index]
-                choice.text += delta.text
-                choice.token_ids.extend(delta.token_ids)
-                if delta.logprobs:
-                    choice.logprobs = (choice.logprobs or []) + delta.logprobs
-                choice.finish_reason, choice.stop_reason = delta.finish_reason, delta.stop_reason
-                choice.num_output_tokens = delta.num_output_tokens
-        return final
+        stream = self.engine.add_request(f"offline-{next(self._ids)}", prompt_ids, params, kind=OutputKind.FINAL_ONLY)
+        return await stream.result()
 
 
 def _copy(params: SamplingParams) -> SamplingParams:

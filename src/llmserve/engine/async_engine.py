@@ -1,8 +1,9 @@
-"""The async front: per-request output streams over an engine stepping in its own thread.
+"""The async front: requests in, GenerationStreams out, over an engine stepping on the device thread.
 
 The engine steps on the device thread (engine/device_thread.py), never on the event loop, so HTTP
-handling cannot stall decoding. Commands (add, abort) go to that thread as jobs, run between
-steps; each step's events come back in one ``call_soon_threadsafe``. Detokenization and stop strings are handled here, on the API side.
+handling cannot stall decoding. Typed commands (engine/commands.py) go to that thread as jobs run
+between steps; each step's events come back in one ``call_soon_threadsafe``. Detokenization and
+stop strings happen on the API side, in each request's GenerationStream.
 """
 
 from __future__ import annotations
@@ -10,17 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmserve.engine.detokenizer import IncrementalDetokenizer
+from llmserve.engine.commands import AbortRequest, AddRequest, Command, StopSequence
 from llmserve.engine.device_thread import device_thread
 from llmserve.engine.engine import EngineStats, LLMEngine, SeqEvent
-from llmserve.engine.outputs import CompletionOutput, RequestOutput
 from llmserve.engine.sampling import SamplingParams
-from llmserve.errors import EngineDeadError, LLMServeError, OverloadedError
+from llmserve.engine.stream import GenerationStream, OutputKind
+from llmserve.errors import EngineDeadError, InvalidRequestError, LLMServeError, OverloadedError
 
 log = logging.getLogger("llmserve.engine")
 
@@ -41,35 +39,12 @@ def load_generation_defaults(model_dir: str, setting: str) -> dict:
     return defaults
 
 
-@dataclass
-class _Choice:
-    detok: IncrementalDetokenizer
-    finished: bool = False
-    first_token_time: float | None = None
-    last_token_time: float | None = None
-    itl: list[float] = field(default_factory=list)
-    num_tokens: int = 0
-    finish_reason: str | None = None
-
-
-@dataclass
-class _Stream:
-    request_id: str
-    prompt_token_ids: list[int]
-    params: SamplingParams
-    choices: list[_Choice]
-    arrival: float
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
-    first_output: bool = True
-    scheduled_time: float | None = None
-
-    @property
-    def finished(self) -> bool:
-        return all(choice.finished for choice in self.choices)
-
-
 class AsyncEngine:
-    """Streams RequestOutputs per request; see ENGINE_API in the docs of llmserve.state."""
+    """Adds requests to an LLMEngine and streams their outputs.
+
+    ``add_request`` checks everything a client can get wrong and returns a GenerationStream at
+    once; nothing about a request fails later except the engine itself.
+    """
 
     def __init__(
         self, engine: LLMEngine, tokenizer, config, generation_defaults: dict, model_name: str
@@ -86,25 +61,20 @@ class AsyncEngine:
         self.metrics = _make_metrics(model_name, engine.max_model_len, self.stats)
         self.is_sleeping = False
         self.error: BaseException | None = None
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, GenerationStream] = {}
         self._device = device_thread()
         self._running = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stats = engine.stats()
 
     @classmethod
-    def create(cls, config, backend, model_dir: str, model_name: str) -> AsyncEngine:
+    def create(cls, config, backend, model_dir: str, model_name: str, **engine_kwargs) -> AsyncEngine:
         from transformers import AutoTokenizer
 
-        engine = device_thread().run(LLMEngine, backend, model_dir, config)
+        engine = device_thread().run(LLMEngine, backend, model_dir, config, **engine_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        return cls(
-            engine,
-            tokenizer,
-            config,
-            load_generation_defaults(model_dir, config.generation_config),
-            model_name,
-        )
+        defaults = load_generation_defaults(model_dir, config.generation_config)
+        return cls(engine, tokenizer, config, defaults, model_name)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -121,10 +91,19 @@ class AsyncEngine:
             await asyncio.wrap_future(self._device.remove_stepper(self))
 
     async def sleep(self, level: int = 1) -> None:
+        """Free the KV cache (level 1) and the weights too (level 2) until ``wake_up``."""
+        if level not in (1, 2):
+            raise InvalidRequestError(f"level must be 1 or 2, got {level}", param="level")
+        if self._streams:
+            raise OverloadedError(f"{len(self._streams)} requests are in flight; sleep once they finish.")
+        await asyncio.wrap_future(self._device.submit(self.engine.sleep, level))
         self.is_sleeping = True
 
     async def wake_up(self) -> None:
-        self.is_sleeping = False
+        """Restore what ``sleep`` freed."""
+        if self.is_sleeping:
+            await asyncio.wrap_future(self._device.submit(self.engine.wake_up))
+            self.is_sleeping = False
 
     @property
     def is_dead(self) -> bool:
@@ -132,134 +111,57 @@ class AsyncEngine:
 
     # --- requests ------------------------------------------------------------------------------
 
-    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        self.engine.validate(prompt_token_ids, params)
-
     def stats(self) -> EngineStats:
         return self._stats
 
-    async def generate(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
-    ) -> AsyncIterator[RequestOutput]:
-        """Add a request and yield its outputs (deltas) until every choice finished."""
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        *,
+        kind: OutputKind = OutputKind.DELTA,
+        priority: int = 0,
+    ) -> GenerationStream:
+        """Check the request and queue it; raises a 4xx/503 LLMServeError, or returns its stream."""
+        self.check(prompt_token_ids, params, priority)
+        if request_id in self._streams:
+            raise InvalidRequestError(f"request id {request_id} is already in use", param="request_id")
+        prompt = list(prompt_token_ids)
+        stream = GenerationStream(
+            request_id, prompt, params, self.tokenizer, kind, self._stop_seq, self._closed, self.metrics
+        )
+        self._streams[request_id] = stream
+        self._send(AddRequest(request_id, prompt, params, priority))
+        return stream
+
+    def check(self, prompt_token_ids: list[int], params: SamplingParams, priority: int = 0) -> None:
+        """Every check ``add_request`` makes, without queuing anything (render routes use it)."""
         if self.error is not None:
             raise EngineDeadError(f"The engine stopped after an error: {self.error}")
         if self.is_sleeping:
             raise OverloadedError("The engine is sleeping; POST /wake_up first.")
-        self.validate(prompt_token_ids, params)
+        self.engine.validate(prompt_token_ids, params)
+        if priority and self.config.scheduling_policy != "priority":
+            raise InvalidRequestError(
+                "priority is only supported with --scheduling-policy priority.", param="priority"
+            )
         if len(self._streams) >= self.config.max_num_seqs + self.config.max_waiting_requests:
             raise OverloadedError("Too many requests in flight; try again later.")
-        if request_id in self._streams:
-            raise LLMServeError(f"request id {request_id} is already in use")
-        choices = [
-            _Choice(IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params)) for _ in range(params.n)
-        ]
-        stream = _Stream(request_id, list(prompt_token_ids), params, choices, time.monotonic())
-        self._streams[request_id] = stream
-        self._send(("add", request_id, list(prompt_token_ids), params))
-        try:
-            while not stream.finished:
-                item = await stream.queue.get()
-                if isinstance(item, LLMServeError):
-                    stream.choices = []  # nothing runs any more: do not abort on the way out
-                    raise item
-                if isinstance(item, BaseException):
-                    raise EngineDeadError(f"The engine stopped after an error: {item}")
-                output = self._process(stream, item)
-                if output is not None:
-                    yield output
-        finally:
-            self._streams.pop(request_id, None)
-            if not stream.finished:  # consumer went away (disconnect, cancel): free the blocks now
-                self._send(("abort", request_id, "abort"))
 
     async def abort(self, request_id: str) -> None:
-        self._send(("abort", request_id, "abort"))
+        self._send(AbortRequest(request_id))
 
-    def _send(self, command: tuple) -> None:
+    def _stop_seq(self, request_id: str, index: int) -> None:
+        self._send(StopSequence(request_id, index))
+
+    def _closed(self, stream: GenerationStream) -> None:
+        self._streams.pop(stream.request_id, None)
+        if not stream.finished:  # consumer went away (disconnect, cancel): free the blocks now
+            self._send(AbortRequest(stream.request_id))
+
+    def _send(self, command: Command) -> None:
         self._device.submit(self._apply, command)
-
-    # --- API side: events -> outputs -----------------------------------------------------------
-
-    def _process(self, stream: _Stream, events: list[SeqEvent]) -> RequestOutput | None:
-        now = time.monotonic()
-        outputs = []
-        prompt_logprobs = None
-        num_cached = 0
-        for event in events:
-            choice = stream.choices[event.index]
-            if choice.finished:
-                continue
-            num_cached = max(num_cached, event.num_cached_tokens)
-            if stream.scheduled_time is None and event.scheduled_time is not None:
-                stream.scheduled_time = event.scheduled_time
-            if event.prompt_logprobs is not None:
-                prompt_logprobs = [None, *event.prompt_logprobs]
-            out = CompletionOutput(index=event.index, num_output_tokens=event.num_output_tokens)
-            if event.token_id is not None:
-                self._record_token(choice, now)
-                out.token_ids.append(event.token_id)
-                if event.logprobs is not None:
-                    out.logprobs = [event.logprobs]
-                hide = isinstance(event.stop_reason, int) and not stream.params.include_stop_str_in_output
-                if not hide:
-                    out.text = choice.detok.add([event.token_id])
-            if choice.detok.stopped and event.finish_reason is None:
-                out.finish_reason, out.stop_reason = "stop", choice.detok.stop_reason
-                self._send(("abort_seq", stream.request_id, event.index))
-            elif event.finish_reason is not None:
-                out.finish_reason, out.stop_reason = event.finish_reason, event.stop_reason
-                if event.finish_reason != "abort" and not choice.detok.stopped:
-                    out.text += choice.detok.finish()
-            if out.finish_reason is not None:
-                choice.finished = True
-                choice.finish_reason = out.finish_reason
-            if out.token_ids or out.text or out.finish_reason:
-                outputs.append(out)
-        if self.metrics is not None:
-            new_tokens = sum(len(out.token_ids) for out in outputs)
-            if stream.first_output and new_tokens:
-                self.metrics.on_prompt_tokens(len(stream.prompt_token_ids))
-            self.metrics.on_generation_tokens(new_tokens)
-        if not outputs and not stream.first_output:
-            return None
-        output = RequestOutput(stream.request_id, stream.prompt_token_ids, outputs, finished=stream.finished)
-        if stream.first_output:
-            output.prompt_logprobs = prompt_logprobs
-            output.num_cached_tokens = num_cached
-            stream.first_output = False
-        if output.finished:
-            self._report(stream, now)
-        return output
-
-    @staticmethod
-    def _record_token(choice: _Choice, now: float) -> None:
-        if choice.first_token_time is None:
-            choice.first_token_time = now
-        elif choice.last_token_time is not None:
-            choice.itl.append(now - choice.last_token_time)
-        choice.last_token_time = now
-        choice.num_tokens += 1
-
-    def _report(self, stream: _Stream, now: float) -> None:
-        if self.metrics is None:
-            return
-        first = [c.first_token_time for c in stream.choices if c.first_token_time is not None]
-        scheduled = stream.scheduled_time or stream.arrival
-        try:
-            self.metrics.on_request_finished(
-                finish_reason=stream.choices[0].finish_reason or "abort",
-                prompt_tokens=len(stream.prompt_token_ids),
-                generation_tokens=sum(c.num_tokens for c in stream.choices),
-                ttft_s=(min(first) - stream.arrival) if first else None,
-                e2e_s=now - stream.arrival,
-                itl_s=[x for c in stream.choices for x in c.itl],
-                queue_s=max(scheduled - stream.arrival, 0.0),
-            )
-        except Exception:  # metrics must never break a request
-            log.exception("metrics update failed")
-
-    # --- step thread ---------------------------------------------------------------------------
 
     # --- device thread: commands and steps ---------------------------------------------------
 
@@ -278,19 +180,20 @@ class AsyncEngine:
         if events:
             self._loop.call_soon_threadsafe(self._dispatch, events)
 
-    def _apply(self, command: tuple) -> None:
-        kind, request_id = command[0], command[1]
+    def _apply(self, command: Command) -> None:
         engine = self.engine
-        if kind == "add":
-            if request_id in self._streams:
+        if isinstance(command, AddRequest):
+            if command.request_id in self._streams:
                 try:
-                    engine.add_request(request_id, command[2], command[3])
+                    engine.add_request(
+                        command.request_id, command.prompt_token_ids, command.params, priority=command.priority
+                    )
                 except LLMServeError as exc:  # e.g. a request the scheduler can never fit
-                    self._loop.call_soon_threadsafe(self._fail_one, request_id, exc)
-        elif kind == "abort":
-            engine.abort(request_id, command[2])
-        elif kind == "abort_seq":
-            engine.scheduler.abort_request(request_id, "stop", index=command[2])
+                    self._loop.call_soon_threadsafe(self._fail_one, command.request_id, exc)
+        elif isinstance(command, AbortRequest):
+            engine.abort(command.request_id, command.finish_reason)
+        elif isinstance(command, StopSequence):
+            engine.scheduler.abort_request(command.request_id, "stop", index=command.index)
         self._stats = engine.stats()
 
     def _dispatch(self, events: list[SeqEvent]) -> None:
@@ -300,16 +203,16 @@ class AsyncEngine:
         for request_id, group in by_request.items():
             stream = self._streams.get(request_id)
             if stream is not None:
-                stream.queue.put_nowait(group)
+                stream.put(group)
 
     def _fail_one(self, request_id: str, exc: BaseException) -> None:
         stream = self._streams.get(request_id)
         if stream is not None:
-            stream.queue.put_nowait(exc)
+            stream.put(exc)
 
     def _fail_all(self, exc: BaseException) -> None:
         for stream in self._streams.values():
-            stream.queue.put_nowait(exc)
+            stream.put(exc)
 
 
 def _make_metrics(model_name: str, max_model_len: int, stats_fn):

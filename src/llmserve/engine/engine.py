@@ -102,7 +102,9 @@ class LLMEngine:
                 param="max_tokens" if max_tokens else "prompt",
             )
 
-    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+    def add_request(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int = 0
+    ) -> None:
         if params.max_tokens is None:
             params.max_tokens = self.max_model_len - len(prompt_token_ids)
         self.scheduler.add_request(Request.create(request_id, list(prompt_token_ids), params))

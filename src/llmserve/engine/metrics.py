@@ -210,3 +210,25 @@ class _WithoutCreated:
         for metric in self.registry.collect():
             metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
             yield metric
+
+
+def render_all(metrics: Sequence[EngineMetrics]) -> bytes:
+    """One exposition for several engines: each family once, with every engine's samples (the
+    ``model_name`` label tells them apart)."""
+    families: dict[str, Metric] = {}
+    for item in metrics:
+        for metric in _WithoutCreated(item.registry).collect():
+            found = families.get(metric.name)
+            if found is None:
+                families[metric.name] = metric
+            else:
+                found.samples.extend(metric.samples)
+    return generate_latest(_Families(list(families.values())))
+
+
+class _Families:
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return iter(self.families)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from quart import Blueprint, current_app, request
 from werkzeug.exceptions import NotFound
 
-from llmserve import hookimpl
-from llmserve.errors import InvalidRequestError
+from llmserve.api import InvalidRequestError, document, hookimpl
 
 # Body key -> the OpenAI route that serves it, checked in this order.
 ROUTES = (("messages", "/v1/chat/completions"), ("prompt", "/v1/completions"), ("input", "/v1/embeddings"))
@@ -16,6 +15,11 @@ def make_blueprint() -> Blueprint:
     bp = Blueprint("sagemaker", __name__)
 
     @bp.post("/invocations")
+    @document(
+        "SageMaker inference: a chat, completion or embeddings body, answered by the matching OpenAI route.",
+        tags=["sagemaker"],
+        requestBody={"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+    )
     async def invocations():
         body = await request.get_json(force=True, silent=True)
         if not isinstance(body, dict):

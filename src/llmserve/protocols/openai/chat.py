@@ -5,75 +5,75 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from llmserve.chat import render_chat
-from llmserve.protocols.common import (
+from llmserve.api import (
     SSE_DONE,
+    OutputKind,
     Prompt,
+    ProtocolContext,
+    RequestOutput,
+    ServedModel,
+    context,
     json_response,
     merge_streams,
     now,
     parse_body,
-    prefetch,
     random_id,
-    resolve_model,
     sse,
     sse_error,
     sse_response,
-    to_sampling_params,
-    truncate_tokens,
 )
-from llmserve.protocols.openai.logprobs import TokenText, chat_logprobs, prompt_logprobs
+from llmserve.protocols.openai.logprobs import chat_logprobs, prompt_logprobs, token_text
 from llmserve.protocols.openai.schemas import ChatCompletionRequest
-from llmserve.protocols.openai.serving import (
-    PromptResult,
-    check_supported,
-    collect,
-    start_requests,
-    stream_flags,
-    usage,
-)
+from llmserve.protocols.openai.serving import check_supported, results, start_requests, stream_flags, usage
 from llmserve.protocols.openai.tools import ToolCallStream, effective_tool_choice, extract_tool_calls
-from llmserve.state import ServerState, get_state
 
 
-def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> tuple[str, list[int]]:
+def chat_template_kwargs(req: ChatCompletionRequest) -> dict[str, Any] | None:
+    """The request's chat_template_kwargs, with ``reasoning_effort`` added as vLLM does."""
+    kwargs = dict(req.chat_template_kwargs or {})
+    if req.reasoning_effort is not None:
+        kwargs.setdefault("reasoning_effort", req.reasoning_effort)
+    return kwargs or None
+
+
+def prepare_chat(ctx: ProtocolContext, model: ServedModel, req: ChatCompletionRequest) -> tuple[str, list[int]]:
     """Everything /v1/chat/completions does before generating: tool_choice checks, the chat
     template, tokenization and truncate_prompt_tokens. Returns (prompt_text, token_ids)."""
-    effective_tool_choice(req, state)
-    text, token_ids = render_chat(
-        state,
+    effective_tool_choice(req, ctx.config)
+    rendered = ctx.render_chat(
+        model,
         req.messages,
         tools=[tool.model_dump(exclude_none=True) for tool in req.tools] if req.tools else None,
         add_generation_prompt=req.add_generation_prompt,
         continue_final_message=req.continue_final_message,
         chat_template=req.chat_template,
-        chat_template_kwargs=req.chat_template_kwargs,
+        chat_template_kwargs=chat_template_kwargs(req),
         documents=req.documents,
         add_special_tokens=req.add_special_tokens,
     )
+    token_ids = rendered.token_ids
     if req.truncate_prompt_tokens is not None:
-        token_ids = truncate_tokens(token_ids, req.truncate_prompt_tokens, state.engine.max_model_len)
-    return text, token_ids
+        token_ids = ctx.prompts(model, token_ids, truncate_prompt_tokens=req.truncate_prompt_tokens)[0].token_ids
+    return rendered.text, token_ids
 
 
 async def create_chat_completion() -> Any:
     req = await parse_body(ChatCompletionRequest)
-    state = get_state()
-    model = resolve_model(state, req.model)
-    engine = state.engine
+    ctx = context()
+    model = ctx.model_for(req.model)
     check_supported(req)
     include_usage, continuous = stream_flags(req)
-    tool_choice = effective_tool_choice(req, state)
-    text, token_ids = prepare_chat(state, req)
+    tool_choice = effective_tool_choice(req, ctx.config)
+    text, token_ids = prepare_chat(ctx, model, req)
     prompt = Prompt(token_ids, text)
-    params = to_sampling_params(req, engine.generation_defaults, engine.max_model_len, len(token_ids))
+    params = ctx.sampling_params(model, req, len(token_ids))
     request_id = random_id("chatcmpl")
-    streams = start_requests(engine, request_id, [prompt], [params])
-    view = _View(state, req, model, request_id, prompt, tool_choice)
+    kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
+    streams = start_requests(ctx, model, request_id, [prompt], [params], kind, req.priority)
+    view = _View(model, req, request_id, prompt, tool_choice)
     if req.stream:
-        source = await prefetch(merge_streams(streams))
-        return sse_response(view.events(source, include_usage, continuous))
-    return json_response(view.response((await collect(streams, [prompt], req.n))[0]))
+        return sse_response(view.events(merge_streams(streams), include_usage, continuous))
+    return json_response(view.response((await results(streams))[0]))
 
 
 def _echo_text(req: ChatCompletionRequest, role: str) -> str:
@@ -91,21 +91,15 @@ class _View:
 
     def __init__(
         self,
-        state: ServerState,
+        model: ServedModel,
         req: ChatCompletionRequest,
-        model: str,
         request_id: str,
         prompt: Prompt,
         tool_choice: str | dict,
     ) -> None:
-        self.req, self.model, self.id, self.prompt, self.tool_choice = (
-            req,
-            model,
-            request_id,
-            prompt,
-            tool_choice,
-        )
-        self.token_text = state.extras.setdefault("openai.token_text", TokenText(state.engine.tokenizer))
+        self.req, self.id, self.prompt, self.tool_choice = req, request_id, prompt, tool_choice
+        self.model = model.answer_name(req.model)
+        self.token_text = token_text(model)
         self.role = "assistant" if req.add_generation_prompt else req.messages[-1].role
         self.echo = _echo_text(req, self.role)
         self.created = now()
@@ -128,10 +122,10 @@ class _View:
 
     # --- non-streaming ---------------------------------------------------------------------------
 
-    def response(self, result: PromptResult) -> dict[str, Any]:
+    def response(self, result: RequestOutput) -> dict[str, Any]:
         choices = []
-        for choice in result.choices:
-            content, calls = extract_tool_calls(choice.text, self.tool_choice)
+        for choice in result.outputs:
+            content, calls = extract_tool_calls(choice.text, self.tool_choice, self.req.parallel_tool_calls)
             if self.echo:
                 content = self.echo + (content or "")
             message = {
@@ -147,7 +141,7 @@ class _View:
             item = {
                 "index": choice.index,
                 "message": message,
-                "logprobs": self.logprobs(choice.logprobs),
+                "logprobs": self.logprobs(choice.logprobs or []),
                 "finish_reason": self.finish_reason(choice.finish_reason, bool(calls)),
                 "stop_reason": choice.stop_reason,
             }
@@ -160,7 +154,7 @@ class _View:
             "created": self.created,
             "model": self.model,
             "choices": choices,
-            "usage": usage(len(self.prompt.token_ids), sum(len(c.token_ids) for c in result.choices)),
+            "usage": usage(len(self.prompt.token_ids), sum(len(c.token_ids) for c in result.outputs)),
             "system_fingerprint": None,
             "prompt_logprobs": prompt_logprobs(result.prompt_logprobs, self.token_text),
         }

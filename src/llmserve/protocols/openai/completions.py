@@ -5,41 +5,32 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from llmserve.errors import UnsupportedError
-from llmserve.protocols.common import (
+from llmserve.api import (
     SSE_DONE,
+    OutputKind,
     Prompt,
+    RequestOutput,
+    ServedModel,
+    UnsupportedError,
+    context,
     json_response,
     merge_streams,
     now,
     parse_body,
-    parse_prompts,
-    prefetch,
     random_id,
-    resolve_model,
     sse,
     sse_error,
     sse_response,
-    to_sampling_params,
 )
-from llmserve.protocols.openai.logprobs import TokenText, completion_logprobs, prompt_logprobs
+from llmserve.protocols.openai.logprobs import completion_logprobs, prompt_logprobs, token_text
 from llmserve.protocols.openai.schemas import CompletionRequest
-from llmserve.protocols.openai.serving import (
-    PromptResult,
-    check_supported,
-    collect,
-    start_requests,
-    stream_flags,
-    usage,
-)
-from llmserve.state import ServerState, get_state
+from llmserve.protocols.openai.serving import check_supported, results, start_requests, stream_flags, usage
 
 
 async def create_completion() -> Any:
     req = await parse_body(CompletionRequest)
-    state = get_state()
-    model = resolve_model(state, req.model)
-    engine = state.engine
+    ctx = context()
+    model = ctx.model_for(req.model)
     if req.suffix is not None:
         raise UnsupportedError("suffix is not currently supported", param="suffix")
     if req.best_of is not None and req.best_of != req.n:
@@ -52,36 +43,27 @@ async def create_completion() -> Any:
         overrides = {"prompt_logprobs": req.logprobs}  # echoed tokens carry logprobs too
     else:
         overrides = {}
-    prompts = parse_prompts(
-        req.prompt,
-        engine.tokenizer,
-        add_special_tokens=req.add_special_tokens,
-        truncate_prompt_tokens=req.truncate_prompt_tokens,
-        max_model_len=engine.max_model_len,
+    prompts = ctx.prompts(
+        model, req.prompt, add_special_tokens=req.add_special_tokens, truncate_prompt_tokens=req.truncate_prompt_tokens
     )
-    defaults = engine.generation_defaults
-    params = [
-        to_sampling_params(req, defaults, engine.max_model_len, len(p.token_ids), **overrides)
-        for p in prompts
-    ]
+    params = [ctx.sampling_params(model, req, len(p.token_ids), **overrides) for p in prompts]
     request_id = random_id("cmpl")
-    streams = start_requests(engine, request_id, prompts, params)
-    view = _View(state, req, model, request_id, prompts)
+    kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
+    streams = start_requests(ctx, model, request_id, prompts, params, kind, req.priority)
+    view = _View(model, req, request_id, prompts)
     if req.stream:
-        source = await prefetch(merge_streams(streams))
-        return sse_response(view.events(source, include_usage, continuous))
-    return json_response(view.response(await collect(streams, prompts, req.n)))
+        return sse_response(view.events(merge_streams(streams), include_usage, continuous))
+    return json_response(view.response(await results(streams)))
 
 
 class _View:
     """Turns engine outputs into the completions wire shape for one request."""
 
-    def __init__(
-        self, state: ServerState, req: CompletionRequest, model: str, request_id: str, prompts: list[Prompt]
-    ) -> None:
-        self.req, self.model, self.id, self.prompts = req, model, request_id, prompts
-        self.tokenizer = state.engine.tokenizer
-        self.token_text = state.extras.setdefault("openai.token_text", TokenText(self.tokenizer))
+    def __init__(self, model: ServedModel, req: CompletionRequest, request_id: str, prompts: list[Prompt]) -> None:
+        self.req, self.id, self.prompts = req, request_id, prompts
+        self.model = model.answer_name(req.model)
+        self.tokenizer = model.tokenizer
+        self.token_text = token_text(model)
         self.created = now()
 
     def prompt_text(self, prompt: Prompt) -> str:
@@ -99,19 +81,20 @@ class _View:
 
     # --- non-streaming ---------------------------------------------------------------------------
 
-    def response(self, results: list[PromptResult]) -> dict[str, Any]:
+    def response(self, outputs: list[RequestOutput]) -> dict[str, Any]:
         choices = []
         completion_tokens = 0
-        for result in results:
-            echo_text = self.prompt_text(result.prompt) if self.req.echo else ""
-            for choice in result.choices:
+        n = self.req.n
+        for i, (prompt, result) in enumerate(zip(self.prompts, outputs, strict=True)):
+            echo_text = self.prompt_text(prompt) if self.req.echo else ""
+            for choice in result.outputs:
                 completion_tokens += len(choice.token_ids)
-                steps, ids = choice.logprobs, choice.token_ids
+                steps, ids = list(choice.logprobs or []), choice.token_ids
                 if self.req.echo:
-                    steps = self.echo_steps(result.prompt, result.prompt_logprobs) + steps
-                    ids = result.prompt.token_ids + ids
+                    steps = self.echo_steps(prompt, result.prompt_logprobs) + steps
+                    ids = prompt.token_ids + ids
                 item = {
-                    "index": choice.index,
+                    "index": i * n + choice.index,
                     "text": echo_text + choice.text,
                     "logprobs": self.logprobs(steps, ids, 0),
                     "finish_reason": choice.finish_reason,
@@ -119,13 +102,13 @@ class _View:
                 }
                 if self.req.prompt_logprobs is not None:
                     item["prompt_logprobs"] = prompt_logprobs(
-                        result.prompt_logprobs, self.token_text, len(result.prompt.token_ids)
+                        result.prompt_logprobs, self.token_text, len(prompt.token_ids)
                     )
                 if self.req.return_token_ids:
-                    item["prompt_token_ids"] = result.prompt.token_ids
+                    item["prompt_token_ids"] = prompt.token_ids
                     item["token_ids"] = choice.token_ids
                 choices.append(item)
-        prompt_tokens = sum(len(r.prompt.token_ids) for r in results)
+        prompt_tokens = sum(len(p.token_ids) for p in self.prompts)
         return {
             "id": self.id,
             "object": "text_completion",

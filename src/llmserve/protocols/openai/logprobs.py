@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from llmserve.backends.base import TokenLogprob
+from llmserve.api import ServedModel, TokenLogprob
 
 Step = tuple[TokenLogprob, list[TokenLogprob]]
 _FLOOR = -9999.0  # what OpenAI (and vLLM) send instead of -inf, which JSON cannot carry
@@ -13,6 +13,14 @@ _FLOOR = -9999.0  # what OpenAI (and vLLM) send instead of -inf, which JSON cann
 
 def _lp(value: float) -> float:
     return max(value, _FLOOR)
+
+
+def token_text(model: ServedModel) -> TokenText:
+    """The model's TokenText, made once."""
+    found = model.cache.get("openai.token_text")
+    if found is None:
+        found = model.cache["openai.token_text"] = TokenText(model.tokenizer)
+    return found
 
 
 class TokenText:

@@ -1,53 +1,35 @@
-"""GET /v1/models and GET /v1/models/{id}: the generation model (every served name) and the
-embedding model."""
+"""GET /v1/models and GET /v1/models/{id}: every served model, under each of its names."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from llmserve.errors import ModelNotFoundError
-from llmserve.protocols.common import json_response
-from llmserve.state import ServerState, get_state
+from llmserve.api import ModelNotFoundError, ProtocolContext, ServedModel, context, json_response
 
 
-def model_cards(state: ServerState) -> list[dict[str, Any]]:
-    cards = []
-    if state.engine is not None and state.model_name:
-        names = state.config.model_names or [state.model_name]
-        for name in dict.fromkeys(names):
-            cards.append(_card(state, name, state.model_path, state.engine.max_model_len))
-    if state.embedder is not None and state.embedding_model_name:
-        cards.append(
-            _card(state, state.embedding_model_name, state.embedding_model_path, state.embedder.max_model_len)
-        )
-    return cards
+def model_cards(ctx: ProtocolContext) -> list[dict[str, Any]]:
+    return [_card(model, name) for model in ctx.models for name in model.names]
 
 
-def _card(state: ServerState, name: str, root: str | None, max_model_len: int) -> dict[str, Any]:
+def _card(model: ServedModel, name: str) -> dict[str, Any]:
     return {
         "id": name,
         "object": "model",
-        "created": state.created,
+        "created": model.created,
         "owned_by": "llmserve",
-        "root": str(root) if root is not None else name,
+        "root": model.path,
         "parent": None,
-        "max_model_len": max_model_len,
+        "max_model_len": model.max_model_len,
         "permission": [],
     }
 
 
 async def list_models() -> Any:
-    return json_response({"object": "list", "data": model_cards(get_state())})
+    return json_response({"object": "list", "data": model_cards(context())})
 
 
 async def retrieve_model(model_id: str) -> Any:
-    state = get_state()
-    for card in model_cards(state):
-        if card["id"] == model_id:
-            return json_response(card)
-    kind = state.aliases.get(model_id)
-    if kind == "generate" and state.engine is not None:
-        return json_response(_card(state, model_id, state.model_path, state.engine.max_model_len))
-    if kind == "embed" and state.embedder is not None:
-        return json_response(_card(state, model_id, state.embedding_model_path, state.embedder.max_model_len))
-    raise ModelNotFoundError(f"The model `{model_id}` does not exist.", param="model")
+    model = context().models.get(model_id)
+    if model is None:
+        raise ModelNotFoundError(f"The model `{model_id}` does not exist.", param="model")
+    return json_response(_card(model, model_id))

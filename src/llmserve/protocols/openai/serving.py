@@ -1,18 +1,24 @@
-"""What completions and chat share: checks, starting engine requests, collecting their outputs."""
+"""What completions and chat share: checks, starting engine requests, their final outputs."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+import asyncio
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from llmserve.errors import InvalidRequestError, UnsupportedError
-from llmserve.protocols.common import Prompt, merge_streams
-from llmserve.protocols.openai.logprobs import Step
+from llmserve.api import (
+    GenerationStream,
+    InvalidRequestError,
+    OutputKind,
+    Prompt,
+    ProtocolContext,
+    RequestOutput,
+    SamplingParams,
+    ServedModel,
+    UnsupportedError,
+)
 
 if TYPE_CHECKING:
-    from llmserve.engine.outputs import CompletionOutput, RequestOutput
-    from llmserve.engine.sampling import SamplingParams
     from llmserve.protocols.openai.schemas import VLLMSamplingFields
 
 
@@ -44,18 +50,36 @@ def stream_flags(req: Any) -> tuple[bool, bool]:
 
 
 def start_requests(
-    engine: Any, base_id: str, prompts: Sequence[Prompt], params: Sequence[SamplingParams]
-) -> list[AsyncIterator[RequestOutput]]:
-    """Validate every prompt first (so a bad one is a plain 400 before anything runs), then start
-    one engine request per prompt."""
-    for prompt, p in zip(prompts, params, strict=True):
-        engine.validate(prompt.token_ids, p)
-    if len(prompts) == 1:
-        return [engine.generate(base_id, prompts[0].token_ids, params[0])]
-    return [
-        engine.generate(f"{base_id}-{i}", pr.token_ids, p)
-        for i, (pr, p) in enumerate(zip(prompts, params, strict=True))
-    ]
+    ctx: ProtocolContext,
+    model: ServedModel,
+    base_id: str,
+    prompts: Sequence[Prompt],
+    params: Sequence[SamplingParams],
+    kind: OutputKind,
+    priority: int = 0,
+) -> list[GenerationStream]:
+    """One engine request per prompt; if one is refused, those already started are closed."""
+    streams: list[GenerationStream] = []
+    try:
+        for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+            request_id = base_id if len(prompts) == 1 else f"{base_id}-{i}"
+            streams.append(
+                ctx.generate(model, prompt.token_ids, p, request_id=request_id, kind=kind, priority=priority)
+            )
+    except BaseException:
+        for stream in streams:
+            stream.close()
+        raise
+    return streams
+
+
+async def results(streams: Sequence[GenerationStream]) -> list[RequestOutput]:
+    """Every request's final output, in order; a failure aborts the others."""
+    try:
+        return list(await asyncio.gather(*(s.result() for s in streams)))
+    finally:
+        for stream in streams:
+            await stream.aclose()
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
@@ -65,52 +89,3 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
         "completion_tokens": completion_tokens,
         "prompt_tokens_details": None,
     }
-
-
-@dataclass(slots=True)
-class ChoiceResult:
-    """One choice, accumulated from the engine's deltas."""
-
-    index: int
-    texts: list[str] = field(default_factory=list)
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[Step] = field(default_factory=list)
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
-
-    @property
-    def text(self) -> str:
-        return "".join(self.texts)
-
-    def add(self, out: CompletionOutput) -> None:
-        self.texts.append(out.text)
-        self.token_ids.extend(out.token_ids)
-        if out.logprobs:
-            self.logprobs.extend(out.logprobs)
-        if out.finish_reason is not None:
-            self.finish_reason, self.stop_reason = out.finish_reason, out.stop_reason
-
-
-@dataclass(slots=True)
-class PromptResult:
-    """One prompt's finished request: its n choices, prompt logprobs and cached-token count."""
-
-    prompt: Prompt
-    choices: list[ChoiceResult]
-    prompt_logprobs: list[Step | None] | None = None
-    num_cached_tokens: int = 0
-
-
-async def collect(
-    streams: Sequence[AsyncIterator[RequestOutput]], prompts: Sequence[Prompt], n: int
-) -> list[PromptResult]:
-    """Run the requests to the end; choice indexes are ``prompt_index * n + j`` like vLLM."""
-    results = [PromptResult(p, [ChoiceResult(i * n + j) for j in range(n)]) for i, p in enumerate(prompts)]
-    async for i, out in merge_streams(streams):
-        result = results[i]
-        if out.prompt_logprobs is not None:
-            result.prompt_logprobs = out.prompt_logprobs
-        result.num_cached_tokens = max(result.num_cached_tokens, out.num_cached_tokens)
-        for choice in out.outputs:
-            result.choices[choice.index].add(choice)
-    return results

@@ -13,16 +13,16 @@ import json
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from llmserve.errors import InvalidRequestError
+from llmserve.api import InvalidRequestError
 
 if TYPE_CHECKING:
+    from llmserve.api import Config
     from llmserve.protocols.openai.schemas import ChatCompletionRequest
-    from llmserve.state import ServerState
 
 _USAGE = 'Correct usage: `{"type": "function", "function": {"name": "my_function"}}`'
 
 
-def effective_tool_choice(req: ChatCompletionRequest, state: ServerState) -> str | dict[str, Any]:
+def effective_tool_choice(req: ChatCompletionRequest, config: Config) -> str | dict[str, Any]:
     """ "none", "auto", "required" or the named-function dict; raises 400 for vLLM's invalid cases."""
     choice = req.tool_choice
     if "tool_choice" not in req.model_fields_set and req.tools:
@@ -54,7 +54,7 @@ def effective_tool_choice(req: ChatCompletionRequest, state: ServerState) -> str
                 param="tool_choice",
             )
         return choice
-    if choice == "auto" and not (state.config.enable_auto_tool_choice and state.config.tool_call_parser):
+    if choice == "auto" and not (config.enable_auto_tool_choice and config.tool_call_parser):
         raise InvalidRequestError(
             '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set',
             param="tool_choice",
@@ -71,15 +71,15 @@ def tool_call(name: str, arguments: str) -> dict[str, Any]:
 
 
 def extract_tool_calls(
-    text: str, tool_choice: str | dict[str, Any]
+    text: str, tool_choice: str | dict[str, Any], parallel_tool_calls: bool | None = None
 ) -> tuple[str | None, list[dict[str, Any]]]:
-    """Generated text -> (content, tool_calls). Content is None when the text was all tool calls."""
+    """Generated text -> (content, tool_calls). ``parallel_tool_calls=False`` keeps the first call."""
     if isinstance(tool_choice, dict):
         return "", [tool_call(tool_choice["function"]["name"], text)]
     if tool_choice == "required":
         calls = _json_calls(text)
         if calls is not None:
-            return "", calls
+            return "", calls[:1] if parallel_tool_calls is False else calls
     return text, []
 
 

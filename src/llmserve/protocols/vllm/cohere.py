@@ -14,10 +14,8 @@ import base64
 import numpy as np
 from quart import Blueprint, Response, jsonify
 
-from llmserve.errors import InvalidRequestError, UnsupportedError
-from llmserve.protocols.common import parse_body, random_id
+from llmserve.api import InvalidRequestError, UnsupportedError, document, parse_body, random_id
 from llmserve.protocols.vllm import schemas
-from llmserve.protocols.vllm.openapi import document
 from llmserve.protocols.vllm.pooling import (
     check_dimensions,
     document_texts,

@@ -31,63 +31,48 @@ from typing import Any
 
 from quart import Blueprint, Response, jsonify, request
 
-from llmserve.engine.outputs import RequestOutput
-from llmserve.errors import UnsupportedError
-from llmserve.protocols.common import (
+from llmserve.api import (
     SSE_DONE,
+    GenerationStream,
+    OutputKind,
+    RequestOutput,
+    context,
+    document,
     error_body,
     parse_body,
-    prefetch,
     random_id,
-    resolve_model,
     sse,
     sse_response,
-    to_sampling_params,
 )
 from llmserve.protocols.vllm import schemas
-from llmserve.protocols.vllm.openapi import document
-from llmserve.state import get_state
 
 bp = Blueprint("vllm_generate", __name__)
 
 
-class _Snapshot:
-    """The cumulative state of every choice of one request."""
-
-    def __init__(self, n: int, prefix: str, prompt_token_ids: list[int], want_logprobs: bool) -> None:
-        self.text = [prefix] * n
-        self.token_ids: list[list[int]] = [[] for _ in range(n)]
-        self.finish_reason: list[str | None] = [None] * n
-        self.stop_reason: list[Any] = [None] * n
-        self.logprobs: list[list[dict[str, Any]]] | None = [[] for _ in range(n)] if want_logprobs else None
-        self.prompt_token_ids = prompt_token_ids
-
-    def add(self, output: RequestOutput) -> None:
-        for choice in output.outputs:
-            i = choice.index
-            self.text[i] += choice.text
-            self.token_ids[i].extend(choice.token_ids)
-            if choice.finish_reason is not None:
-                self.finish_reason[i], self.stop_reason[i] = choice.finish_reason, choice.stop_reason
-            if self.logprobs is not None and choice.logprobs:
-                for chosen, top in choice.logprobs:
-                    self.logprobs[i].append(
-                        {
-                            "token_id": chosen.token_id,
-                            "logprob": chosen.logprob,
-                            "top_logprobs": {str(t.token_id): t.logprob for t in top},
-                        }
-                    )
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "token_ids": self.token_ids,
-            "finish_reason": self.finish_reason,
-            "stop_reason": self.stop_reason,
-            "prompt_token_ids": self.prompt_token_ids,
-            "logprobs": self.logprobs,
-        }
+def _body(output: RequestOutput, prefix: str, want_logprobs: bool) -> dict[str, Any]:
+    """vLLM's /generate shape from a cumulative output (every choice's whole text so far)."""
+    choices = output.outputs
+    logprobs = None
+    if want_logprobs:
+        logprobs = [
+            [
+                {
+                    "token_id": chosen.token_id,
+                    "logprob": chosen.logprob,
+                    "top_logprobs": {str(t.token_id): t.logprob for t in top},
+                }
+                for chosen, top in choice.logprobs or []
+            ]
+            for choice in choices
+        ]
+    return {
+        "text": [prefix + c.text for c in choices],
+        "token_ids": [c.token_ids for c in choices],
+        "finish_reason": [c.finish_reason for c in choices],
+        "stop_reason": [c.stop_reason for c in choices],
+        "prompt_token_ids": output.prompt_token_ids,
+        "logprobs": logprobs,
+    }
 
 
 @bp.post("/generate")
@@ -99,46 +84,39 @@ class _Snapshot:
 )
 async def generate() -> Response:
     req = await parse_body(schemas.GenerateRequest)
-    state = get_state()
-    engine = state.engine
-    if engine is None:
-        raise UnsupportedError("No generation model is loaded.")
-    resolve_model(state, req.model, "generate")
+    ctx = context()
+    model = ctx.model_for(req.model)
     if req.prompt is not None:
-        prompt_ids = list(engine.tokenizer(req.prompt)["input_ids"])
-        prefix = req.prompt
+        prompt_ids, prefix = ctx.tokenize(model, req.prompt), req.prompt
     else:
         prompt_ids, prefix = list(req.prompt_token_ids or []), ""
-    params = to_sampling_params(req, engine.generation_defaults, engine.max_model_len, len(prompt_ids))
-    outputs = await prefetch(engine.generate(random_id("generate"), prompt_ids, params))
-    snapshot = _Snapshot(params.n, prefix, prompt_ids, params.logprobs is not None)
+    params = ctx.sampling_params(model, req, len(prompt_ids))
+    kind = OutputKind.CUMULATIVE if req.stream else OutputKind.FINAL_ONLY
+    stream = ctx.generate(model, prompt_ids, params, request_id=random_id("generate"), kind=kind, priority=req.priority)
+    want_logprobs = params.logprobs is not None
     if not req.stream:
-        try:
-            async for output in outputs:
-                snapshot.add(output)
-        finally:
-            await outputs.aclose()
-        return jsonify(snapshot.body())
-    if "text/event-stream" in request.headers.get("Accept", ""):
-        return sse_response(_events(outputs, snapshot, sse_format=True))
-    response = Response(_events(outputs, snapshot, sse_format=False), mimetype="application/x-ndjson")
+        return jsonify(_body(await stream.result(), prefix, want_logprobs))
+    sse_format = "text/event-stream" in request.headers.get("Accept", "")
+    events = _events(stream, prefix, want_logprobs, sse_format)
+    if sse_format:
+        return sse_response(events)
+    response = Response(events, mimetype="application/x-ndjson")
     response.timeout = None  # a stream may outlive Quart's default response timeout
     return response
 
 
 async def _events(
-    outputs: AsyncIterator[RequestOutput], snapshot: _Snapshot, sse_format: bool
+    stream: GenerationStream, prefix: str, want_logprobs: bool, sse_format: bool
 ) -> AsyncIterator[str]:
     def line(data: dict[str, Any]) -> str:
         return sse(data) if sse_format else json.dumps(data, ensure_ascii=False) + "\n"
 
     try:
-        async for output in outputs:
-            snapshot.add(output)
-            yield line(snapshot.body())
+        async for output in stream:
+            yield line(_body(output, prefix, want_logprobs))
     except Exception as exc:  # the stream already started: report in-band
         yield line(error_body(exc))
     finally:
-        await outputs.aclose()  # client gone or done: abort the request, free its KV blocks
+        await stream.aclose()  # client gone or done: abort the request, free its KV blocks
     if sse_format:
         yield SSE_DONE

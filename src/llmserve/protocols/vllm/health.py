@@ -1,4 +1,6 @@
-"""Probes and server state: /health, /ping, /version, /load, /is_sleeping, /sleep, /wake_up.
+"""Probes and server state: /health, /ping, /version, /load; and, only with
+``--enable-sleep-mode``, /is_sleeping, /sleep and /wake_up (behind the API key like every
+non-probe route).
 
 /load counts requests in flight on the inference routes (vLLM's ``server_load``): a request is
 counted from before its handler runs until its response body has been sent, streams included.
@@ -9,12 +11,11 @@ from __future__ import annotations
 from quart import Blueprint, Response, g, jsonify, request
 
 import llmserve
-from llmserve.errors import InvalidRequestError, UnsupportedError
+from llmserve.api import GENERATE, InvalidRequestError, ProtocolContext, UnsupportedError, context, document
 from llmserve.protocols.vllm import schemas
-from llmserve.protocols.vllm.openapi import document
-from llmserve.state import get_state
 
 bp = Blueprint("vllm_health", __name__)
+sleep_bp = Blueprint("vllm_sleep", __name__)
 
 # Probes and admin routes are not load.
 UNCOUNTED = frozenset(
@@ -31,23 +32,22 @@ UNCOUNTED = frozenset(
         "/openapi.json",
     }
 )
-_LOAD_KEY = "vllm.server_load"
 
 
 class _LoadSlot:
     """One counted request; released exactly once (body sent, request torn down, or collected)."""
 
-    __slots__ = ("counter", "done")
+    __slots__ = ("ctx", "done")
 
-    def __init__(self, counter: list[int]) -> None:
-        self.counter = counter
+    def __init__(self, ctx: ProtocolContext) -> None:
+        self.ctx = ctx
         self.done = False
-        counter[0] += 1
+        ctx.server_load += 1
 
     def release(self) -> None:
         if not self.done:
             self.done = True
-            self.counter[0] -= 1
+            self.ctx.server_load -= 1
 
     def __del__(self) -> None:  # last resort: a response that was never sent
         self.release()
@@ -70,14 +70,10 @@ class _CountedBody:
             self.slot.release()
 
 
-def _counter() -> list[int]:
-    return get_state().extras.setdefault(_LOAD_KEY, [0])
-
-
 @bp.before_app_request
 async def _count_request() -> None:
     if request.method in ("POST", "PUT", "DELETE") and request.path not in UNCOUNTED:
-        g.vllm_load_slot = _LoadSlot(_counter())
+        g.vllm_load_slot = _LoadSlot(context())
 
 
 @bp.after_app_request
@@ -99,14 +95,11 @@ async def _release(_exc: BaseException | None) -> None:
 
 
 def _healthy() -> Response:
-    engine = get_state().engine
-    if engine is not None and getattr(engine, "is_dead", False):
-        return Response("", status=503)
-    return Response("", status=200)
+    return Response("", status=200 if context().is_healthy() else 503)
 
 
 @bp.get("/health")
-@document("Health check: 200 when the server can serve, 503 when the engine died.", tags=["vllm"])
+@document("Health check: 200 when the server can serve, 503 when an engine died.", tags=["vllm"])
 async def health() -> Response:
     return _healthy()
 
@@ -126,29 +119,30 @@ async def version() -> Response:
 @bp.get("/load")
 @document("Requests in flight on the inference routes.", response=schemas.LoadResponse, tags=["vllm"])
 async def load() -> Response:
-    return jsonify({"server_load": _counter()[0]})
+    return jsonify({"server_load": context().server_load})
 
 
-def _engine():
-    engine = get_state().engine
-    if engine is None:
+def _engines() -> list:
+    engines = [m.engine for m in context().models if m.supports(GENERATE)]
+    if not engines:
         raise UnsupportedError("No generation model is loaded, so there is no engine to sleep or wake.")
-    return engine
+    return engines
 
 
-@bp.get("/is_sleeping")
-@document("Whether the engine sleeps.", response=schemas.IsSleepingResponse, tags=["vllm"])
+@sleep_bp.get("/is_sleeping")
+@document("Whether the engines sleep.", response=schemas.IsSleepingResponse, tags=["vllm"])
 async def is_sleeping() -> Response:
-    engine = get_state().engine
-    return jsonify({"is_sleeping": bool(engine is not None and engine.is_sleeping)})
+    engines = [m.engine for m in context().models if m.supports(GENERATE)]
+    return jsonify({"is_sleeping": bool(engines) and all(e.is_sleeping for e in engines)})
 
 
-@bp.post("/sleep")
+@sleep_bp.post("/sleep")
 @document(
-    "Put the engine to sleep (query parameter `level`, default 1); generation requests get 503 until /wake_up.",
+    "Put the engines to sleep: level 1 frees the KV cache, level 2 the weights too. Generation "
+    "requests get 503 until /wake_up.",
     tags=["vllm"],
     parameters=[
-        {"name": "level", "in": "query", "required": False, "schema": {"type": "integer", "default": 1}}
+        {"name": "level", "in": "query", "required": False, "schema": {"type": "integer", "enum": [1, 2]}}
     ],
 )
 async def sleep() -> Response:
@@ -156,13 +150,17 @@ async def sleep() -> Response:
     try:
         level = int(raw)
     except ValueError:
-        raise InvalidRequestError(f"level must be an integer, got {raw!r}", param="level") from None
-    await _engine().sleep(level)
+        raise InvalidRequestError(f"level must be 1 or 2, got {raw!r}", param="level") from None
+    if level not in (1, 2):
+        raise InvalidRequestError(f"level must be 1 or 2, got {level}", param="level")
+    for engine in _engines():
+        await engine.sleep(level)
     return Response("", status=200)
 
 
-@bp.post("/wake_up")
-@document("Wake the engine up.", tags=["vllm"])
+@sleep_bp.post("/wake_up")
+@document("Wake the engines up: restore the weights and the KV cache.", tags=["vllm"])
 async def wake_up() -> Response:
-    await _engine().wake_up()
+    for engine in _engines():
+        await engine.wake_up()
     return Response("", status=200)

@@ -13,12 +13,18 @@ from typing import Any, Literal
 import numpy as np
 from quart import Blueprint, Response, jsonify
 
-from llmserve.errors import InvalidRequestError, UnsupportedError
-from llmserve.protocols.common import is_token_ids, now, parse_body, random_id, resolve_model
+from llmserve.api import (
+    EMBED,
+    InvalidRequestError,
+    UnsupportedError,
+    context,
+    document,
+    now,
+    parse_body,
+    random_id,
+)
 from llmserve.protocols.vllm import schemas
-from llmserve.protocols.vllm.openapi import document
-from llmserve.protocols.vllm.tokenize import check_token_ids
-from llmserve.state import get_state
+from llmserve.protocols.vllm.tokenize import check_token_ids, is_token_ids
 
 bp = Blueprint("vllm_pooling", __name__)
 classify_bp = Blueprint("vllm_classify", __name__)
@@ -30,10 +36,9 @@ Truncate = Literal["none", "start", "end"]
 
 
 def embedder_and_model(requested: str | None) -> tuple[Any, str]:
-    state = get_state()
-    if state.embedder is None:
-        raise UnsupportedError("No embedding model is loaded.")
-    return state.embedder, resolve_model(state, requested, "embed")
+    """The embedding service of the model a request names, and the name to answer with."""
+    model = context().model_for(requested, EMBED)
+    return model.embedder, model.answer_name(requested)
 
 
 def check_dimensions(embedder: Any, requested: int | None, param: str) -> None:

@@ -14,13 +14,8 @@ from typing import Any
 
 from quart import Blueprint, Response, jsonify
 
-from llmserve.chat import render_chat
-from llmserve.engine.sampling import SamplingParams
-from llmserve.errors import UnsupportedError
-from llmserve.protocols.common import parse_body, parse_prompts, random_id, resolve_model, to_sampling_params
+from llmserve.api import ProtocolContext, SamplingParams, ServedModel, context, document, parse_body, random_id
 from llmserve.protocols.vllm import schemas
-from llmserve.protocols.vllm.openapi import document
-from llmserve.state import get_state
 
 bp = Blueprint("vllm_render", __name__)
 
@@ -32,20 +27,14 @@ def sampling_dict(params: SamplingParams) -> dict[str, Any]:
     return data
 
 
-def _engine():
-    engine = get_state().engine
-    if engine is None:
-        raise UnsupportedError("No generation model is loaded.")
-    return engine
-
-
-def _rendered(req: Any, request_id: str, model: str, ids: list[int], text: str | None) -> dict[str, Any]:
-    engine = _engine()
-    params = to_sampling_params(req, engine.generation_defaults, engine.max_model_len, len(ids))
-    engine.validate(ids, params)
+def _rendered(
+    ctx: ProtocolContext, model: ServedModel, req: Any, request_id: str, ids: list[int], text: str | None
+) -> dict[str, Any]:
+    params = ctx.sampling_params(model, req, len(ids))
+    ctx.check_generate(model, ids, params, req.priority)
     return schemas.RenderedRequest(
         request_id=request_id,
-        model=model,
+        model=model.answer_name(req.model),
         token_ids=ids,
         prompt=text,
         sampling_params=sampling_dict(params),
@@ -63,19 +52,14 @@ def _rendered(req: Any, request_id: str, model: str, ids: list[int], text: str |
 )
 async def render_completion() -> Response:
     req = await parse_body(schemas.CompletionRenderRequest)
-    state = get_state()
-    engine = _engine()
-    model = resolve_model(state, req.model, "generate")
-    prompts = parse_prompts(
-        req.prompt,
-        engine.tokenizer,
-        add_special_tokens=req.add_special_tokens,
-        truncate_prompt_tokens=req.truncate_prompt_tokens,
-        max_model_len=engine.max_model_len,
+    ctx = context()
+    model = ctx.model_for(req.model)
+    prompts = ctx.prompts(
+        model, req.prompt, add_special_tokens=req.add_special_tokens, truncate_prompt_tokens=req.truncate_prompt_tokens
     )
     base = random_id("cmpl")
     items = [
-        _rendered(req, base if len(prompts) == 1 else f"{base}-{i}", model, p.token_ids, p.text)
+        _rendered(ctx, model, req, base if len(prompts) == 1 else f"{base}-{i}", p.token_ids, p.text)
         for i, p in enumerate(prompts)
     ]
     return jsonify(items)
@@ -90,11 +74,10 @@ async def render_completion() -> Response:
 )
 async def render_chat_completion() -> Response:
     req = await parse_body(schemas.ChatRenderRequest)
-    state = get_state()
-    _engine()
-    model = resolve_model(state, req.model, "generate")
-    text, ids = render_chat(
-        state,
+    ctx = context()
+    model = ctx.model_for(req.model)
+    rendered = ctx.render_chat(
+        model,
         req.messages,
         tools=req.tools,
         add_generation_prompt=req.add_generation_prompt,
@@ -103,4 +86,4 @@ async def render_chat_completion() -> Response:
         chat_template_kwargs=req.chat_template_kwargs,
         add_special_tokens=req.add_special_tokens,
     )
-    return jsonify(_rendered(req, random_id("chatcmpl"), model, ids, text))
+    return jsonify(_rendered(ctx, model, req, random_id("chatcmpl"), rendered.token_ids, rendered.text))

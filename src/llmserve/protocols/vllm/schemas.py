@@ -114,6 +114,7 @@ class SamplingFields(Request):
     allowed_token_ids: list[int] | None = None
     skip_special_tokens: bool | None = None
     spaces_between_special_tokens: bool | None = None
+    priority: int = Field(0, description="Lower runs first under --scheduling-policy priority.")
 
 
 # --- generate ------------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ import jinja2.sandbox
 from llmserve.errors import ConfigError, InvalidRequestError, UnsupportedError
 
 if TYPE_CHECKING:
-    from llmserve.state import ServerState
+    from llmserve.config import Config
+    from llmserve.server.registry import ServedModel
 
 TEXT_PARTS = frozenset({"text", "input_text", "output_text", "refusal"})
 MEDIA_PARTS = frozenset(
@@ -77,20 +78,23 @@ def load_chat_template(value: str | None) -> str | None:
         return codecs.decode(value, "unicode_escape")
 
 
-def configured_template(state: ServerState) -> str | None:
-    """The server's --chat-template, loaded once."""
+def configured_template(model: ServedModel, config: Config) -> str | None:
+    """The server's --chat-template, loaded once per model."""
     key = "chat_template"
-    if key not in state.extras:
-        state.extras[key] = load_chat_template(state.config.chat_template)
-    return state.extras[key]
+    if key not in model.cache:
+        model.cache[key] = load_chat_template(config.chat_template)
+    return model.cache[key]
 
 
-def resolve_template(state: ServerState, chat_template: str | None = None, tools: Any = None) -> str:
-    """The template text to render with: the request's, the server's, or the tokenizer's."""
-    if chat_template is not None and not getattr(state.config, "trust_request_chat_template", False):
+def resolve_template(
+    model: ServedModel, config: Config, chat_template: str | None = None, tools: Any = None
+) -> str:
+    """The template text to render with: the request's (only under --trust-request-chat-template),
+    the server's, or the tokenizer's."""
+    if chat_template is not None and not config.trust_request_chat_template:
         raise InvalidRequestError(_UNTRUSTED, param="chat_template")
-    template = chat_template or configured_template(state)
-    tokenizer = state.engine.tokenizer
+    template = chat_template or configured_template(model, config)
+    tokenizer = model.tokenizer
     try:
         return tokenizer.get_chat_template(template, tools)
     except ValueError:
@@ -150,8 +154,8 @@ def _loop_targets(root: jinja2.nodes.Template, names: set[str], key: str | None 
             yield loop.target.name
 
 
-def content_format(state: ServerState, template: str) -> str:
-    configured = state.config.chat_template_content_format
+def content_format(config: Config, template: str) -> str:
+    configured = config.chat_template_content_format
     return detect_content_format(template) if configured == "auto" else configured
 
 
@@ -232,7 +236,8 @@ def _parse_arguments(call: Any) -> Any:
 
 
 def render_chat(
-    state: ServerState,
+    model: ServedModel,
+    config: Config,
     messages: Sequence[Any],
     tools: list[dict[str, Any]] | None = None,
     add_generation_prompt: bool = True,
@@ -253,10 +258,10 @@ def render_chat(
             param="continue_final_message",
         )
     tools = [t.model_dump(exclude_none=True) if hasattr(t, "model_dump") else t for t in tools or []] or None
-    template = resolve_template(state, chat_template, tools)
-    conversation = normalize_messages(messages, content_format(state, template))
+    template = resolve_template(model, config, chat_template, tools)
+    conversation = normalize_messages(messages, content_format(config, template))
     extra = {k: v for k, v in (chat_template_kwargs or {}).items() if k not in _RESERVED_KWARGS}
-    tokenizer = state.engine.tokenizer
+    tokenizer = model.tokenizer
     try:
         text = tokenizer.apply_chat_template(
             conversation,

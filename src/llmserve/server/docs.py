@@ -8,14 +8,14 @@ from importlib import resources
 
 from quart import Blueprint, Response, current_app, jsonify
 
-from llmserve.protocols.vllm.openapi import build_spec, document
+from llmserve.server.openapi import build_spec, document
 
-bp = Blueprint("vllm_docs", __name__)
+bp = Blueprint("llmserve_docs", __name__)
 
 
 @lru_cache(maxsize=1)
 def _page() -> str:
-    return resources.files("llmserve.protocols.vllm").joinpath("static/docs.html").read_text(encoding="utf-8")
+    return resources.files("llmserve.server").joinpath("static/docs.html").read_text(encoding="utf-8")
 
 
 @bp.get("/openapi.json")

@@ -1,17 +1,18 @@
-"""create_app(config): the Quart app, assembled from protocol plugins and nothing else."""
+"""create_app(config): the Quart app, assembled from protocol plugins plus the API docs."""
 
 from __future__ import annotations
 
 import hmac
+import inspect
 import logging
 import uuid
 
 from quart import Quart, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from llmserve.errors import LLMServeError, UnauthorizedError
+from llmserve.errors import LLMServeError, PluginError, UnauthorizedError
 from llmserve.plugins import Plugins, load_plugins
-from llmserve.state import ServerState
+from llmserve.server.context import ProtocolContext
 
 log = logging.getLogger("llmserve")
 
@@ -34,40 +35,57 @@ def error_response(status: int, message: str, type_: str, param: str | None = No
     return response
 
 
-def create_app(config, state: ServerState | None = None, plugins: Plugins | None = None) -> Quart:
-    """Build the app: middleware, error mapping, and the blueprints of every protocol plugin whose
-    capabilities the served models provide. ``state`` defaults to one with no models loaded."""
-    plugins = plugins or (state.plugins if state else load_plugins())
-    state = state or ServerState(config=config, plugins=plugins)
+def create_app(config, context: ProtocolContext | None = None, plugins: Plugins | None = None) -> Quart:
+    """Build the app: middleware, error mapping, the API docs, and the blueprints of every protocol
+    plugin whose capabilities the served models provide. ``context`` defaults to one with no
+    models loaded."""
+    plugins = plugins or (context.plugins if context else load_plugins())
+    context = context or ProtocolContext(config, plugins)
     app = Quart("llmserve")
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_body_bytes
     app.json.sort_keys = False
-    app.extensions["llmserve"] = state
-    mounted = []
+    app.extensions["llmserve"] = context
+    from llmserve.server.docs import bp as docs_bp
+
+    app.register_blueprint(docs_bp)
+    context.protocols = []
     for reg in plugins.protocols().values():
         needs = frozenset(reg.extra.get("capabilities", ()))
-        if not needs <= state.capabilities:
+        if not needs <= context.capabilities:
             continue
-        blueprint = reg.obj() if callable(reg.obj) and not hasattr(reg.obj, "register") else reg.obj
+        blueprint = _blueprint(reg.obj, context)
+        if blueprint is None:  # the plugin has nothing to mount under this configuration
+            continue
+        if not hasattr(blueprint, "register"):
+            raise PluginError(f"protocol {reg.name!r} of plugin {reg.plugin!r} did not give a Quart Blueprint")
         app.register_blueprint(blueprint)
-        mounted.append(reg.name)
-    state.extras["protocols"] = mounted
+        context.protocols.append(reg.name)
     _install_middleware(app, config)
     _install_error_handlers(app)
 
     @app.before_serving
     async def _start() -> None:
-        if state.engine is not None:
-            await state.engine.start()
-        plugins.startup(state)
+        for model in context.models:
+            if model.engine is not None:
+                await model.engine.start()
+        plugins.startup(context)
 
     @app.after_serving
     async def _stop() -> None:
-        plugins.shutdown(state, log=log.error)
-        if state.engine is not None:
-            await state.engine.stop()
+        plugins.shutdown(context, log=log.error)
+        for model in context.models:
+            if model.engine is not None:
+                await model.engine.stop()
 
     return app
+
+
+def _blueprint(obj, context: ProtocolContext):
+    """A protocol's blueprint: the object itself, or what its factory makes (given the context
+    when it takes an argument, so it can mount routes by configuration)."""
+    if hasattr(obj, "register") or not callable(obj):
+        return obj
+    return obj(context) if inspect.signature(obj).parameters else obj()
 
 
 def _install_middleware(app: Quart, config) -> None:

@@ -1,0 +1,126 @@
+"""The public plugin API: everything a plugin author needs, and nothing else.
+
+Built-in plugins and third-party packs import from here (and ``llmserve``) only. Four kinds of
+plugin build on it, each registered through a hook of ``llmserve.hookspecs``:
+
+- model backends: subclass ``Backend`` (``llmserve_backends``);
+- tool-call and reasoning parsers: subclass ``ToolParser`` / ``ReasoningParser``
+  (``llmserve_tool_parsers``, ``llmserve_reasoning_parsers``);
+- logits processors and per-request constraints: ``LogitsProcessor`` (``llmserve_logits_processors``)
+  and ``Constraint`` / ``ConstraintSpec`` set on ``SamplingParams.constraint``;
+- protocols: Quart blueprints (``llmserve_protocols``) whose routes use ``context()``, a
+  ``ProtocolContext``, to find models and generate, and ``document`` to declare their OpenAPI.
+
+Anything else under ``llmserve`` is internal and may change without notice.
+"""
+
+from __future__ import annotations
+
+from llmserve import hookimpl
+from llmserve.backends.base import (
+    Backend,
+    BackendUnavailable,
+    Batch,
+    BatchItem,
+    Embedder,
+    ModelInfo,
+    SampleResult,
+    TokenLogprob,
+)
+# MERGE: from llmserve.engine.constraints import Constraint, ConstraintSpec, LogitsProcessor
+from llmserve.config import Config
+from llmserve.engine.outputs import CompletionOutput, RequestOutput
+from llmserve.engine.sampling import SamplingParams
+from llmserve.engine.stream import GenerationStream, OutputKind
+from llmserve.errors import (
+    ConfigError,
+    EngineDeadError,
+    InvalidRequestError,
+    LLMServeError,
+    ModelNotFoundError,
+    OverloadedError,
+    PayloadTooLargeError,
+    PluginError,
+    UnauthorizedError,
+    UnsupportedError,
+)
+from llmserve.parsers.base import ParsedDelta, ReasoningParser, ToolCall, ToolParser
+from llmserve.protocols.shared.ids import now, random_id
+from llmserve.protocols.shared.parsing import parse_body, parse_json, validate_model
+from llmserve.protocols.shared.prompts import Prompt
+from llmserve.protocols.shared.sse import (
+    SSE_DONE,
+    error_body,
+    json_response,
+    sse,
+    sse_error,
+    sse_response,
+)
+from llmserve.protocols.shared.streams import merge_streams
+from llmserve.server.app import error_response
+from llmserve.server.context import ProtocolContext, RenderedChat
+from llmserve.server.openapi import document
+from llmserve.server.registry import EMBED, GENERATE, ServedModel
+
+def context() -> ProtocolContext:
+    """The ProtocolContext of the server handling the current request (inside a route)."""
+    from quart import current_app
+
+    return current_app.extensions["llmserve"]
+
+
+__all__ = [
+    "EMBED",
+    "GENERATE",
+    "SSE_DONE",
+    "Backend",
+    "BackendUnavailable",
+    "Batch",
+    "BatchItem",
+    "CompletionOutput",
+    "Config",
+    "ConfigError",
+    "Constraint",
+    "ConstraintSpec",
+    "Embedder",
+    "EngineDeadError",
+    "GenerationStream",
+    "InvalidRequestError",
+    "LLMServeError",
+    "LogitsProcessor",
+    "ModelInfo",
+    "ModelNotFoundError",
+    "OutputKind",
+    "OverloadedError",
+    "ParsedDelta",
+    "PayloadTooLargeError",
+    "PluginError",
+    "Prompt",
+    "ProtocolContext",
+    "ReasoningParser",
+    "RenderedChat",
+    "RequestOutput",
+    "SampleResult",
+    "SamplingParams",
+    "ServedModel",
+    "TokenLogprob",
+    "ToolCall",
+    "ToolParser",
+    "UnauthorizedError",
+    "UnsupportedError",
+    "context",
+    "document",
+    "error_body",
+    "error_response",
+    "hookimpl",
+    "json_response",
+    "merge_streams",
+    "now",
+    "parse_body",
+    "parse_json",
+    "random_id",
+    "sse",
+    "sse_error",
+    "sse_response",
+    "validate_model",
+]

@@ -1,0 +1,84 @@
+"""Prompts as the engine sees them: text or token ids, tokenized and truncated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from llmserve.errors import InvalidRequestError
+
+
+@dataclass(slots=True)
+class Prompt:
+    """One prompt as the engine sees it; ``text`` is None when the client sent token ids."""
+
+    token_ids: list[int]
+    text: str | None = None
+
+
+def is_token_ids(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+
+
+def parse_prompts(
+    prompt: object,
+    tokenizer: Any,
+    *,
+    add_special_tokens: bool = True,
+    truncate_prompt_tokens: int | None = None,
+    max_model_len: int | None = None,
+    param: str = "prompt",
+) -> list[Prompt]:
+    """A string, list of strings, list of token ids or list of token-id lists -> one Prompt each.
+
+    Strings are tokenized with the served tokenizer. ``truncate_prompt_tokens`` keeps the last k
+    tokens (-1: the last ``max_model_len``), like vLLM.
+    """
+    if isinstance(prompt, str):
+        items: list[str | list[int]] = [prompt]
+    elif is_token_ids(prompt):
+        if not prompt:
+            raise InvalidRequestError(f"{param} must not be empty", param=param)
+        items = [prompt]  # type: ignore[list-item]
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) or is_token_ids(p) for p in prompt):
+        items = prompt
+    elif isinstance(prompt, list) and not prompt:
+        raise InvalidRequestError(f"{param} must not be empty", param=param)
+    else:
+        raise InvalidRequestError(
+            f"{param} must be a string, a list of strings, a list of token ids or a list of token id lists",
+            param=param,
+        )
+    texts = [item for item in items if isinstance(item, str)]
+    encoded = iter(tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"] if texts else [])
+    out = []
+    for i, item in enumerate(items):
+        out.append(Prompt(list(next(encoded)), item) if isinstance(item, str) else Prompt(list(item)))
+        if not out[-1].token_ids:
+            where = f"{param}[{i}]" if len(items) > 1 else param
+            raise InvalidRequestError(f"{where} must not be empty (it has no tokens)", param=param)
+    if truncate_prompt_tokens is not None:
+        for p in out:
+            kept = truncate_tokens(p.token_ids, truncate_prompt_tokens, max_model_len)
+            if len(kept) != len(p.token_ids):
+                p.token_ids, p.text = kept, None  # the text no longer matches the ids
+    return out
+
+
+def truncate_tokens(token_ids: list[int], keep: int | None, max_model_len: int | None) -> list[int]:
+    """vLLM's truncate_prompt_tokens: keep the last ``keep`` tokens; -1 means max_model_len."""
+    if keep is None:
+        return token_ids
+    if keep == -1 and max_model_len is not None:
+        keep = max_model_len
+    if keep < 1:
+        raise InvalidRequestError(
+            f"truncate_prompt_tokens must be -1 or at least 1, got {keep}", param="truncate_prompt_tokens"
+        )
+    if max_model_len is not None and keep > max_model_len:
+        raise InvalidRequestError(
+            f"truncate_prompt_tokens value ({keep}) is greater than max_model_len ({max_model_len}). "
+            "Please, select a smaller truncation size.",
+            param="truncate_prompt_tokens",
+        )
+    return token_ids[-keep:]

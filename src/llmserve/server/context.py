@@ -1,0 +1,175 @@
+"""ProtocolContext: what a protocol plugin's routes use to serve a request."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from llmserve.engine.sampling import SamplingParams
+from llmserve.engine.stream import GenerationStream, OutputKind
+from llmserve.errors import InvalidRequestError
+from llmserve.protocols.shared import chat_template, sampling
+from llmserve.protocols.shared import prompts as prompt_parsing
+from llmserve.server.registry import EMBED, GENERATE, ModelRegistry, ServedModel
+
+if TYPE_CHECKING:
+    from llmserve.config import Config
+    from llmserve.plugins import Plugins
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedChat:
+    """A conversation rendered with the chat template: its text and token ids."""
+
+    text: str
+    token_ids: list[int]
+
+
+class ProtocolContext:
+    """The served models and the operations protocol routes need, validated once each.
+
+    One per server; a route reaches it with ``llmserve.api.context()``. Every method raises an
+    ``LLMServeError`` subclass for what the client got wrong (400, 404, 413, 503...), which the app
+    turns into the protocol's error shape.
+    """
+
+    def __init__(self, config: Config, plugins: Plugins, models: ModelRegistry | None = None) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.models = models if models is not None else ModelRegistry()
+        self.created = int(time.time())
+        self.backends: list[Any] = []  # the backend instances the models run on, shut down at exit
+        self.protocols: list[str] = []  # names of the mounted protocol plugins
+        self.server_load = 0  # requests in flight on the inference routes
+        self._placeholder_metrics = None
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return self.models.capabilities
+
+    def model_for(self, name: str | None, capability: str | None = GENERATE) -> ServedModel:
+        """The served model a request names (see ``ModelRegistry.model_for``)."""
+        return self.models.model_for(name, capability)
+
+    # --- prompts ---------------------------------------------------------------------------------
+
+    def tokenize(self, model: ServedModel, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(model.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def detokenize(
+        self, model: ServedModel, token_ids: Sequence[int], skip_special_tokens: bool = False, param: str = "tokens"
+    ) -> str:
+        size = len(model.tokenizer)
+        for i, token in enumerate(token_ids):
+            if not 0 <= token < size:
+                raise InvalidRequestError(
+                    f"{param}[{i}] = {token} is not a valid token id (vocabulary size {size})", param=param
+                )
+        return model.tokenizer.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
+
+    def prompts(self, model: ServedModel, prompt: object, **options: Any) -> list[prompt_parsing.Prompt]:
+        """A string, strings, token ids or lists of them -> Prompts (see ``parse_prompts``)."""
+        options.setdefault("max_model_len", model.max_model_len)
+        return prompt_parsing.parse_prompts(prompt, model.tokenizer, **options)
+
+    def render_chat(self, model: ServedModel, messages: Sequence[Any], **options: Any) -> RenderedChat:
+        """Render OpenAI-style messages with the chat template and tokenize them.
+
+        ``options``: tools, add_generation_prompt, continue_final_message, chat_template (refused
+        unless --trust-request-chat-template), chat_template_kwargs, documents, add_special_tokens.
+        """
+        text, token_ids = chat_template.render_chat(model, self.config, messages, **options)
+        return RenderedChat(text, token_ids)
+
+    # --- generation ------------------------------------------------------------------------------
+
+    def sampling_params(
+        self, model: ServedModel, request: Any, prompt_len: int, **overrides: Any
+    ) -> SamplingParams:
+        """SamplingParams from a request with OpenAI / vLLM field names, the model's
+        generation_config defaults filling what the request leaves out."""
+        return sampling.to_sampling_params(
+            request, model.generation_defaults, model.max_model_len, prompt_len, **overrides
+        )
+
+    def generate(
+        self,
+        model: ServedModel,
+        prompt_token_ids: Sequence[int],
+        params: SamplingParams,
+        *,
+        request_id: str | None = None,
+        kind: OutputKind = OutputKind.DELTA,
+        priority: int = 0,
+    ) -> GenerationStream:
+        """Start generating; returns the request's stream once every check passed.
+
+        Raises at once (before anything runs) for a prompt or parameters the model cannot take,
+        an unknown priority policy, a sleeping or overloaded engine.
+        """
+        engine = self._engine(model)
+        request_id = request_id or f"req-{uuid.uuid4().hex}"
+        return engine.add_request(request_id, list(prompt_token_ids), params, kind=kind, priority=priority)
+
+    def check_generate(
+        self, model: ServedModel, prompt_token_ids: Sequence[int], params: SamplingParams, priority: int = 0
+    ) -> None:
+        """The checks of ``generate``, without generating."""
+        self._engine(model).check(list(prompt_token_ids), params, priority)
+
+    def _engine(self, model: ServedModel):
+        if model.engine is None:
+            raise InvalidRequestError(f"The model `{model.name}` does not generate text.", param="model")
+        return model.engine
+
+    async def embed(
+        self, model: ServedModel, token_ids: Sequence[Sequence[int]], normalize: bool = True
+    ) -> list[list[float]]:
+        """Pooled embeddings of each input (token ids), in order."""
+        embedder = model.embedder
+        if embedder is None:
+            raise InvalidRequestError(f"The model `{model.name}` does not embed.", param="model")
+        inputs = [list(ids) for ids in token_ids]
+        embedder.embedder.check_inputs(inputs)
+        return await embedder.embed(inputs, normalize=normalize)
+
+    # --- parsers ---------------------------------------------------------------------------------
+
+    def tool_parser(self, name: str | None = None, model: ServedModel | None = None):
+        """A new tool-call parser instance (``--tool-call-parser`` unless ``name``), or None."""
+        name = name or self.config.tool_call_parser
+        if not name:
+            return None
+        cls = self.plugins.tool_parsers()[name].obj
+        return cls(model.tokenizer if model is not None else None)
+
+    def reasoning_parser(self, name: str | None = None, model: ServedModel | None = None):
+        """A new reasoning parser instance (``--reasoning-parser`` unless ``name``), or None."""
+        name = name or self.config.reasoning_parser
+        if not name:
+            return None
+        cls = self.plugins.reasoning_parsers()[name].obj
+        return cls(model.tokenizer if model is not None else None)
+
+    def metrics(self) -> tuple[bytes, str]:
+        """Prometheus text exposition of every engine, and its content type."""
+        from llmserve.engine.metrics import EngineMetrics, render_all
+
+        engines = [m.engine.metrics for m in self.models if m.engine is not None and m.engine.metrics]
+        if not engines:  # scrapers still find every metric name
+            placeholder = self._placeholder_metrics
+            if placeholder is None:
+                first = next(iter(self.models), None)
+                placeholder = self._placeholder_metrics = EngineMetrics(first.name if first else "none")
+            engines = [placeholder]
+        return render_all(engines), EngineMetrics.content_type
+
+    def is_healthy(self) -> bool:
+        """False once any engine died."""
+        return not any(m.engine is not None and m.engine.is_dead for m in self.models)
+
+
+__all__ = ["EMBED", "GENERATE", "ProtocolContext", "RenderedChat"]

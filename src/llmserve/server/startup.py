@@ -1,0 +1,181 @@
+"""Start-up: check the config, load every served model, build the app and serve it with hypercorn."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from pathlib import Path
+
+from llmserve.config import Config
+from llmserve.errors import ConfigError
+from llmserve.plugins import Plugins, load_plugins
+from llmserve.server.context import ProtocolContext
+from llmserve.server.registry import EMBED, GENERATE, ModelRegistry, ServedModel
+
+log = logging.getLogger("llmserve")
+
+
+def resolve_backend_name(config: Config, plugins: Plugins | None = None) -> str:
+    """``--backend``, or for ``auto`` the preferred backend that says it is available here."""
+    if config.backend != "auto":
+        return config.backend
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def check_config(config: Config, plugins: Plugins | None = None) -> Plugins:
+    """Everything that can be checked before a model is loaded; raises ConfigError."""
+    plugins = plugins or load_plugins()
+    backends = plugins.backends()
+    name = resolve_backend_name(config)
+    if name not in backends:
+        raise ConfigError(
+            f"--backend: unknown backend {name!r}; available: {', '.join(sorted(backends)) or 'none'}"
+        )
+    for flag, value, registry in (
+        ("--tool-call-parser", config.tool_call_parser, plugins.tool_parsers()),
+        ("--reasoning-parser", config.reasoning_parser, plugins.reasoning_parsers()),
+    ):
+        if value and value not in registry:
+            raise ConfigError(
+                f"{flag}: unknown parser {value!r}; available: {', '.join(sorted(registry)) or 'none'}"
+            )
+    template = config.chat_template
+    if template and "{" not in template and not Path(template).is_file():
+        raise ConfigError(f"--chat-template: {template} is neither a file nor an inline Jinja template")
+    gen = config.generation_config
+    if gen not in ("auto", "vllm") and not Path(gen).is_dir():
+        raise ConfigError(f"--generation-config: must be 'auto', 'vllm' or a folder, got {gen!r}")
+    backends[name].obj.check_available(config)
+    return plugins
+
+
+def _architectures(model_dir: Path) -> list[str]:
+    return json.loads((model_dir / "config.json").read_text()).get("architectures") or []
+
+
+def build_context(config: Config, plugins: Plugins) -> ProtocolContext:
+    """Resolve and load every served model; the returned context is ready for create_app."""
+    from llmserve.sources.resolve import resolve_model
+
+    backend_cls = plugins.backends()[resolve_backend_name(config, plugins)].obj
+    context = ProtocolContext(config, plugins, ModelRegistry())
+    resolved = []
+    for spec in config.model_specs():
+        model = resolve_model(spec.source, progress=True)
+        encoder = spec.kind == EMBED or _is_encoder(plugins, model.path)
+        resolved.append((spec, model, encoder))
+    generative = sum(1 for _, _, encoder in resolved if not encoder)
+    # Each generative model gets its own backend instance and an even share of the KV budget.
+    share = config.model_copy(
+        update={
+            "kv_cache_space": config.kv_cache_space / max(generative, 1),
+            "gpu_memory_utilization": config.gpu_memory_utilization / max(generative, 1),
+        }
+    )
+    embed_backend = None
+    for i, (spec, model, encoder) in enumerate(resolved):
+        names = [spec.name or model.name]
+        if i == 0 and config.served_model_name:
+            names = list(dict.fromkeys(config.served_model_name))
+        if encoder:
+            embed_backend = embed_backend or backend_cls(config)
+            context.models.add(_load_embedder(embed_backend, model.path, names))
+        else:
+            backend = backend_cls(share)
+            context.models.add(_load_generator(share, plugins, backend, model.path, names))
+            context.backends.append(backend)
+    if embed_backend is not None:
+        context.backends.append(embed_backend)
+    return context
+
+
+def _is_encoder(plugins: Plugins, path: Path) -> bool:
+    from llmserve.arch.registry import is_encoder
+
+    archs = _architectures(path)
+    return bool(archs) and is_encoder(archs[0])
+
+
+def _load_generator(config: Config, plugins: Plugins, backend, path: Path, names: list[str]) -> ServedModel:
+    from llmserve.engine.async_engine import AsyncEngine
+
+    engine = AsyncEngine.create(config, backend, str(path), model_name=names[0])
+    return ServedModel(
+        name=names[0],
+        aliases=tuple(names[1:]),
+        path=str(path),
+        kind=GENERATE,
+        tokenizer=engine.tokenizer,
+        max_model_len=engine.max_model_len,
+        engine=engine,
+        generation_defaults=engine.generation_defaults,
+    )
+
+
+def _load_embedder(backend, path: Path, names: list[str]) -> ServedModel:
+    from llmserve.engine.device_thread import device_thread
+    from llmserve.engine.embedding import EmbeddingService
+
+    service = EmbeddingService(device_thread().run(backend.load_embedding_model, str(path)), str(path))
+    return ServedModel(
+        name=names[0],
+        aliases=tuple(names[1:]),
+        path=str(path),
+        kind=EMBED,
+        tokenizer=service.tokenizer,
+        max_model_len=service.max_model_len,
+        embedder=service,
+    )
+
+
+def run_server(config: Config, plugins: Plugins) -> int:
+    """Load everything, serve until SIGINT/SIGTERM, and return the exit code."""
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    context = build_context(config, plugins)
+    from llmserve.server.app import create_app
+
+    app = create_app(config, context)
+    for model in context.models:
+        if model.engine is not None:
+            engine = model.engine
+            log.info(
+                "model %s (%s) | backend %s | dtype %s | max_model_len %d | KV cache %d tokens (%d blocks of %d)",
+                model.name, model.path, engine.backend.describe(), engine.model_info.dtype,
+                engine.max_model_len, engine.kv_capacity_tokens, engine.num_blocks, config.block_size,
+            )  # fmt: skip
+        else:
+            log.info("embedding model %s (%s), dim %d", model.name, model.path, model.embedder.dim)
+    log.info("protocols: %s", ", ".join(context.protocols))
+    log.info("serving on http://%s:%d", config.host, config.port)
+    try:
+        asyncio.run(_serve(app, config))
+    finally:
+        for backend in context.backends:
+            backend.shutdown()
+    log.info("stopped")
+    return 0
+
+
+async def _serve(app, config: Config) -> None:
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config as HypercornConfig
+
+    hc = HypercornConfig()
+    hc.bind = [f"{config.host}:{config.port}"]
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.graceful_timeout = 5
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(app, hc, shutdown_trigger=stop.wait)

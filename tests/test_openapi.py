@@ -1,0 +1,96 @@
+"""/openapi.json is built in core from what each protocol declares: every mounted route is listed,
+POST bodies and JSON answers carry their schemas, and every reference resolves."""
+
+from __future__ import annotations
+
+import json
+import re
+from types import SimpleNamespace
+
+from pydantic import BaseModel
+from quart import Blueprint
+
+from llmserve.api import document, hookimpl
+from llmserve.config import build_config
+from llmserve.plugins import Plugins
+from llmserve.server.app import create_app
+from llmserve.server.context import ProtocolContext
+from llmserve.server.registry import ModelRegistry, ServedModel
+
+# Routes that take no JSON body or answer with no JSON (probes, sleep controls, the docs page).
+NO_REQUEST_BODY = {"/ping", "/sleep", "/wake_up"}
+NO_JSON_ANSWER = {"/health", "/ping", "/metrics", "/docs", "/openapi.json", "/sleep", "/wake_up"}
+
+
+class EchoIn(BaseModel):
+    text: str
+
+
+class EchoOut(BaseModel):
+    echoed: str
+
+
+class _Pack:
+    @hookimpl
+    def llmserve_protocols(self, register):
+        bp = Blueprint("echo_pack", __name__)
+
+        @bp.post("/echo")
+        @document("Echo a text.", request=EchoIn, response=EchoOut, tags=["echo"])
+        async def echo():
+            return {"echoed": "x"}
+
+        register("echo", bp, capabilities=frozenset())
+
+
+def _app(**config):
+    config = build_config(**config)
+    plugins = Plugins({}).load([("echo", _Pack())])
+    models = ModelRegistry(
+        [
+            ServedModel("chat", "/m", "generate", None, 64, engine=SimpleNamespace(is_dead=False)),
+            ServedModel("emb", "/e", "embed", None, 64, embedder=SimpleNamespace()),
+        ]
+    )
+    return create_app(config, ProtocolContext(config, plugins, models), plugins)
+
+
+def _mounted(app) -> set[tuple[str, str]]:
+    out = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint.endswith("static"):
+            continue
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        out |= {(path, m.lower()) for m in rule.methods - {"HEAD", "OPTIONS"}}
+    return out
+
+
+async def test_every_mounted_route_is_declared_with_its_schemas():
+    app = _app(enable_sleep_mode=True)
+    spec = await (await app.test_client().get("/openapi.json")).get_json()
+    listed = {(path, method) for path, ops in spec["paths"].items() for method in ops}
+    assert _mounted(app) == listed
+    for path, method in sorted(listed):
+        op = spec["paths"][path][method]
+        assert op.get("summary") and op.get("tags"), (path, method)
+        if method == "post" and path not in NO_REQUEST_BODY:
+            assert "requestBody" in op, path
+        if path not in NO_JSON_ANSWER and not path.startswith("/v1/completions/render"):
+            assert "content" in op["responses"]["200"], (path, method)
+    echo = spec["paths"]["/echo"]["post"]
+    assert echo["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/EchoIn"
+    }
+    refs = set(re.findall(r'"#/components/schemas/([^"]+)"', json.dumps(spec)))
+    assert (
+        {"EchoIn", "EchoOut", "ChatCompletionRequest", "CompletionResponse"}
+        <= refs
+        <= set(spec["components"]["schemas"])
+    )
+
+
+async def test_sleep_routes_need_the_flag():
+    paths = (await (await _app().test_client().get("/openapi.json")).get_json())["paths"]
+    assert "/sleep" not in paths and "/wake_up" not in paths and "/is_sleeping" not in paths
+    client = _app().test_client()
+    assert (await client.post("/sleep")).status_code == 404
