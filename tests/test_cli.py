@@ -9,7 +9,7 @@ import pytest
 
 from llmserve.config import build_config
 from llmserve.errors import ConfigError, ModelNotFoundError
-from llmserve.models.resolve import resolve_model
+from llmserve.sources.resolve import resolve_model
 
 SERVE_FLAGS = (
     "--host --port --api-key --served-model-name --dtype --max-model-len --max-num-seqs "

@@ -182,7 +182,7 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
 @app.command()
 def pull(alias: str = typer.Argument(..., help="Model pack alias, e.g. smollm2 or minilm.")) -> None:
     """Fetch a model pack into the cache (and convert it once), so `serve` starts at once."""
-    from llmserve.models import packs
+    from llmserve.sources import packs
 
     try:
         path = packs.ensure_model(alias, progress=True)

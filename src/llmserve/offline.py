@@ -16,8 +16,8 @@ class LLM:
     def __init__(self, model: str | None = None, *, backend: str = "auto", **options) -> None:
         from llmserve.config import build_config
         from llmserve.engine.async_engine import AsyncEngine
-        from llmserve.models.resolve import resolve_model
         from llmserve.server import check_config, resolve_backend_name
+        from llmserve.sources.resolve import resolve_model
 
         self.config = build_config(model=model, backend=backend, embedding_model="none", **options)
         plugins = check_config(self.config)

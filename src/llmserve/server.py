@@ -62,8 +62,8 @@ def _architectures(model_dir: Path) -> list[str]:
 
 def build_state(config: Config, plugins: Plugins) -> ServerState:
     """Resolve and load the models; the returned state is ready for create_app."""
-    from llmserve.models import packs
-    from llmserve.models.resolve import resolve_model
+    from llmserve.sources import packs
+    from llmserve.sources.resolve import resolve_model
 
     backend = plugins.backends()[resolve_backend_name(config)].obj(config)
     state = ServerState(config=config, plugins=plugins)

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from llmserve.arch.hf_config import ArchConfig, load_arch_config
+from llmserve.arch.registry import UnsupportedModelError, is_encoder
 from llmserve.backends.base import Embedder
-from llmserve.models.hf_config import ArchConfig, load_arch_config
-from llmserve.models.registry import UnsupportedModelError, is_encoder
-from llmserve.models.weights import WeightsNotFoundError, iter_weights
+from llmserve.sources.weights import WeightsNotFoundError, iter_weights
 
 log = logging.getLogger("llmserve.jax")
 

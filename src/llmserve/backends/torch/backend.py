@@ -33,8 +33,8 @@ class TorchBackend(Backend):
         torch.manual_seed(self.config.seed)
         world, group, device = self.config.tensor_parallel_size, None, self.device
         if world > 1:
+            from llmserve.arch.hf_config import load_arch_config
             from llmserve.backends.torch import distributed
-            from llmserve.models.hf_config import load_arch_config
 
             distributed.check_tensor_parallel(load_arch_config(model_dir), world)
             if self.device == "cuda":

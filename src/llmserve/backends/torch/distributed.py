@@ -39,10 +39,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from llmserve.arch.hf_config import ArchConfig
 from llmserve.backends.base import Batch, BatchItem
 from llmserve.errors import ConfigError
-from llmserve.models.hf_config import ArchConfig
-from llmserve.models.weights import WeightsNotFoundError
+from llmserve.sources.weights import WeightsNotFoundError
 
 _START_TIMEOUT = 600.0  # seconds for a worker to load its shard
 
@@ -150,8 +150,8 @@ class ParallelLMHead(VocabParallelEmbedding):
 
 def check_tensor_parallel(cfg: ArchConfig, world: int) -> None:
     """Raise ConfigError when ``cfg`` cannot be split over ``world`` ranks."""
+    from llmserve.arch.registry import torch_model_class
     from llmserve.backends.torch.llama import LlamaForCausalLM
-    from llmserve.models.registry import torch_model_class
 
     if not issubclass(torch_model_class(cfg.architecture), LlamaForCausalLM):
         raise ConfigError(
