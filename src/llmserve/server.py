@@ -18,22 +18,20 @@ log = logging.getLogger("llmserve")
 ENCODER_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForSequenceClassification")
 
 
-def resolve_backend_name(config: Config) -> str:
+def resolve_backend_name(config: Config, plugins: Plugins | None = None) -> str:
+    """The backend ``--backend`` names; for ``auto``, the available registered backend with the
+    highest ``auto_priority`` (``Plugins.auto_backend``)."""
     if config.backend != "auto":
         return config.backend
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
+    return (plugins or load_plugins()).auto_backend(config)
 
 
 def check_config(config: Config, plugins: Plugins | None = None) -> Plugins:
-    """Everything that can be checked before a model is loaded; raises ConfigError."""
-    plugins = plugins or load_plugins()
+    """Everything that can be checked before a model is loaded; raises ConfigError (PluginError
+    for a plugin that registered something of the wrong kind)."""
+    plugins = (plugins or load_plugins()).check()
     backends = plugins.backends()
-    name = resolve_backend_name(config)
+    name = resolve_backend_name(config, plugins)
     if name not in backends:
         raise ConfigError(
             f"--backend: unknown backend {name!r}; available: {', '.join(sorted(backends)) or 'none'}"
@@ -46,6 +44,13 @@ def check_config(config: Config, plugins: Plugins | None = None) -> Plugins:
             raise ConfigError(
                 f"{flag}: unknown parser {value!r}; available: {', '.join(sorted(registry)) or 'none'}"
             )
+    processors = plugins.logits_processors()
+    unknown = [given for given in config.logits_processors if given not in processors]
+    if unknown:
+        raise ConfigError(
+            f"--logits-processors: unknown logits processor {unknown[0]!r}; "
+            f"available: {', '.join(sorted(processors)) or 'none'}"
+        )
     template = config.chat_template
     if template and "{" not in template and not Path(template).is_file():
         raise ConfigError(f"--chat-template: {template} is neither a file nor an inline Jinja template")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from llmserve.arch.hf_config import load_arch_config
-from llmserve.arch.registry import UnsupportedModelError, is_encoder
+from llmserve.arch.registry import UnsupportedModelError, implementation, is_encoder
 from llmserve.backends.base import Batch, ModelInfo
 from llmserve.backends.jax import model as llama
 from llmserve.backends.jax.layout import TILE, StepLayout, buckets_upto, build_step, is_decode, step_key
@@ -123,6 +123,7 @@ class JaxModelRunner:
         cfg = load_arch_config(self.model_dir)
         if is_encoder(cfg.architecture):
             raise UnsupportedModelError(f"{cfg.architecture} is an embedding model, not a causal LM")
+        implementation(cfg.architecture, "jax")  # a family registered for torch only stops here
         llama.check_supported(cfg)
         self.cfg = cfg
         self.plan = ShardingPlan.for_config(cfg, self.tp)
