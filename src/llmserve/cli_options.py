@@ -23,6 +23,8 @@ from pydantic.fields import FieldInfo
 
 from llmserve.config import Config
 
+_KEYWORD = inspect.Parameter.KEYWORD_ONLY
+
 
 def _unwrap(annotation: Any) -> tuple[Any, bool]:
     """(the annotation without None, whether it was a list)."""
@@ -49,16 +51,14 @@ def _default_text(info: FieldInfo, extra: dict[str, Any]) -> str | None:
     return str(value)
 
 
-def _parameter(name: str, info: FieldInfo) -> tuple[inspect.Parameter, Callable[[Any], Any]]:
-    """The typer parameter for one field, and how to turn its CLI value into a Config value."""
+def _parameter(name: str, info: FieldInfo) -> inspect.Parameter:
+    """The typer parameter for one Config field."""
     extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
     help_text = info.description or ""
-    convert: Callable[[Any], Any] = lambda value: value  # noqa: E731
     base, is_list = _unwrap(info.annotation)
     if "argument" in extra:
         default = typer.Argument(None, metavar=str(extra["argument"]), help=help_text, show_default=False)
-        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                 annotation=list[str] | None), convert  # fmt: skip
+        return inspect.Parameter(name, _KEYWORD, default=default, annotation=list[str] | None)
     flag = "--" + name.replace("_", "-")
     decls = [flag, *extra.get("aliases", [])]
     shown = _default_text(info, extra)
@@ -67,8 +67,8 @@ def _parameter(name: str, info: FieldInfo) -> tuple[inspect.Parameter, Callable[
     annotation: Any
     if base is bool:
         annotation = bool | None
-        decls[0] = f"{flag}/--no-{flag[2:]}" if info.default is True else flag
         if info.default is True:
+            decls[0] = f"{flag}/--no-{flag[2:]}"
             help_text += " (default on)"
     elif is_list:
         annotation = list[str] | None
@@ -76,7 +76,6 @@ def _parameter(name: str, info: FieldInfo) -> tuple[inspect.Parameter, Callable[
         # An Enum rather than Literal: every supported typer version turns it into choices.
         choices = enum.Enum(f"{name}_choices", {str(v): str(v) for v in typing.get_args(base)}, type=str)
         annotation = choices | None
-        convert = lambda value: value.value if isinstance(value, enum.Enum) else value  # noqa: E731
     else:
         annotation = base | None
     default = typer.Option(
@@ -87,23 +86,18 @@ def _parameter(name: str, info: FieldInfo) -> tuple[inspect.Parameter, Callable[
         rich_help_panel=extra.get("panel"),
         case_sensitive=False,
     )
-    return inspect.Parameter(
-        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
-    ), convert
+    return inspect.Parameter(name, _KEYWORD, default=default, annotation=annotation)
 
 
 def with_config_options(run: Callable[[dict[str, Any]], None]) -> Callable[..., None]:
     """A command function whose parameters are Config's fields; it calls ``run(given)`` with the
     values the user gave (None for the rest), ready for ``build_config(**given)``."""
-    params, converters = [], {}
-    for name, info in Config.model_fields.items():
-        param, converters[name] = _parameter(name, info)
-        params.append(param)
+    params = [_parameter(name, info) for name, info in Config.model_fields.items()]
     # Arguments first, so typer lists them before the options.
     params.sort(key=lambda p: not isinstance(p.default, typer.models.ArgumentInfo))
 
     def command(**values: Any) -> None:
-        run({name: None if value is None else converters[name](value) for name, value in values.items()})
+        run({name: value.value if isinstance(value, enum.Enum) else value for name, value in values.items()})
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     return command

@@ -129,9 +129,11 @@ class Config(BaseSettings):
         False, description="Echo X-Request-Id on responses.", json_schema_extra=SERVER
     )
     max_request_body_bytes: int = Field(
-        32 * 1024 * 1024, ge=1024, description="Largest accepted request body; larger ones get 413.",
+        32 * 1024 * 1024,
+        ge=1024,
+        description="Largest accepted request body; larger ones get 413.",
         json_schema_extra={**SERVER, "shown_default": "32 MiB"},
-    )  # fmt: skip
+    )
     max_waiting_requests: int = Field(
         1024, ge=1, description="Requests that may wait for a slot; more get 503.", json_schema_extra=SERVER
     )
@@ -150,9 +152,11 @@ class Config(BaseSettings):
         128, ge=1, description="Most sequences in one engine step.", json_schema_extra=ENGINE
     )
     max_num_batched_tokens: int = Field(
-        2048, ge=1, description="Token budget of one engine step; long prompts are prefilled in chunks.",
+        2048,
+        ge=1,
+        description="Token budget of one engine step; long prompts are prefilled in chunks.",
         json_schema_extra=ENGINE,
-    )  # fmt: skip
+    )
     block_size: int = Field(
         16, ge=1, le=1024, description="Tokens per KV cache block, a power of two.", json_schema_extra=ENGINE
     )
@@ -164,33 +168,40 @@ class Config(BaseSettings):
         json_schema_extra=ENGINE,
     )
     kv_cache_space: float = Field(
-        4.0, gt=0.0, json_schema_extra=ENGINE,
+        4.0,
+        gt=0.0,
+        json_schema_extra=ENGINE,
         description="KV cache budget in GiB on CPU backends, in total: split evenly over the generative "
         "models (vLLM's VLLM_CPU_KVCACHE_SPACE).",
-    )  # fmt: skip
+    )
     enable_prefix_caching: bool = Field(
         True, description="Reuse KV blocks of shared prefixes.", json_schema_extra=ENGINE
     )
     scheduling_policy: Literal["fcfs", "priority"] = Field(
-        "fcfs", json_schema_extra=ENGINE,
+        "fcfs",
+        json_schema_extra=ENGINE,
         description="Which waiting request runs next: fcfs (arrival order) or priority (the request's "
         "'priority', lower first, then arrival).",
-    )  # fmt: skip
+    )
     seed: int = Field(0, ge=0, description="Seed for unseeded sampling.", json_schema_extra=ENGINE)
     tensor_parallel_size: int = Field(
-        1, ge=1, description="Devices/ranks to shard the model over.",
+        1,
+        ge=1,
+        description="Devices/ranks to shard the model over.",
         json_schema_extra={**ENGINE, "aliases": ["-tp"]},
-    )  # fmt: skip
+    )
     enforce_eager: bool = Field(False, description="Disable CUDA graphs.", json_schema_extra=ENGINE)
     enable_sleep_mode: bool = Field(
-        False, json_schema_extra=ENGINE,
+        False,
+        json_schema_extra=ENGINE,
         description="Allow /sleep and /wake_up to release and restore the models' device memory.",
-    )  # fmt: skip
+    )
     logits_processors: StrList = Field(
-        default_factory=list, json_schema_extra=ENGINE,
+        default_factory=list,
+        json_schema_extra=ENGINE,
         description="Logits processors to enable, by registered name (repeat or comma-separate; "
         "see `llmserve plugins`).",
-    )  # fmt: skip
+    )
     chat_template: str | None = Field(
         None, description="Chat template: a file path or an inline Jinja string.", json_schema_extra=CHAT
     )
@@ -198,13 +209,15 @@ class Config(BaseSettings):
         "auto", description="How message content reaches the template.", json_schema_extra=CHAT
     )
     trust_request_chat_template: bool = Field(
-        False, json_schema_extra=CHAT,
+        False,
+        json_schema_extra=CHAT,
         description="Accept a chat_template sent in a request (otherwise such a request is rejected).",
-    )  # fmt: skip
+    )
     generation_config: str = Field(
-        "auto", json_schema_extra=CHAT,
+        "auto",
+        json_schema_extra=CHAT,
         description="'auto' applies the model's generation_config.json defaults, 'vllm' ignores them, or a folder.",
-    )  # fmt: skip
+    )
     enable_auto_tool_choice: bool = Field(
         False, description="Let the model call tools (tool_choice 'auto').", json_schema_extra=CHAT
     )
