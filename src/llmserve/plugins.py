@@ -145,7 +145,10 @@ class Plugins:
     # --- calling hooks ---------------------------------------------------------------------------
 
     def _each(self, hook_name: str) -> Iterator[tuple[str, Callable[..., Any]]]:
-        """(plugin name, a hook caller for that plugin alone), in load order."""
+        """(plugin name, a hook caller for that plugin alone), in load order.
+
+        subset_hook_caller drops the other plugins by attribute name, so hook functions must be
+        named as their spec (pluggy's ``specname`` option is not supported here)."""
         implementers = {impl.plugin_name for impl in getattr(self.pm.hook, hook_name).get_hookimpls()}
         loaded = dict(self.pm.list_name_plugin())
         for name in self.info:
