@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llmserve.models import packs
+from llmserve.sources import packs
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

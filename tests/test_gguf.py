@@ -14,13 +14,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
+from llmserve.arch.registry import UnsupportedModelError
 from llmserve.backends.base import Batch, BatchItem
 from llmserve.backends.torch.runner import TorchModelRunner
 from llmserve.engine.sampling import SamplingParams
-from llmserve.models import gguf as gguf_convert
-from llmserve.models import packs
-from llmserve.models.gguf import convert_gguf_to_hf
-from llmserve.models.registry import UnsupportedModelError
+from llmserve.sources import gguf as gguf_convert
+from llmserve.sources import packs
+from llmserve.sources.gguf import convert_gguf_to_hf
 
 PROMPT = [1, 504, 3458, 314, 260, 1345, 28, 2051, 30, 378, 4195, 314, 260, 2458]
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from test_model_parity import BLOCK, TINY_CONFIGS, make_tiny, sequences
 
+from llmserve.arch.registry import UnsupportedModelError
 from llmserve.backends.base import Batch, BatchItem
 from llmserve.backends.torch.runner import TorchModelRunner
 from llmserve.engine.sampling import SamplingParams
-from llmserve.models.registry import UnsupportedModelError
 
 pytest.importorskip("jax")
 

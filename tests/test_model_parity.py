@@ -11,11 +11,11 @@ import torch
 import transformers
 from transformers import AutoModel, AutoModelForCausalLM
 
+from llmserve.arch.hf_config import load_arch_config
+from llmserve.arch.registry import UnsupportedModelError
 from llmserve.backends.base import Batch, BatchItem
 from llmserve.backends.torch.runner import TorchModelRunner
 from llmserve.engine.sampling import SamplingParams
-from llmserve.models.hf_config import load_arch_config
-from llmserve.models.registry import UnsupportedModelError
 
 BLOCK = 4
 TINY = dict(

@@ -11,10 +11,11 @@ import pytest
 from quart import Blueprint
 
 from llmserve import hookimpl, hookspecs
-from llmserve.app import create_app
+from llmserve.server.app import create_app
+from llmserve.backends.base import Backend
 from llmserve.config import build_config
 from llmserve.errors import PluginError
-from llmserve.plugins import DEFAULT_PLUGINS, Plugins
+from llmserve.plugins import DEFAULT_PLUGINS, Plugins, load_plugins
 
 DEMO_MODULE = '''
 """A third-party llmserve plugin used by the test suite."""
@@ -59,6 +60,16 @@ class DemoReasoningParser(ReasoningParser):
     pass
 
 
+try:  # the engine's interface, where this build has it
+    from llmserve.engine.constraints import LogitsProcessor
+except ImportError:
+    LogitsProcessor = object
+
+
+class DemoLogitsProcessor(LogitsProcessor):
+    pass
+
+
 def make_blueprint():
     bp = Blueprint("demo", __name__)
 
@@ -88,6 +99,18 @@ def llmserve_reasoning_parsers(register):
 
 
 @hookimpl
+def llmserve_logits_processors(register):
+    _called("llmserve_logits_processors")
+    register("demo", DemoLogitsProcessor)
+
+
+@hookimpl
+def llmserve_model_architectures(register):
+    _called("llmserve_model_architectures")
+    register("DemoForCausalLM", "llama", torch="llmserve.backends.torch.llama:LlamaForCausalLM")
+
+
+@hookimpl
 def llmserve_protocols(register):
     _called("llmserve_protocols")
     register("demo", make_blueprint)
@@ -103,12 +126,12 @@ def llmserve_cli(app):
 
 
 @hookimpl
-def llmserve_startup(state):
+def llmserve_startup(context):
     _called("llmserve_startup")
 
 
 @hookimpl
-def llmserve_shutdown(state):
+def llmserve_shutdown(context):
     _called("llmserve_shutdown")
 '''
 
@@ -127,13 +150,16 @@ demo = "llmserve_demo_plugin"
 
 CHECK_SCRIPT = """
 import asyncio, json
-from llmserve.app import create_app
+from llmserve.server.app import create_app
 from llmserve.config import build_config
 from llmserve.server import check_config
 
 config = build_config(backend="demo", tool_call_parser="demo", reasoning_parser="demo",
-                      enable_auto_tool_choice=True)
+                      enable_auto_tool_choice=True, logits_processors=["demo"])
 plugins = check_config(config)
+from llmserve.arch.registry import torch_model_class
+from llmserve.backends.torch.llama import LlamaForCausalLM
+assert torch_model_class("DemoForCausalLM") is LlamaForCausalLM
 app = create_app(config, plugins=plugins)
 
 async def main():
@@ -173,8 +199,14 @@ def test_installed_plugin_is_discovered(demo_plugin, tmp_path):
     assert demo["distribution"] == "llmserve-demo-plugin" and demo["version"] == "0.3.1"
     assert set(demo["registered"]) == {
         "backend:demo", "tool parser:demo", "reasoning parser:demo", "protocol:demo",
+        "logits processor:demo", "architecture:DemoForCausalLM",
     }  # fmt: skip
-    assert "llmserve.backends.torch.plugin" in rows  # built-ins listed the same way
+    # Built-ins are listed the same way, by short name, in DEFAULT_PLUGINS order and before entry points.
+    assert list(rows)[: len(DEFAULT_PLUGINS)] == [name for name, _ in DEFAULT_PLUGINS]
+    assert rows["torch"]["module"] == "llmserve.backends.torch.plugin"
+    assert {"backend:cpu", "backend:cuda", "architecture:LlamaForCausalLM"} <= set(
+        rows["torch"]["registered"]
+    )
 
     checked = subprocess.run(
         [sys.executable, "-c", CHECK_SCRIPT], capture_output=True, text=True, env={**_env(), **env}
@@ -202,21 +234,53 @@ def test_blocklist_and_allowlist(demo_plugin):
     assert "demo" not in blocked.backends() and "cpu" in blocked.backends()
     only = Plugins({"LLMSERVE_PLUGINS": "demo"}).load()
     assert set(only.backends()) == {"demo"}
-    assert not set(DEFAULT_PLUGINS) & set(only.info)
+    assert not {name for name, _ in DEFAULT_PLUGINS} & set(only.info)
+    by_module = Plugins({"LLMSERVE_DISABLE_PLUGINS": "llmserve_demo_plugin"}).load()
+    assert "demo" not in by_module.info
+
+
+@pytest.mark.parametrize("spelling", ["jax", "llmserve.backends.jax.plugin"])
+def test_builtins_are_chosen_by_short_name_or_module(spelling):
+    without = Plugins({"LLMSERVE_DISABLE_PLUGINS": spelling}).load()
+    assert "jax" not in without.info and {"jax", "tpu"}.isdisjoint(without.backends())
+    assert {"cpu", "cuda"} <= set(without.backends())
+    only = Plugins({"LLMSERVE_PLUGINS": f"{spelling},llmserve.protocols.openai.plugin"}).load()
+    assert list(only.info) == ["jax", "openai"]
+    assert set(only.backends()) == {"jax", "tpu"}
+
+
+def test_plugins_load_once_per_process():
+    assert load_plugins() is load_plugins()
+    fresh = load_plugins(fresh=True)
+    assert fresh is not load_plugins() and set(fresh.info) == set(load_plugins().info)
+
+
+class _SomeBackend(Backend):
+    def load_model(self, model_dir):
+        raise NotImplementedError
+
+    def kv_cache_budget_bytes(self, info):
+        return 0
+
+    def allocate_kv_cache(self, num_blocks, block_size):
+        pass
+
+    def execute(self, batch):
+        return []
 
 
 class _BackendA:
     @staticmethod
     @hookimpl
     def llmserve_backends(register):
-        register("shared-name", object)
+        register("shared-name", _SomeBackend)
 
 
 class _BackendB:
     @staticmethod
     @hookimpl
     def llmserve_backends(register):
-        register("shared-name", object)
+        register("shared-name", _SomeBackend)
 
 
 def test_duplicate_name_names_both_plugins():
@@ -243,7 +307,10 @@ def test_misspelled_hook_is_caught():
 
 def test_every_hook_is_documented():
     names = hookspecs.hook_names()
-    assert {"llmserve_backends", "llmserve_protocols", "llmserve_startup", "llmserve_shutdown"} <= set(names)
+    assert {
+        "llmserve_backends", "llmserve_protocols", "llmserve_startup", "llmserve_shutdown",
+        "llmserve_model_architectures", "llmserve_logits_processors", "llmserve_cli",
+    } <= set(names)  # fmt: skip
     for name in names:
         doc = inspect.getdoc(getattr(hookspecs, name)) or ""
         assert len(doc) > 80, f"{name} needs a docstring saying when it is called and what it returns"
@@ -251,8 +318,8 @@ def test_every_hook_is_documented():
 
 
 class _Lifecycle:
-    def __init__(self) -> None:
-        self.events: list[str] = []
+    def __init__(self, events: list[str] | None = None) -> None:
+        self.events = [] if events is None else events
 
     @hookimpl
     def llmserve_protocols(self, register):
@@ -266,20 +333,35 @@ class _Lifecycle:
         register("needs-embed", lambda: Blueprint("never", __name__), capabilities=frozenset({"embed"}))
 
     @hookimpl
-    def llmserve_startup(self, state):
+    def llmserve_startup(self, context):
         self.events.append("startup")
 
     @hookimpl
-    def llmserve_shutdown(self, state):
+    def llmserve_shutdown(self, context):
         self.events.append("shutdown")
         raise RuntimeError("a failing shutdown hook must not stop the others")
+
+
+class _After:
+    """Loaded after _Lifecycle: its hooks run after it, even after _Lifecycle's shutdown fails."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    @hookimpl
+    def llmserve_startup(self, context):
+        self.events.append("after-startup")
+
+    @hookimpl
+    def llmserve_shutdown(self, context):
+        self.events.append("after-shutdown")
 
 
 async def test_startup_shutdown_and_capabilities():
     plugin = _Lifecycle()
     plugins = Plugins({"LLMSERVE_PLUGINS": "lifecycle"}).load([("lifecycle", plugin)])
     app = create_app(build_config(), plugins=plugins)
-    assert app.extensions["llmserve"].extras["protocols"] == ["lifecycle"]  # needs-embed not mounted
+    assert app.extensions["llmserve"].protocols == ["lifecycle"]  # needs-embed not mounted
     async with app.test_app() as test_app:
         assert plugin.events == ["startup"]
         response = await test_app.test_client().get("/lifecycle")
@@ -288,6 +370,19 @@ async def test_startup_shutdown_and_capabilities():
         body = await missing.get_json()
         assert missing.status_code == 404 and "message" in body["error"]
     assert plugin.events == ["startup", "shutdown"]
+
+
+def test_hooks_run_in_load_order_and_a_failing_shutdown_stops_nothing():
+    events: list[str] = []
+    logged: list[str] = []
+    plugins = Plugins({"LLMSERVE_PLUGINS": "zz-lifecycle,aa-after"}).load(
+        [("zz-lifecycle", _Lifecycle(events)), ("aa-after", _After(events))]
+    )
+    plugins.startup(state=None)
+    plugins.shutdown(state=None, log=logged.append)
+    # Load order (the order passed), not pluggy's last-registered-first nor the names' order.
+    assert events == ["startup", "after-startup", "shutdown", "after-shutdown"]
+    assert len(logged) == 1 and "'zz-lifecycle'" in logged[0] and "must not stop" in logged[0]
 
 
 def _env() -> dict[str, str]:

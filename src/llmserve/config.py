@@ -1,17 +1,26 @@
 """The one settings object, built from CLI flags and ``LLMSERVE_*`` environment variables.
 
-CLI flags win over environment variables, which win over defaults. Values are checked here, before
-any model is loaded, so a bad value fails fast with a message naming the flag.
+Every setting is declared once, as a Config field: ``llmserve serve``'s options are generated from
+the fields (``llmserve.cli_options``): ``max_num_seqs`` -> ``--max-num-seqs``, the description is
+the help, ``json_schema_extra`` gives the help panel and short aliases. CLI flags win over
+environment variables (``LLMSERVE_MAX_NUM_SEQS``), which win over defaults. List settings accept
+repeated flags, comma-separated values or a JSON list, on the command line and in the environment.
+Values are checked here, before any model is loaded, so a bad value fails fast naming its flag.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llmserve.errors import ConfigError
+from llmserve.sources import packs
 
 DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float", "bf16", "fp16", "fp32")
 _DTYPE_ALIASES = {
@@ -22,46 +31,223 @@ _DTYPE_ALIASES = {
     "bf16": "bfloat16",
 }
 
+# Help panels of `llmserve serve --help`; fields without one are listed under "Options".
+SERVER = {"panel": "HTTP server"}
+ENGINE = {"panel": "Engine and KV cache"}
+CHAT = {"panel": "Chat, tools and reasoning"}
+MODELS = {"panel": "Models"}
+
+StrList = Annotated[list[str], NoDecode]  # NoDecode: the validator below parses env strings
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One model to serve, as the user named it (nothing resolved or loaded yet).
+
+    ``name`` is what clients send (None: the resolved model's own name), ``aliases`` further names
+    it answers to. ``kind`` is "embed" for ``--embedding-model``, else "auto" (the architecture
+    decides). ``implicit`` marks the default embedding model that is added when none is named:
+    the server skips it when another served model already embeds.
+    """
+
+    name: str | None
+    source: str
+    kind: Literal["auto", "embed"] = "auto"
+    aliases: tuple[str, ...] = ()
+    implicit: bool = False
+
+
+def parse_model_entry(entry: str, kind: Literal["auto", "embed"] = "auto") -> ModelSpec:
+    """``MODEL`` or ``NAME=MODEL``.
+
+    The entry is split at its first ``=`` only when the part before it contains no ``/`` (hub ids
+    ``org/name`` and paths do) and the whole entry is not an existing path; otherwise all of it
+    is the model. ValueError when a split leaves an empty name or model.
+    """
+    entry = entry.strip()
+    name, sep, source = entry.partition("=")
+    if not sep or "/" in name or os.sep in name or Path(entry).expanduser().exists():
+        return ModelSpec(None, entry, kind)
+    if not name.strip() or not source.strip():
+        raise ValueError(f"{entry!r}: NAME=MODEL needs a name and a model")
+    return ModelSpec(name.strip(), source.strip(), kind)
+
+
+def split_list(value: Any) -> list[str] | None:
+    """Repeated values, each comma-separated or a JSON list (vLLM's --allowed-origins) -> one list."""
+    if value is None:
+        return None
+    out: list[str] = []
+    for item in [value] if isinstance(value, str) else value:
+        if not isinstance(item, str):
+            out.append(str(item))
+            continue
+        item = item.strip()
+        if item.startswith("["):
+            try:
+                out.extend(str(v) for v in json.loads(item))
+            except (json.JSONDecodeError, TypeError):
+                raise ValueError(f"not a JSON list: {item}") from None
+            continue
+        out.extend(part.strip() for part in item.split(",") if part.strip())
+    return out
+
 
 class Config(BaseSettings):
     """Server and engine settings. Field names match ``llmserve serve`` flags (dashes -> underscores)."""
 
     model_config = SettingsConfigDict(env_prefix="LLMSERVE_", extra="forbid", protected_namespaces=())
 
-    model: str | None = Field(None, description="Model to serve: alias, HF directory, .gguf file or hub id.")
-    embedding_model: str | None = Field(
-        None, description="Embedding model for /v1/embeddings, score and rerank ('none' to disable)."
+    models: StrList = Field(
+        default_factory=list,
+        description="Models to serve, each a pack alias (smollm2), HF directory, .gguf file or HF hub id, "
+        "optionally NAME=MODEL; the first is the default. Default: SmolLM2-135M-Instruct.",
+        json_schema_extra={"argument": "MODEL"},
     )
-    served_model_name: list[str] | None = Field(None, description="Name(s) clients use for the model.")
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    api_key: str | None = None
-    backend: str = Field("auto", description="Model backend: auto, cpu, cuda, jax, tpu or a plugin's.")
-    dtype: str = "auto"
-    max_model_len: int | None = Field(None, ge=1)
-    max_num_seqs: int = Field(128, ge=1)
-    max_num_batched_tokens: int = Field(2048, ge=1)
-    block_size: int = Field(16, ge=1, le=1024)
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
-    kv_cache_space: float = Field(4.0, gt=0.0, description="KV cache budget in GiB on CPU backends.")
-    seed: int = Field(0, ge=0)
-    tensor_parallel_size: int = Field(1, ge=1)
-    enforce_eager: bool = False
-    chat_template: str | None = None
-    chat_template_content_format: Literal["auto", "string", "openai"] = "auto"
-    generation_config: str = "auto"
-    enable_prefix_caching: bool = True
-    enable_auto_tool_choice: bool = False
-    tool_call_parser: str | None = None
-    reasoning_parser: str | None = None
-    allowed_origins: list[str] = Field(default_factory=lambda: ["*"])
-    enable_request_id_headers: bool = False
-    max_request_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
-    max_waiting_requests: int = Field(1024, ge=1)
-    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
-    trust_request_chat_template: bool = False
-    enable_sleep_mode: bool = False
-    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    embedding_model: str | None = Field(
+        None,
+        description="Embedding model for embeddings/score/rerank, served beside the others (NAME=MODEL "
+        "allowed; default all-MiniLM-L6-v2 beside a chat model; 'none' to disable).",
+        json_schema_extra=MODELS,
+    )
+    served_model_name: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="Name(s) the first model answers to (repeat or comma-separate); the first is reported.",
+        json_schema_extra=MODELS,
+    )
+    host: str = Field("127.0.0.1", description="Address to bind.", json_schema_extra=SERVER)
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on.", json_schema_extra=SERVER)
+    api_key: str | None = Field(
+        None, description="Require 'Authorization: Bearer KEY' on API routes.", json_schema_extra=SERVER
+    )
+    allowed_origins: StrList = Field(
+        default_factory=lambda: ["*"],
+        description="CORS origins allowed (JSON list or comma-separated).",
+        json_schema_extra=SERVER,
+    )
+    enable_request_id_headers: bool = Field(
+        False, description="Echo X-Request-Id on responses.", json_schema_extra=SERVER
+    )
+    max_request_body_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024,
+        description="Largest accepted request body; larger ones get 413.",
+        json_schema_extra={**SERVER, "shown_default": "32 MiB"},
+    )
+    max_waiting_requests: int = Field(
+        1024, ge=1, description="Requests that may wait for a slot; more get 503.", json_schema_extra=SERVER
+    )
+    backend: str = Field(
+        "auto",
+        description="Model backend: auto (cuda, tpu or cpu, as available), cpu, cuda, jax, tpu, or a plugin's.",
+    )
+    dtype: str = Field("auto", description="Weights/activations dtype: auto, bfloat16, float16, float32.")
+    max_model_len: int | None = Field(
+        None,
+        ge=1,
+        description="Context length (prompt + output); default: the model's.",
+        json_schema_extra=ENGINE,
+    )
+    max_num_seqs: int = Field(
+        128, ge=1, description="Most sequences in one engine step.", json_schema_extra=ENGINE
+    )
+    max_num_batched_tokens: int = Field(
+        2048,
+        ge=1,
+        description="Token budget of one engine step; long prompts are prefilled in chunks.",
+        json_schema_extra=ENGINE,
+    )
+    block_size: int = Field(
+        16, ge=1, le=1024, description="Tokens per KV cache block, a power of two.", json_schema_extra=ENGINE
+    )
+    gpu_memory_utilization: float = Field(
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="Fraction of GPU memory for weights + KV cache.",
+        json_schema_extra=ENGINE,
+    )
+    kv_cache_space: float = Field(
+        4.0,
+        gt=0.0,
+        json_schema_extra=ENGINE,
+        description="KV cache budget in GiB on CPU backends, in total: split evenly over the generative "
+        "models (vLLM's VLLM_CPU_KVCACHE_SPACE).",
+    )
+    enable_prefix_caching: bool = Field(
+        True, description="Reuse KV blocks of shared prefixes.", json_schema_extra=ENGINE
+    )
+    scheduling_policy: Literal["fcfs", "priority"] = Field(
+        "fcfs",
+        json_schema_extra=ENGINE,
+        description="Which waiting request runs next: fcfs (arrival order) or priority (the request's "
+        "'priority', lower first, then arrival).",
+    )
+    seed: int = Field(0, ge=0, description="Seed for unseeded sampling.", json_schema_extra=ENGINE)
+    tensor_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="Devices/ranks to shard the model over.",
+        json_schema_extra={**ENGINE, "aliases": ["-tp"]},
+    )
+    enforce_eager: bool = Field(False, description="Disable CUDA graphs.", json_schema_extra=ENGINE)
+    enable_sleep_mode: bool = Field(
+        False,
+        json_schema_extra=ENGINE,
+        description="Allow /sleep and /wake_up to release and restore the models' device memory.",
+    )
+    logits_processors: StrList = Field(
+        default_factory=list,
+        json_schema_extra=ENGINE,
+        description="Logits processors to enable, by registered name (repeat or comma-separate; "
+        "see `llmserve plugins`).",
+    )
+    chat_template: str | None = Field(
+        None, description="Chat template: a file path or an inline Jinja string.", json_schema_extra=CHAT
+    )
+    chat_template_content_format: Literal["auto", "string", "openai"] = Field(
+        "auto", description="How message content reaches the template.", json_schema_extra=CHAT
+    )
+    trust_request_chat_template: bool = Field(
+        False,
+        json_schema_extra=CHAT,
+        description="Accept a chat_template sent in a request (otherwise such a request is rejected).",
+    )
+    generation_config: str = Field(
+        "auto",
+        json_schema_extra=CHAT,
+        description="'auto' applies the model's generation_config.json defaults, 'vllm' ignores them, or a folder.",
+    )
+    enable_auto_tool_choice: bool = Field(
+        False, description="Let the model call tools (tool_choice 'auto').", json_schema_extra=CHAT
+    )
+    tool_call_parser: str | None = Field(
+        None, description="Tool-call parser by name (see `llmserve plugins`).", json_schema_extra=CHAT
+    )
+    reasoning_parser: str | None = Field(
+        None, description="Reasoning parser by name (see `llmserve plugins`).", json_schema_extra=CHAT
+    )
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", description="Log level."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_model(cls, data: Any) -> Any:
+        # ``model=`` (and LLMSERVE_MODEL) from before several models could be served: one entry.
+        if isinstance(data, dict):
+            data = dict(data)
+            single = data.pop("model", None) or (
+                None if "models" in data else os.environ.get("LLMSERVE_MODEL")
+            )
+            if single is not None:
+                data["models"] = [single]
+        return data
+
+    @field_validator("models", "served_model_name", "allowed_origins", "logits_processors", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return split_list(value)
 
     @field_validator("dtype")
     @classmethod
@@ -78,7 +264,7 @@ class Config(BaseSettings):
             raise ValueError("must be a power of two")
         return value
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "scheduling_policy", mode="before")
     @classmethod
     def _lower(cls, value: str) -> str:
         return value.lower() if isinstance(value, str) else value
@@ -87,14 +273,60 @@ class Config(BaseSettings):
     def _consistent(self) -> Config:
         if self.enable_auto_tool_choice and not self.tool_call_parser:
             raise ValueError("--enable-auto-tool-choice requires --tool-call-parser")
-        if self.max_model_len and self.max_num_batched_tokens < 1:
-            raise ValueError("--max-num-batched-tokens must be positive")
+        try:
+            first = parse_model_entry(self.models[0]) if self.models else None
+            specs = self.model_specs()
+        except ValueError as exc:
+            raise ValueError(f"MODEL: {exc}") from None
+        if first is not None and first.name and self.served_model_name:
+            raise ValueError(
+                f"--served-model-name: the first model is already named {first.name!r} by NAME=MODEL; give one"
+            )
+        seen: set[str] = set()
+        for spec in specs:
+            for name in (spec.name, *spec.aliases) if spec.name else ():
+                if name in seen:
+                    raise ValueError(f"MODEL: the name {name!r} is given to more than one model")
+                seen.add(name)
         return self
 
     @property
+    def model(self) -> str | None:
+        """The first model as given (without its NAME=), or None for the default model."""
+        return parse_model_entry(self.models[0]).source if self.models else None
+
+    @property
     def model_names(self) -> list[str]:
-        """The names the generation model answers to (first is the primary)."""
-        return list(self.served_model_name or [])
+        """The names the first (default) model answers to; empty when it keeps its own name."""
+        first = self.model_specs()[0]
+        return [first.name, *first.aliases] if first.name else []
+
+    def model_specs(self) -> list[ModelSpec]:
+        """Every model to serve, in order: the positional models (the default one first, named by
+        NAME= or ``--served-model-name``, whose further names are its aliases), then
+        ``--embedding-model`` as an "embed" spec; without that flag, the default embedding model
+        as an implicit one ('none' adds nothing)."""
+        specs = [parse_model_entry(entry) for entry in self.models] or [ModelSpec(None, packs.DEFAULT_MODEL)]
+        if self.served_model_name and not specs[0].name:
+            first, *aliases = self.served_model_name
+            specs[0] = replace(specs[0], name=first, aliases=tuple(aliases))
+        embedding = self.embedding_model
+        if embedding is None:
+            specs.append(ModelSpec(None, packs.DEFAULT_EMBEDDING_MODEL, "embed", implicit=True))
+        elif embedding.strip().lower() != "none":
+            specs.append(parse_model_entry(embedding, "embed"))
+        return specs
+
+    def kv_cache_space_per_model(self, generative_models: int) -> float:
+        """GiB of KV cache each generative model gets: ``--kv-cache-space`` split evenly."""
+        return self.kv_cache_space / max(generative_models, 1)
+
+
+def flag_name(field: str) -> str:
+    """How a Config field is spelled on the command line."""
+    if field == "models":
+        return "MODEL"
+    return "--" + field.replace("_", "-")
 
 
 def build_config(**given: object) -> Config:
@@ -110,9 +342,8 @@ def _explain(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         loc = [str(part) for part in err.get("loc", ()) if part != "__root__"]
-        flag = "--" + loc[0].replace("_", "-") if loc else "config"
         msg = err.get("msg", "invalid value").removeprefix("Value error, ")
         given = err.get("input")
         suffix = f" (got {given!r})" if loc and not isinstance(given, dict) else ""
-        lines.append(f"{flag}: {msg}{suffix}" if loc else msg)
+        lines.append(f"{flag_name(loc[0])}: {msg}{suffix}" if loc else msg)
     return "invalid configuration: " + "; ".join(lines)

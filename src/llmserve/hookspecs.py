@@ -2,7 +2,13 @@
 
 A plugin is any module or object with functions decorated by ``llmserve.hookimpl`` whose names
 match the specs below. Registration hooks receive a ``register`` callback: the core owns the
-registries, records which plugin registered each name and rejects duplicates.
+registries, records which plugin registered each name, checks the kind of every registered
+object and rejects duplicates (a ``PluginError`` naming the plugins).
+
+Order: the core calls each hook once per plugin, in load order: built-ins in ``DEFAULT_PLUGINS``
+order, then entry-point plugins sorted by name, then plugins passed to ``Plugins.load``. (It does
+not use pluggy's last-registered-first order, so a built-in always registers before a plugin.)
+No hook is firstresult.
 """
 
 from __future__ import annotations
@@ -15,22 +21,42 @@ import pluggy
 if TYPE_CHECKING:
     import typer
 
-    from llmserve.state import ServerState
+    from llmserve.server.context import ProtocolContext
 
 hookspec = pluggy.HookspecMarker("llmserve")
 hookimpl = pluggy.HookimplMarker("llmserve")
 
 
-# --- Discovery: called once per plugin manager, in registration order --------------------------
+# --- Discovery: each called once per plugin manager, when its registry is first needed --------
 
 
 @hookspec
 def llmserve_backends(register: Callable[..., None]) -> None:
     """Register model backends.
 
-    Called once at start, when the backend registry is first built. Not firstresult: every
-    plugin's implementation runs. Call ``register(name, backend_class)`` for each backend; the
-    class must subclass ``llmserve.backends.base.Backend``. ``--backend NAME`` selects one.
+    Called once per plugin manager, when the backend registry is first built (at start, by
+    ``check_config``). Not firstresult: every plugin's implementation runs. Call
+    ``register(name, backend_class, auto_priority=None)`` for each backend; the class must
+    subclass ``llmserve.backends.base.Backend``. ``--backend NAME`` selects one; ``--backend auto``
+    picks, among backends registered with an integer ``auto_priority``, the available one
+    (``Backend.is_available``) with the highest priority (built-ins: cuda 30, tpu 20, cpu 10).
+    Returns nothing.
+    """
+
+
+@hookspec
+def llmserve_model_architectures(register: Callable[..., None]) -> None:
+    """Register model architectures and the classes that implement them.
+
+    Called once per plugin manager, when the architecture registry is first built (at start, or
+    when a backend first loads a model). Not firstresult. Call
+    ``register(architecture, family, encoder=False, torch="module:Class", jax=...)`` where
+    ``architecture`` is the name in a config.json's ``architectures`` list, ``family`` groups
+    architectures sharing one implementation, ``encoder`` marks embedding (pooling) models, and
+    each further keyword names a framework and gives its implementation: an import path
+    (``"module:Class"`` or ``"module"``, imported only when used) or the object itself. The torch
+    backends load ``torch=`` classes (built like ``llmserve.backends.torch.llama``). Several plugins
+    may register one architecture when they agree on its family; each framework once.
     Returns nothing.
     """
 
@@ -39,9 +65,9 @@ def llmserve_backends(register: Callable[..., None]) -> None:
 def llmserve_tool_parsers(register: Callable[..., None]) -> None:
     """Register tool-call parsers.
 
-    Called once at start. Not firstresult. Call ``register(name, parser_class)`` with a subclass
-    of ``llmserve.parsers.base.ToolParser``; ``--tool-call-parser NAME`` selects one.
-    Returns nothing.
+    Called once per plugin manager, at start. Not firstresult. Call
+    ``register(name, parser_class)`` with a subclass of ``llmserve.parsers.base.ToolParser``;
+    ``--tool-call-parser NAME`` selects one. Returns nothing.
     """
 
 
@@ -49,9 +75,20 @@ def llmserve_tool_parsers(register: Callable[..., None]) -> None:
 def llmserve_reasoning_parsers(register: Callable[..., None]) -> None:
     """Register reasoning parsers.
 
-    Called once at start. Not firstresult. Call ``register(name, parser_class)`` with a subclass
-    of ``llmserve.parsers.base.ReasoningParser``; ``--reasoning-parser NAME`` selects one.
-    Returns nothing.
+    Called once per plugin manager, at start. Not firstresult. Call
+    ``register(name, parser_class)`` with a subclass of ``llmserve.parsers.base.ReasoningParser``;
+    ``--reasoning-parser NAME`` selects one. Returns nothing.
+    """
+
+
+@hookspec
+def llmserve_logits_processors(register: Callable[..., None]) -> None:
+    """Register logits processors that ``--logits-processors NAME,...`` can enable.
+
+    Called once per plugin manager, at start. Not firstresult. Call ``register(name, cls)`` with
+    ``cls`` a subclass of ``llmserve.engine.constraints.LogitsProcessor`` (the engine makes one per
+    request and asks it for token masks each step). Unknown names in ``--logits-processors`` fail
+    at start. Returns nothing.
     """
 
 
@@ -59,7 +96,7 @@ def llmserve_reasoning_parsers(register: Callable[..., None]) -> None:
 def llmserve_protocols(register: Callable[..., None]) -> None:
     """Register protocol routers (Quart blueprints).
 
-    Called once per ``create_app``. Not firstresult. Call
+    Called once per plugin manager, at start, before the app is assembled. Not firstresult. Call
     ``register(name, blueprint_factory, capabilities=frozenset())`` where ``blueprint_factory``
     is a ``quart.Blueprint`` or a zero-argument callable returning one, and ``capabilities`` names
     what the routes need from the served models (``"generate"``, ``"embed"``). The app mounts
@@ -72,7 +109,8 @@ def llmserve_cli(app: typer.Typer) -> None:
     """Add commands to the ``llmserve`` command line.
 
     Called once when the CLI is built, before arguments are parsed. Not firstresult. Add
-    commands with ``@app.command()``. Returns nothing.
+    commands with ``@app.command()`` or sub-apps with ``app.add_typer`` (the built-in ``bench``
+    plugin adds ``llmserve bench`` so). Returns nothing.
     """
 
 
@@ -80,21 +118,22 @@ def llmserve_cli(app: typer.Typer) -> None:
 
 
 @hookspec
-def llmserve_startup(state: ServerState) -> None:
+def llmserve_startup(context: ProtocolContext) -> None:
     """Called once after the models are loaded and before the server accepts requests.
 
-    ``state`` is the server's ``ServerState`` (config, engine, tokenizer, registries). Not
-    firstresult; every implementation runs, in registration order. Returns nothing; raise to
-    abort start-up.
+    ``context`` is the server's ``ProtocolContext`` (config, served models, plugins). Not
+    firstresult; every implementation runs, in load order. Returns nothing; raise to abort
+    start-up.
     """
 
 
 @hookspec
-def llmserve_shutdown(state: ServerState) -> None:
+def llmserve_shutdown(context: ProtocolContext) -> None:
     """Called once when the server stops (SIGINT/SIGTERM or the app shutting down).
 
-    Runs after the server stops accepting requests and before the engine is stopped. Not
-    firstresult. Exceptions are logged and do not stop other implementations. Returns nothing.
+    Runs after the server stops accepting requests and before the engines are stopped. Not
+    firstresult; every implementation runs, in load order. An exception is logged with the
+    plugin's name and does not stop the others. Returns nothing.
     """
 
 

@@ -17,12 +17,12 @@ class LLM:
     def __init__(self, model: str | None = None, *, backend: str = "auto", **options) -> None:
         from llmserve.config import build_config
         from llmserve.engine.async_engine import AsyncEngine
-        from llmserve.models.resolve import resolve_model
         from llmserve.server import check_config, resolve_backend_name
+        from llmserve.sources.resolve import resolve_model
 
         self.config = build_config(model=model, backend=backend, embedding_model="none", **options)
         plugins = check_config(self.config)
-        backend_obj = plugins.backends()[resolve_backend_name(self.config)].obj(self.config)
+        backend_obj = plugins.backends()[resolve_backend_name(self.config, plugins)].obj(self.config)
         resolved = resolve_model(model)
         self.model_name = resolved.name
         self.engine = AsyncEngine.create(self.config, backend_obj, str(resolved.path), resolved.name)

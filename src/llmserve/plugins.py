@@ -1,32 +1,50 @@
 """Plugin loading and a typed facade over the hooks.
 
-Built-ins are listed in DEFAULT_PLUGINS and load exactly as third-party plugins from the
-``llmserve`` entry-point group do. ``LLMSERVE_PLUGINS`` (comma-separated allowlist) and
-``LLMSERVE_DISABLE_PLUGINS`` (blocklist) choose which load; both match plugin names.
+Built-ins are listed in DEFAULT_PLUGINS as (short name, module) pairs and load exactly as
+third-party plugins from the ``llmserve`` entry-point group do. ``LLMSERVE_PLUGINS``
+(comma-separated allowlist) and ``LLMSERVE_DISABLE_PLUGINS`` (blocklist) choose which load; both
+match a plugin's short name or its module path (``torch`` or ``llmserve.backends.torch.plugin``).
+
+Load order, which is also the order every hook runs in: built-ins in DEFAULT_PLUGINS order, then
+entry points sorted by name, then the (name, object) pairs passed to ``Plugins.load``. Each hook
+is called once per plugin through ``pm.subset_hook_caller`` (pluggy's caller limited to that
+plugin), so the core knows which plugin registered what, can name it in errors, and keeps one
+plugin's failing shutdown from stopping the others.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import logging
 import os
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from llmserve import hookspecs
-from llmserve.errors import PluginError
+from llmserve.arch.registry import ArchitectureRegistry
+from llmserve.errors import ConfigError, LLMServeError, PluginError
+from llmserve.plugin_kinds import KINDS
 
-DEFAULT_PLUGINS: tuple[str, ...] = (
-    "llmserve.backends.torch.plugin",
-    "llmserve.backends.jax.plugin",
-    "llmserve.protocols.openai.plugin",
-    "llmserve.protocols.vllm.plugin",
+if TYPE_CHECKING:
+    from llmserve.config import Config
+
+DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("torch", "llmserve.backends.torch.plugin"),  # backends cpu, cuda; torch model classes
+    ("jax", "llmserve.backends.jax.plugin"),  # backends jax, tpu; JAX model modules
+    ("openai", "llmserve.protocols.openai.plugin"),  # OpenAI routes
+    ("vllm", "llmserve.protocols.vllm.plugin"),  # vLLM's own routes
+    ("bench", "llmserve.bench.plugin"),  # `llmserve bench`
 )
 
 ENTRY_POINT_GROUP = "llmserve"
+
+log = logging.getLogger("llmserve")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +60,12 @@ class Registered:
 
 @dataclass(frozen=True, slots=True)
 class PluginInfo:
+    """Where a loaded plugin came from."""
+
     name: str
     distribution: str
     version: str
+    module: str = ""
 
 
 def _split_env(value: str | None) -> set[str] | None:
@@ -62,47 +83,57 @@ class Plugins:
         self.pm.add_hookspecs(hookspecs)
         self.allow = _split_env(env.get("LLMSERVE_PLUGINS"))
         self.deny = _split_env(env.get("LLMSERVE_DISABLE_PLUGINS")) or set()
-        self.info: dict[str, PluginInfo] = {}
+        self.info: dict[str, PluginInfo] = {}  # in load order
         self._registries: dict[str, dict[str, Registered]] = {}
+        self._architectures: ArchitectureRegistry | None = None
 
     # --- loading ---------------------------------------------------------------------------------
 
-    def _wanted(self, name: str) -> bool:
-        if name in self.deny:
+    def wanted(self, *names: str) -> bool:
+        """Whether the allow/block lists let a plugin known by any of ``names`` load."""
+        given = {name for name in names if name}
+        if given & self.deny:
             return False
-        return self.allow is None or name in self.allow
+        return self.allow is None or bool(given & self.allow)
 
-    def register(self, plugin: object, name: str, distribution: str = "llmserve", version: str = "") -> None:
-        """Register one plugin object (module or instance) under ``name``."""
-        if not self._wanted(name):
+    def register(
+        self, plugin: object, name: str, distribution: str = "llmserve", version: str = "", module: str = ""
+    ) -> None:
+        """Register one plugin object (module or instance) under ``name``, unless the lists skip it."""
+        module = module or getattr(plugin, "__name__", "")
+        if not self.wanted(name, module):
             return
         if self.pm.has_plugin(name):
+            if self.pm.get_plugin(name) is plugin:  # the same object again: nothing to do
+                return
             other = self.info.get(name)
             raise PluginError(
                 f"plugin name {name!r} from {distribution} is already taken by "
                 f"{other.distribution if other else 'another plugin'}"
             )
         self.pm.register(plugin, name=name)
-        self.info[name] = PluginInfo(name, distribution, version or _version(distribution))
+        self.info[name] = PluginInfo(name, distribution, version or _version(distribution), module)
 
     def load(self, extra: Iterable[tuple[str, object]] = ()) -> Plugins:
-        """Load built-ins, then entry points, then ``extra`` (name, object) pairs; check hooks."""
-        for path in DEFAULT_PLUGINS:
-            if self._wanted(path):
-                try:
-                    module = importlib.import_module(path)
-                except ImportError as exc:
-                    raise PluginError(f"built-in plugin {path!r} failed to import: {exc}") from exc
-                self.register(module, path)
-        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if not self._wanted(ep.name):
+        """Load built-ins, then entry points (sorted by name), then ``extra`` (name, object) pairs;
+        then check that every hook implementation matches a spec."""
+        for name, path in DEFAULT_PLUGINS:
+            if not self.wanted(name, path):
+                continue
+            try:
+                module = importlib.import_module(path)
+            except ImportError as exc:
+                raise PluginError(f"built-in plugin {name!r} ({path}) failed to import: {exc}") from exc
+            self.register(module, name, module=path)
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+            if not self.wanted(ep.name, ep.module):
                 continue
             dist = ep.dist.name if ep.dist else "unknown"
             try:
                 obj = ep.load()
             except Exception as exc:  # a broken third-party plugin must say who it is
                 raise PluginError(f"plugin {ep.name!r} from {dist} failed to load: {exc}") from exc
-            self.register(obj, ep.name, dist, ep.dist.version if ep.dist else "")
+            self.register(obj, ep.name, dist, ep.dist.version if ep.dist else "", ep.module)
         for name, obj in extra:
             self.register(obj, name, "local")
         try:
@@ -111,16 +142,39 @@ class Plugins:
             raise PluginError(f"unknown hook implementation: {exc}") from exc
         return self
 
+    # --- calling hooks ---------------------------------------------------------------------------
+
+    def _each(self, hook_name: str) -> Iterator[tuple[str, Callable[..., Any]]]:
+        """(plugin name, a hook caller for that plugin alone), in load order.
+
+        subset_hook_caller drops the other plugins by attribute name, so hook functions must be
+        named as their spec (pluggy's ``specname`` option is not supported here)."""
+        implementers = {impl.plugin_name for impl in getattr(self.pm.hook, hook_name).get_hookimpls()}
+        loaded = dict(self.pm.list_name_plugin())
+        for name in self.info:
+            if name in implementers:
+                others = [obj for other, obj in loaded.items() if other != name]
+                yield name, self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+
+    @staticmethod
+    def _call(plugin: str, hook_name: str, caller: Callable[..., Any], **kwargs: Any) -> None:
+        try:
+            caller(**kwargs)
+        except LLMServeError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {plugin!r} failed in {hook_name}: {type(exc).__name__}: {exc}"
+            ) from exc
+
     # --- registries ------------------------------------------------------------------------------
 
     def _collect(self, hook_name: str, kind: str) -> dict[str, Registered]:
         if kind in self._registries:
             return self._registries[kind]
+        check = KINDS[kind]
         found: dict[str, Registered] = {}
-        hook = getattr(self.pm.hook, hook_name)
-        # get_hookimpls() lists implementations in registration order: built-ins first.
-        for impl in hook.get_hookimpls():
-            plugin = impl.plugin_name
+        for plugin, caller in self._each(hook_name):
 
             def register(name: str, obj: Any, _plugin: str = plugin, **extra: Any) -> None:
                 if not isinstance(name, str) or not name:
@@ -130,51 +184,115 @@ class Plugins:
                         f"duplicate {kind} {name!r}: registered by plugin {found[name].plugin!r} "
                         f"and by plugin {_plugin!r}"
                     )
-                found[name] = Registered(kind, name, obj, _plugin, extra)
+                found[name] = Registered(kind, name, obj, _plugin, check(_plugin, name, obj, extra))
 
-            impl.function(**{arg: register for arg in impl.argnames})
+            self._call(plugin, hook_name, caller, register=register)
         self._registries[kind] = found
         return found
 
     def backends(self) -> dict[str, Registered]:
+        """Backend name -> its Backend subclass; ``extra["auto_priority"]`` for ``--backend auto``."""
         return self._collect("llmserve_backends", "backend")
 
     def tool_parsers(self) -> dict[str, Registered]:
+        """Tool parser name -> its ToolParser subclass."""
         return self._collect("llmserve_tool_parsers", "tool parser")
 
     def reasoning_parsers(self) -> dict[str, Registered]:
+        """Reasoning parser name -> its ReasoningParser subclass."""
         return self._collect("llmserve_reasoning_parsers", "reasoning parser")
 
+    def logits_processors(self) -> dict[str, Registered]:
+        """Logits processor name -> its LogitsProcessor subclass (``--logits-processors``)."""
+        return self._collect("llmserve_logits_processors", "logits processor")
+
     def protocols(self) -> dict[str, Registered]:
+        """Protocol name -> blueprint or factory; ``extra["capabilities"]`` is a frozenset."""
         return self._collect("llmserve_protocols", "protocol")
+
+    def architectures(self) -> ArchitectureRegistry:
+        """Every registered model architecture (family, encoder, implementations per framework)."""
+        if self._architectures is None:
+            registry = ArchitectureRegistry()
+            for plugin, caller in self._each("llmserve_model_architectures"):
+                self._call(
+                    plugin,
+                    "llmserve_model_architectures",
+                    caller,
+                    register=functools.partial(registry.add, plugin),
+                )
+            self._architectures = registry
+        return self._architectures
+
+    def check(self) -> Plugins:
+        """Build every registry now, so a bad plugin fails at start rather than mid-request."""
+        self.backends(), self.tool_parsers(), self.reasoning_parsers()
+        self.logits_processors(), self.protocols(), self.architectures()
+        return self
+
+    def auto_backend(self, config: Config) -> str:
+        """``--backend auto``: among backends registered with an ``auto_priority``, the one with the
+        highest priority whose ``is_available(config)`` is true (ties: load order)."""
+        candidates = [reg for reg in self.backends().values() if reg.extra.get("auto_priority") is not None]
+        candidates.sort(key=lambda reg: -reg.extra["auto_priority"])
+        for reg in candidates:
+            try:
+                if reg.obj.is_available(config):
+                    return reg.name
+            except Exception as exc:  # a crashing probe means "not here", not a failed start
+                log.warning(
+                    "backend %s (plugin %s): availability check failed: %s", reg.name, reg.plugin, exc
+                )
+                continue
+            log.info("--backend auto: %s is not available here", reg.name)
+        tried = ", ".join(reg.name for reg in candidates) or "no backend registered an auto_priority"
+        raise ConfigError(
+            f"--backend auto: no backend is available here (tried {tried}); name one with --backend"
+        )
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     def add_cli(self, app: Any) -> None:
-        self.pm.hook.llmserve_cli(app=app)
+        """Let every plugin add its commands (``llmserve_cli``)."""
+        for plugin, caller in self._each("llmserve_cli"):
+            self._call(plugin, "llmserve_cli", caller, app=app)
 
-    def startup(self, state: Any) -> None:
-        self.pm.hook.llmserve_startup(state=state)
+    def startup(self, context: Any) -> None:
+        """``llmserve_startup`` in load order; an exception aborts start-up."""
+        for _plugin, caller in self._each("llmserve_startup"):
+            caller(context=context)
 
-    def shutdown(self, state: Any, log: Callable[[str], None] | None = None) -> None:
-        for impl in self.pm.hook.llmserve_shutdown.get_hookimpls():
+    def shutdown(self, context: Any, log: Callable[[str], None] | None = None) -> None:
+        """``llmserve_shutdown`` on every plugin; one failing does not stop the others."""
+        for plugin, caller in self._each("llmserve_shutdown"):
             try:
-                impl.function(**{arg: state for arg in impl.argnames})
-            except Exception as exc:  # one failing plugin must not block the others
+                caller(context=context)
+            except Exception as exc:
                 if log:
-                    log(f"plugin {impl.plugin_name!r} failed at shutdown: {exc}")
+                    log(f"plugin {plugin!r} failed at shutdown: {type(exc).__name__}: {exc}")
 
     def describe(self) -> list[dict[str, Any]]:
-        """One row per plugin: name, distribution, version and what it registered."""
-        kinds = [self.backends(), self.tool_parsers(), self.reasoning_parsers(), self.protocols()]
+        """One row per plugin, in load order: name, module, distribution, version and what it registered."""
+        kinds = [
+            self.backends(),
+            self.tool_parsers(),
+            self.reasoning_parsers(),
+            self.logits_processors(),
+            self.protocols(),
+        ]
+        archs = self.architectures()
         rows = []
         for name, info in self.info.items():
             plugin = self.pm.get_plugin(name)
             hooks = sorted(impl.name for impl in self.pm.get_hookcallers(plugin) or [])
             registered = [f"{r.kind}:{r.name}" for reg in kinds for r in reg.values() if r.plugin == name]
+            registered += [
+                f"architecture:{arch}" for arch in archs.names() if name in archs.get(arch).plugins.values()
+            ]
             rows.append(
                 {
                     "name": name,
+                    "module": info.module,
                     "distribution": info.distribution,
                     "version": info.version,
                     "hooks": hooks,
@@ -191,6 +309,19 @@ def _version(distribution: str) -> str:
         return "unknown"
 
 
-def load_plugins(env: dict[str, str] | None = None) -> Plugins:
-    """Build a plugin manager with the built-ins and every installed entry-point plugin."""
-    return Plugins(env).load()
+_loaded: Plugins | None = None
+_lock = threading.Lock()
+
+
+def load_plugins(env: dict[str, str] | None = None, *, fresh: bool = False) -> Plugins:
+    """The process's plugins (built-ins and every installed entry-point plugin), loaded once.
+
+    Later calls return the same object. Passing ``env`` (instead of ``os.environ``) or
+    ``fresh=True`` builds a new, uncached manager, as ``Plugins(env).load()`` does."""
+    global _loaded
+    if env is not None or fresh:
+        return Plugins(env).load()
+    with _lock:
+        if _loaded is None:
+            _loaded = Plugins().load()
+        return _loaded

@@ -150,6 +150,20 @@ class Backend(ABC):
 
         Called before any model is loaded, so a missing device fails fast."""
 
+    @classmethod
+    def is_available(cls, config: Config) -> bool:
+        """Whether this backend can run ``config`` here; ``--backend auto`` asks.
+
+        Auto considers only backends registered with ``register(name, cls, auto_priority=N)`` and
+        picks the available one with the highest N (built-ins: cuda 30, tpu 20, cpu 10), so a
+        third-party backend takes part by registering a priority. The default is "check_available
+        does not raise"; override it when a cheaper probe exists."""
+        try:
+            cls.check_available(config)
+        except BackendUnavailable:
+            return False
+        return True
+
     @abstractmethod
     def load_model(self, model_dir: str) -> ModelInfo:
         """Load a causal LM from an HF-style directory (config.json + safetensors)."""

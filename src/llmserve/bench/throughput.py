@@ -75,7 +75,7 @@ def matmul_peak_flops(dtype, size: int = 2048, repeat: int = 10) -> float:
 def count_params(model_dir: str) -> int:
     from safetensors import safe_open
 
-    from llmserve.models.weights import safetensors_files
+    from llmserve.sources.weights import safetensors_files
 
     total = 0
     for path in safetensors_files(model_dir):

@@ -18,22 +18,19 @@ log = logging.getLogger("llmserve")
 
 
 def resolve_backend_name(config: Config, plugins: Plugins | None = None) -> str:
-    """``--backend``, or for ``auto`` the preferred backend that says it is available here."""
+    """The backend ``--backend`` names; for ``auto``, the available registered backend with the
+    highest ``auto_priority`` (``Plugins.auto_backend``)."""
     if config.backend != "auto":
         return config.backend
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
+    return (plugins or load_plugins()).auto_backend(config)
 
 
 def check_config(config: Config, plugins: Plugins | None = None) -> Plugins:
-    """Everything that can be checked before a model is loaded; raises ConfigError."""
-    plugins = plugins or load_plugins()
+    """Everything that can be checked before a model is loaded; raises ConfigError (PluginError
+    for a plugin that registered something of the wrong kind)."""
+    plugins = (plugins or load_plugins()).check()
     backends = plugins.backends()
-    name = resolve_backend_name(config)
+    name = resolve_backend_name(config, plugins)
     if name not in backends:
         raise ConfigError(
             f"--backend: unknown backend {name!r}; available: {', '.join(sorted(backends)) or 'none'}"
@@ -46,6 +43,13 @@ def check_config(config: Config, plugins: Plugins | None = None) -> Plugins:
             raise ConfigError(
                 f"{flag}: unknown parser {value!r}; available: {', '.join(sorted(registry)) or 'none'}"
             )
+    processors = plugins.logits_processors()
+    unknown = [given for given in config.logits_processors if given not in processors]
+    if unknown:
+        raise ConfigError(
+            f"--logits-processors: unknown logits processor {unknown[0]!r}; "
+            f"available: {', '.join(sorted(processors)) or 'none'}"
+        )
     template = config.chat_template
     if template and "{" not in template and not Path(template).is_file():
         raise ConfigError(f"--chat-template: {template} is neither a file nor an inline Jinja template")
@@ -68,42 +72,41 @@ def build_context(config: Config, plugins: Plugins) -> ProtocolContext:
     context = ProtocolContext(config, plugins, ModelRegistry())
     resolved = []
     for spec in config.model_specs():
+        if spec.implicit and any(encoder for _, _, encoder in resolved):
+            continue  # the default embedding model only where no served model embeds
         model = resolve_model(spec.source, progress=True)
-        encoder = spec.kind == EMBED or _is_encoder(plugins, model.path)
-        resolved.append((spec, model, encoder))
+        resolved.append((spec, model, spec.kind == EMBED or _is_encoder(model.path)))
     generative = sum(1 for _, _, encoder in resolved if not encoder)
-    # Each generative model gets its own backend instance and an even share of the KV budget.
+    # Each generative model gets its own backend instance and an even share of the memory budget.
     share = config.model_copy(
         update={
-            "kv_cache_space": config.kv_cache_space / max(generative, 1),
+            "kv_cache_space": config.kv_cache_space_per_model(generative),
             "gpu_memory_utilization": config.gpu_memory_utilization / max(generative, 1),
         }
     )
     embed_backend = None
-    for i, (spec, model, encoder) in enumerate(resolved):
-        names = [spec.name or model.name]
-        if i == 0 and config.served_model_name:
-            names = list(dict.fromkeys(config.served_model_name))
+    for spec, model, encoder in resolved:
+        names = [spec.name or model.name, *spec.aliases]
         if encoder:
             embed_backend = embed_backend or backend_cls(config)
             context.models.add(_load_embedder(embed_backend, model.path, names))
         else:
             backend = backend_cls(share)
-            context.models.add(_load_generator(share, plugins, backend, model.path, names))
             context.backends.append(backend)
+            context.models.add(_load_generator(share, backend, model.path, names))
     if embed_backend is not None:
         context.backends.append(embed_backend)
     return context
 
 
-def _is_encoder(plugins: Plugins, path: Path) -> bool:
+def _is_encoder(path: Path) -> bool:
     from llmserve.arch.registry import is_encoder
 
     archs = _architectures(path)
     return bool(archs) and is_encoder(archs[0])
 
 
-def _load_generator(config: Config, plugins: Plugins, backend, path: Path, names: list[str]) -> ServedModel:
+def _load_generator(config: Config, backend, path: Path, names: list[str]) -> ServedModel:
     from llmserve.engine.async_engine import AsyncEngine
 
     engine = AsyncEngine.create(config, backend, str(path), model_name=names[0])

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from llmserve.arch.hf_config import ArchConfig, load_arch_config
+from llmserve.arch.registry import UnsupportedModelError, implementation, is_encoder
 from llmserve.backends.base import Embedder
-from llmserve.models.hf_config import ArchConfig, load_arch_config
-from llmserve.models.registry import UnsupportedModelError, is_encoder
-from llmserve.models.weights import WeightsNotFoundError, iter_weights
+from llmserve.sources.weights import WeightsNotFoundError, iter_weights
 
 log = logging.getLogger("llmserve.jax")
 
@@ -132,6 +132,7 @@ class JaxEmbedder(Embedder):
         cfg = load_arch_config(model_dir)
         if not is_encoder(cfg.architecture):
             raise UnsupportedModelError(f"{cfg.architecture} is not an embedding model")
+        implementation(cfg.architecture, "jax")
         if cfg.hidden_act not in _ACTIVATIONS:
             raise UnsupportedModelError(f"activation {cfg.hidden_act!r} is not supported")
         self.cfg = cfg

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from llmserve.arch.hf_config import ArchConfig
+from llmserve.arch.registry import UnsupportedModelError
 from llmserve.backends.jax.attention import paged_attention, write_kv
-from llmserve.models.hf_config import ArchConfig
-from llmserve.models.registry import UnsupportedModelError
-from llmserve.models.weights import WeightsNotFoundError
+from llmserve.sources.weights import WeightsNotFoundError
 
 # Checkpoint name (after "model.layers.N.") -> (our name, transpose to [in, out]).
 LAYER_WEIGHTS: dict[str, tuple[str, bool]] = {

@@ -23,14 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from llmserve.arch.hf_config import load_arch_config
+from llmserve.arch.registry import UnsupportedModelError, implementation, is_encoder
 from llmserve.backends.base import Batch, ModelInfo
 from llmserve.backends.jax import model as llama
 from llmserve.backends.jax.layout import TILE, StepLayout, buckets_upto, build_step, is_decode, step_key
 from llmserve.backends.jax.sharding import ShardingPlan, make_mesh, named, param_shardings
 from llmserve.errors import ConfigError
-from llmserve.models.hf_config import load_arch_config
-from llmserve.models.registry import UnsupportedModelError, is_encoder
-from llmserve.models.weights import iter_weights
+from llmserve.sources.weights import iter_weights
 
 log = logging.getLogger("llmserve.jax")
 
@@ -55,7 +55,7 @@ def enable_compilation_cache() -> None:
 
     if jax.config.jax_compilation_cache_dir:
         return
-    from llmserve.models.packs import cache_dir
+    from llmserve.sources.packs import cache_dir
 
     path = cache_dir() / "jax-compilation-cache"
     try:
@@ -123,6 +123,7 @@ class JaxModelRunner:
         cfg = load_arch_config(self.model_dir)
         if is_encoder(cfg.architecture):
             raise UnsupportedModelError(f"{cfg.architecture} is an embedding model, not a causal LM")
+        implementation(cfg.architecture, "jax")  # a family registered for torch only stops here
         llama.check_supported(cfg)
         self.cfg = cfg
         self.plan = ShardingPlan.for_config(cfg, self.tp)

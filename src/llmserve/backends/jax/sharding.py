@@ -14,8 +14,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from llmserve.arch.hf_config import ArchConfig
 from llmserve.backends.base import BackendUnavailable
-from llmserve.models.hf_config import ArchConfig
 
 log = logging.getLogger("llmserve.jax")
 

@@ -33,9 +33,9 @@ class TorchBackend(Backend):
         torch.manual_seed(self.config.seed)
         world, group, device = self.config.tensor_parallel_size, None, self.device
         if world > 1:
+            from llmserve.arch.hf_config import load_arch_config
             from llmserve.backends.torch.tp_layers import TPGroup, check_tensor_parallel
             from llmserve.backends.torch.tp_workers import TensorParallelDriver
-            from llmserve.models.hf_config import load_arch_config
 
             check_tensor_parallel(load_arch_config(model_dir), world)
             if self.device == "cuda":

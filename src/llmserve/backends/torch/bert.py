@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmserve.arch.hf_config import ArchConfig
+from llmserve.arch.registry import UnsupportedModelError
 from llmserve.backends.torch.loader import load_checkpoint
-from llmserve.models.hf_config import ArchConfig
-from llmserve.models.registry import UnsupportedModelError
 
 _ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
 

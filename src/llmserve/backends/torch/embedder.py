@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from llmserve.arch.hf_config import load_arch_config
+from llmserve.arch.registry import UnsupportedModelError, is_encoder
 from llmserve.backends.base import Embedder
 from llmserve.backends.torch.loader import load_model
 from llmserve.backends.torch.runner import TORCH_DTYPES
-from llmserve.models.hf_config import load_arch_config
-from llmserve.models.registry import UnsupportedModelError, is_encoder
 
 # Sequences per forward pass; inputs are sorted by length first so padding stays small.
 _MAX_BATCH = 32

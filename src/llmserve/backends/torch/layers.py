@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmserve.arch.registry import UnsupportedModelError
 from llmserve.backends.torch.attention import AttentionMetadata, paged_attention, write_kv
-from llmserve.models.registry import UnsupportedModelError
 
 
 class TorchOps:

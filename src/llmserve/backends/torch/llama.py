@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from llmserve.arch.hf_config import ArchConfig
 from llmserve.backends.torch.attention import AttentionMetadata
 from llmserve.backends.torch.layers import (
     GatedMLP,
@@ -21,7 +22,6 @@ from llmserve.backends.torch.layers import (
     TorchOps,
 )
 from llmserve.backends.torch.loader import load_checkpoint
-from llmserve.models.hf_config import ArchConfig
 
 
 class LlamaDecoderLayer(nn.Module):

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmserve.models.hf_config import ArchConfig
-from llmserve.models.registry import torch_model_class
-from llmserve.models.weights import WeightsNotFoundError, iter_weights
+from llmserve.arch.hf_config import ArchConfig
+from llmserve.arch.registry import torch_model_class
+from llmserve.sources.weights import WeightsNotFoundError, iter_weights
 
 
 def load_model(

@@ -15,14 +15,14 @@ from typing import Any
 
 import torch
 
+from llmserve.arch.hf_config import ArchConfig, load_arch_config
+from llmserve.arch.registry import UnsupportedModelError, is_encoder
 from llmserve.backends.base import DTYPE_BYTES, Batch, BatchItem, ModelInfo
 from llmserve.backends.torch.attention import AttentionMetadata, DecodeGroup, PrefillGroup, build_masks
 from llmserve.backends.torch.cpu_kernels import CpuKernels
 from llmserve.backends.torch.loader import load_model
 from llmserve.backends.torch.packed_linear import pack_linears
 from llmserve.errors import ConfigError
-from llmserve.models.hf_config import ArchConfig, load_arch_config
-from llmserve.models.registry import UnsupportedModelError, is_encoder
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 

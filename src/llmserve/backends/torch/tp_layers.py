@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmserve.errors import ConfigError
-from llmserve.models.hf_config import ArchConfig
-from llmserve.models.weights import WeightsNotFoundError
+from llmserve.arch.hf_config import ArchConfig
+from llmserve.sources.weights import WeightsNotFoundError
 
 log = logging.getLogger("llmserve.torch")
 
@@ -162,7 +162,7 @@ class ParallelLMHead(VocabParallelEmbedding):
 def check_tensor_parallel(cfg: ArchConfig, world: int) -> None:
     """Raise ConfigError when ``cfg``'s model has no tensor-parallel implementation."""
     from llmserve.backends.torch.llama import LlamaForCausalLM
-    from llmserve.models.registry import torch_model_class
+    from llmserve.arch.registry import torch_model_class
 
     if not issubclass(torch_model_class(cfg.architecture), LlamaForCausalLM):
         raise ConfigError(

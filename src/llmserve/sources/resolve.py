@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmserve.errors import ModelNotFoundError
-from llmserve.models import packs
+from llmserve.sources import packs
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,7 @@ def _converted_gguf(path: Path) -> Path:
     key = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     target = packs.cache_dir() / "gguf" / f"{path.stem}-{key}"
     if not (target / "config.json").exists():
-        from llmserve.models.gguf import convert_gguf_to_hf
+        from llmserve.sources.gguf import convert_gguf_to_hf
 
         convert_gguf_to_hf(path, target)
     return target

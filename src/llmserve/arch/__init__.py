@@ -1,0 +1,1 @@
+"""Architecture tables: which model families exist and how an HF config.json maps onto them."""
