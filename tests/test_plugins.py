@@ -378,8 +378,8 @@ def test_hooks_run_in_load_order_and_a_failing_shutdown_stops_nothing():
     plugins = Plugins({"LLMSERVE_PLUGINS": "zz-lifecycle,aa-after"}).load(
         [("zz-lifecycle", _Lifecycle(events)), ("aa-after", _After(events))]
     )
-    plugins.startup(state=None)
-    plugins.shutdown(state=None, log=logged.append)
+    plugins.startup(context=None)
+    plugins.shutdown(context=None, log=logged.append)
     # Load order (the order passed), not pluggy's last-registered-first nor the names' order.
     assert events == ["startup", "after-startup", "shutdown", "after-shutdown"]
     assert len(logged) == 1 and "'zz-lifecycle'" in logged[0] and "must not stop" in logged[0]

@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
 
 
-async def merge_streams(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
-    """Interleave several async iterators, yielding ``(stream_index, item)`` as items arrive.
+async def merge_streams(streams: Sequence[AsyncIterable[T]]) -> AsyncIterator[tuple[int, T]]:
+    """Interleave several async iterables (GenerationStreams), yielding ``(stream_index, item)``
+    as items arrive.
 
     Closing this generator (client gone, error) cancels and closes every stream, so each engine
     request is aborted at once.
     """
+    sources = streams
+    streams = [stream.__aiter__() for stream in sources]
+    merged = _merge(streams)
+    try:
+        async for pair in merged:
+            yield pair
+    finally:
+        await merged.aclose()
+        for stream in (*streams, *sources):
+            await _aclose(stream)
+
+
+async def _merge(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
     if len(streams) == 1:
         stream = streams[0]
         try:
