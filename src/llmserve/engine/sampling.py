@@ -1,32 +1,18 @@
-"""Sampling parameters (validated) and the hook for per-request token masks.
+"""Sampling parameters (validated).
 
-Plain data: no torch or jax here. Every backend's sampler implements the same semantics.
+Plain data: no torch or jax here. Every backend's sampler implements the same semantics. Token
+constraints (structured outputs) come in as a ``ConstraintSpec`` (engine/constraints.py).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Protocol
 
+from llmserve.engine.constraints import ConstraintSpec
 from llmserve.errors import InvalidRequestError
 
 _MAX_LOGPROBS = 20
-
-
-class TokenConstraint(Protocol):
-    """Per-request token mask (structured outputs plug in here).
-
-    The engine asks ``allowed_mask`` before each sampled token and reports the chosen token with
-    ``accept``. ``allowed_mask`` returns a boolean numpy array of vocabulary size (True = allowed)
-    or None when every token is allowed.
-    """
-
-    def allowed_mask(self, vocab_size: int): ...  # noqa: ANN201 - numpy array or None
-
-    def accept(self, token_id: int) -> None: ...
-
-    def is_finished(self) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -55,7 +41,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     detokenize: bool = True
-    constraint: TokenConstraint | None = None
+    constraint: ConstraintSpec | None = None  # one Constraint per sequence is made from it
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -128,3 +114,5 @@ class SamplingParams:
             bad("stop", "strings need detokenize=True")
         if self.allowed_token_ids is not None and not self.allowed_token_ids:
             bad("allowed_token_ids", "must not be empty")
+        if self.constraint is not None and not isinstance(self.constraint, ConstraintSpec):
+            bad("constraint", f"must be a ConstraintSpec, got {type(self.constraint).__name__}")
