@@ -3,7 +3,8 @@
 Each slot of the pool remembers the (token id, position) written there. Before "sampling", every
 item's whole context is read back through its block table and compared with the sequence's
 tokens, so a wrong block table, a bad prefix-cache hit or a block shared while being written
-fails the step. Sampling is a deterministic function of the context and the choice index.
+fails the step. Sampling is a deterministic function of the context and the choice index; under a token bitmask,
+a banned token is replaced by an allowed one (also deterministically).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from llmserve.backends.base import Batch, BatchItem, SampleResult, TokenLogprob
+from llmserve.engine.constraints import allowed_token_ids
 from llmserve.engine.request import SequenceStatus
 from llmserve.engine.scheduler import Scheduler
 
@@ -79,13 +81,13 @@ class FakeBackend:
                     raise AssertionError(
                         f"seq {item.seq_id}: KV at position {pos} holds {got}, want {(token, pos)}"
                     )
-            results.append(self._result(item, context))
+            results.append(self._result(item, context, batch.token_bitmask))
         self.steps.append(
             [StepRecord(i.seq_id, i.start_pos, len(i.token_ids), i.sample) for i in batch.items]
         )
         return results
 
-    def _result(self, item: BatchItem, context: list[int]) -> SampleResult:
+    def _result(self, item: BatchItem, context: list[int], bitmask) -> SampleResult:
         result = SampleResult(seq_id=item.seq_id)
         if item.want_prompt_logprobs:
             prompt = item.prompt_token_ids
@@ -93,6 +95,10 @@ class FakeBackend:
             result.prompt_logprobs = [prompt_logprob(prompt, p) for p in range(item.start_pos, stop)]
         if item.sample:
             token = self.sample_fn(item, context, self.vocab_size)
+            if item.bitmask_row is not None:
+                allowed = allowed_token_ids(bitmask, item.bitmask_row, self.vocab_size).tolist()
+                if token not in allowed and allowed:
+                    token = allowed[token % len(allowed)]
             result.token_id = token
             result.logprob = -(token % 7) / 10
             result.rank = 1

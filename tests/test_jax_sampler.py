@@ -16,6 +16,7 @@ import torch
 
 from llmserve.backends.base import BatchItem
 from llmserve.backends.torch.sampler import Sampler
+from llmserve.engine.constraints import bitmask_words, set_allowed_tokens
 from llmserve.engine.sampling import SamplingParams
 
 jax = pytest.importorskip("jax")
@@ -25,7 +26,7 @@ from llmserve.backends.jax.sampler import JaxSampler  # noqa: E402
 EOS = 2
 
 
-def item(seq_id=0, prompt=(3,), output=(), seed_offset=0, allowed_mask=None, **params) -> BatchItem:
+def item(seq_id=0, prompt=(3,), output=(), seed_offset=0, bitmask_row=None, **params) -> BatchItem:
     prompt, output = list(prompt), list(output)
     return BatchItem(
         seq_id=seq_id,
@@ -37,16 +38,16 @@ def item(seq_id=0, prompt=(3,), output=(), seed_offset=0, allowed_mask=None, **p
         prompt_token_ids=prompt,
         output_token_ids=output,
         seed_offset=seed_offset,
-        allowed_mask=allowed_mask,
+        bitmask_row=bitmask_row,
     )
 
 
-def sample(sampler: JaxSampler, logits: np.ndarray, items: list[BatchItem], pad: int = 0):
+def sample(sampler: JaxSampler, logits: np.ndarray, items: list[BatchItem], pad: int = 0, bitmask=None):
     """Sample with ``pad`` extra (ignored) logits rows in front, as a bucketed step has."""
     logits = np.asarray(logits, np.float32)
     padded = np.concatenate([np.random.default_rng(0).normal(size=(pad, logits.shape[1])), logits])
     rows = list(range(pad, pad + len(items)))
-    return sampler.sample(jax.numpy.asarray(padded, jax.numpy.float32), rows, items)
+    return sampler.sample(jax.numpy.asarray(padded, jax.numpy.float32), rows, items, bitmask)
 
 
 def tokens(sampler: JaxSampler, logits: np.ndarray, items: list[BatchItem]) -> list[int]:
@@ -66,7 +67,8 @@ ADJUSTED = [
     dict(temperature=0),
     dict(temperature=0, logit_bias={5: 3.0, 7: -100.0}),
     dict(temperature=0, allowed_token_ids=[1, 4, 9, 30]),
-    dict(temperature=0, allowed_token_ids=[2, 3, 4, 5], allowed_mask="odd"),
+    dict(temperature=0, allowed_token_ids=[2, 3, 4, 5], bitmask="odd"),
+    dict(temperature=0, bitmask="odd", logit_bias={6: 9.0, 7: 1.0}),
     dict(temperature=0, min_tokens=4, stop_token_ids=[11], output=(6, 6), boost=(EOS, 11)),
     dict(temperature=0, repetition_penalty=1.8, prompt=(1, 2, 3, 4, 5, 6, 7, 8), output=(9, 10)),
     dict(temperature=0, repetition_penalty=0.5, prompt=(20, 21, 22)),
@@ -82,15 +84,21 @@ def test_greedy_after_adjustments_matches_torch(case):
     vocab = 40
     params = dict(ADJUSTED[case])
     prompt, output = params.pop("prompt", (3,)), params.pop("output", ())
-    mask = params.pop("allowed_mask", None)
-    if mask == "odd":
-        mask = np.arange(vocab) % 2 == 1
+    bitmask = None
+    if params.pop("bitmask", None) == "odd":
+        bitmask = np.zeros((12, bitmask_words(vocab)), np.int32)
+        for r in range(12):
+            set_allowed_tokens(bitmask, r, range(1, vocab, 2))
     logits = torch.randn(12, vocab, generator=torch.Generator().manual_seed(case))
     for row, column in enumerate(params.pop("boost", ())):
         logits[row::2, column] += 2.5
-    items = [item(i, prompt, output, allowed_mask=mask, **params) for i in range(12)]
-    want = [r.token_id for r in Sampler(vocab, eos_token_ids=(EOS,)).sample(logits, items)]
-    got = tokens(JaxSampler(vocab, eos_token_ids=(EOS,)), logits.numpy(), items)
+    # Bitmask rows in reverse order: rows are picked by bitmask_row, not by position.
+    rows = [11 - i if bitmask is not None else None for i in range(12)]
+    items = [item(i, prompt, output, bitmask_row=rows[i], **params) for i in range(12)]
+    want = [r.token_id for r in Sampler(vocab, eos_token_ids=(EOS,)).sample(logits, items, bitmask)]
+    got = [
+        r.token_id for r in sample(JaxSampler(vocab, eos_token_ids=(EOS,)), logits.numpy(), items, 2, bitmask)
+    ]
     assert got == want
     # The adjustments change the choice somewhere, or the case tests nothing.
     if case:

@@ -11,6 +11,7 @@ import torch
 
 from llmserve.backends.base import BatchItem
 from llmserve.backends.torch.sampler import Sampler
+from llmserve.engine.constraints import LogitsProcessor, bitmask_words, set_allowed_tokens
 from llmserve.engine.sampling import SamplingParams
 
 EOS = 2
@@ -22,7 +23,7 @@ def item(
     output=(),
     sample: bool = True,
     seed_offset: int = 0,
-    allowed_mask=None,
+    bitmask_row: int | None = None,
     **params,
 ) -> BatchItem:
     prompt, output = list(prompt), list(output)
@@ -36,22 +37,34 @@ def item(
         prompt_token_ids=prompt,
         output_token_ids=output,
         seed_offset=seed_offset,
-        allowed_mask=allowed_mask,
+        bitmask_row=bitmask_row,
     )
 
 
-def tokens(sampler: Sampler, logits: torch.Tensor, items: list[BatchItem]) -> list[int]:
-    return [r.token_id for r in sampler.sample(logits, items)]
+def pack(vocab: int, *allowed: list[int]) -> np.ndarray:
+    """A token bitmask with one row per list of allowed token ids."""
+    bitmask = np.zeros((len(allowed), bitmask_words(vocab)), dtype=np.int32)
+    for row, ids in enumerate(allowed):
+        set_allowed_tokens(bitmask, row, ids)
+    return bitmask
+
+
+def tokens(sampler: Sampler, logits: torch.Tensor, items: list[BatchItem], bitmask=None) -> list[int]:
+    return [r.token_id for r in sampler.sample(logits, items, bitmask)]
 
 
 def row(*values: float) -> torch.Tensor:
     return torch.tensor([values], dtype=torch.float32)
 
 
-def frequencies(sampler: Sampler, logits_row: torch.Tensor, count: int, **params) -> np.ndarray:
-    """Sample ``count`` times in one batch (rows share nothing but the generator)."""
+def frequencies(sampler: Sampler, logits_row: torch.Tensor, count: int, bitmask=None, **params) -> np.ndarray:
+    """Sample ``count`` times in one batch (rows share nothing but the generator); with a
+    one-row ``bitmask``, every row is constrained by it."""
     logits = logits_row.expand(count, -1).contiguous()
-    got = tokens(sampler, logits, [item(i, **params) for i in range(count)])
+    if bitmask is not None:
+        bitmask = np.repeat(bitmask, count, axis=0)
+    rows = [(i if bitmask is not None else None) for i in range(count)]
+    got = tokens(sampler, logits, [item(i, bitmask_row=rows[i], **params) for i in range(count)], bitmask)
     return np.bincount(got, minlength=logits.shape[1]) / count
 
 
@@ -116,28 +129,90 @@ def test_allowed_token_ids_restrict_choices():
     assert set(np.flatnonzero(freq)) == {1, 4}
 
 
-def test_allowed_mask_from_constraint_and_allowed_ids_combine():
+def test_token_bitmask_and_allowed_ids_combine():
     sampler = Sampler(6)
     logits = row(9.0, 1.0, 2.0, 3.0, 4.0, 0.0)
-    mask = np.array([False, True, True, True, False, True])
-    assert tokens(sampler, logits, [item(temperature=0, allowed_mask=mask)]) == [3]
-    both = item(temperature=0, allowed_mask=mask, allowed_token_ids=[1, 2, 4])
-    assert tokens(sampler, logits, [both]) == [2]
-    # A mask shorter than the model's vocabulary (tokenizer vocab) allows nothing past its end.
-    short = np.array([False, True, False])
-    freq = frequencies(sampler, logits, 200, temperature=1.0, allowed_mask=short)
-    assert set(np.flatnonzero(freq)) == {1}
+    mask = pack(6, [1, 2, 3, 5])
+    assert tokens(sampler, logits, [item(temperature=0, bitmask_row=0)], mask) == [3]
+    both = item(temperature=0, bitmask_row=0, allowed_token_ids=[1, 2, 4])
+    assert tokens(sampler, logits, [both], mask) == [2]
+    freq = frequencies(sampler, logits, 300, pack(6, [1, 5]), temperature=1.0)
+    assert set(np.flatnonzero(freq)) == {1, 5}
+
+
+def test_token_bitmask_bits_across_words_and_the_sign_bit():
+    vocab = 70  # three words; bit 31 of a word is its sign bit
+    sampler = Sampler(vocab)
+    logits = torch.arange(vocab, dtype=torch.float32).flip(0).unsqueeze(0).repeat(4, 1)  # 0 is best
+    allowed = [[31], [32, 63], [64, 69], [5, 31, 69]]
+    mask = pack(vocab, *allowed)
+    # Rows may point anywhere in the bitmask, not only in order.
+    items = [item(i, temperature=0, bitmask_row=r) for i, r in enumerate([3, 1, 2, 0])]
+    assert tokens(sampler, logits, items, mask) == [5, 32, 64, 31]
+    for r, ids in enumerate(allowed):
+        freq = frequencies(sampler, torch.zeros(1, vocab), 200, mask[r : r + 1], temperature=1.0)
+        assert set(np.flatnonzero(freq)) == set(ids)
 
 
 def test_masks_apply_per_row_in_a_batch():
     sampler = Sampler(4)
-    logits = torch.tensor([[5.0, 1.0, 2.0, 0.0]] * 3)
+    logits = torch.tensor([[5.0, 1.0, 2.0, 0.0]] * 4)
     items = [
-        item(0, temperature=0, allowed_mask=np.array([False, True, False, True])),
+        item(0, temperature=0, bitmask_row=0),
         item(1, temperature=0),
         item(2, temperature=0, allowed_token_ids=[2]),
+        item(3, temperature=0.5, top_k=2, bitmask_row=1),
     ]
-    assert tokens(sampler, logits, items) == [1, 0, 2]
+    assert tokens(sampler, logits, items, pack(4, [1, 3], [3])) == [1, 0, 2, 3]
+    # Without a bitmask in the batch, rows are not masked.
+    assert tokens(sampler, logits[:2], [item(0, temperature=0), item(1, temperature=0)]) == [0, 0]
+
+
+class BanToken(LogitsProcessor):
+    """Bans ``token`` in rows whose request has ``seed`` == 1; records what it saw."""
+
+    def __init__(self, token: int, fail: bool = False) -> None:
+        self.token, self.fail, self.seen = token, fail, []
+
+    def is_active(self, params: SamplingParams) -> bool:
+        return params.seed == 1
+
+    def apply(self, logits: torch.Tensor, rows) -> None:
+        if self.fail:
+            raise RuntimeError("processor bug")
+        self.seen.append(
+            [(r.index, r.seq_id, list(r.output_token_ids), logits[r.index].clone()) for r in rows]
+        )
+        for r in rows:
+            logits[r.index, self.token] = float("-inf")
+
+
+def test_logits_processor_edits_only_its_active_rows_after_the_bitmask():
+    proc = BanToken(0)
+    sampler = Sampler(4, logits_processors=[proc])
+    logits = torch.tensor([[5.0, 1.0, 2.0, 0.0]] * 3)
+    items = [
+        item(7, temperature=0, seed=1, logprobs=1, output=[2]),
+        item(8, temperature=0),
+        item(9, temperature=0, seed=1, bitmask_row=0),
+    ]
+    results = sampler.sample(logits, items, pack(4, [0, 3]))
+    assert [r.token_id for r in results] == [2, 0, 3]
+    (seen,) = proc.seen
+    assert [(i, seq, out) for i, seq, out, _ in seen] == [(0, 7, [2]), (2, 9, [])]
+    assert torch.isinf(seen[1][3][[1, 2]]).all()  # it saw the bitmask applied
+    assert results[0].logprob == pytest.approx(torch.log_softmax(logits[0], 0)[2].item())  # raw logprobs
+    # Not active anywhere: never called.
+    sampler.sample(logits[1:2], [item(8, temperature=0)])
+    assert len(proc.seen) == 1
+
+
+def test_a_failing_logits_processor_fails_only_its_rows():
+    sampler = Sampler(4, logits_processors=[BanToken(0, fail=True)])
+    logits = torch.tensor([[5.0, 1.0, 2.0, 0.0]] * 2)
+    results = sampler.sample(logits, [item(0, temperature=0, seed=1), item(1, temperature=0)])
+    assert "processor bug" in results[0].error and results[1].error is None
+    assert results[1].token_id == 0
 
 
 def test_out_of_vocabulary_ids_do_not_fail_the_step():

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from fake_backend import FakeBackend, check_accounting, drive, prompt_logprob
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from llmserve.engine.constraints import Constraint, ConstraintSpec, bitmask_words, set_allowed_tokens
 from llmserve.engine.kv_cache import BlockManager
 from llmserve.engine.request import Request, SequenceStatus
 from llmserve.engine.sampling import SamplingParams
 from llmserve.engine.scheduler import Scheduler, SchedulerConfig
-from llmserve.errors import InvalidRequestError
+from llmserve.errors import ConfigError, InvalidRequestError
 
 
 def make(
@@ -24,8 +26,12 @@ def make(
     eos: tuple[int, ...] = (),
     sample_fn=None,
     vocab: int = 1000,
+    policy: str = "fcfs",
+    constraints: bool = False,
 ) -> tuple[Scheduler, FakeBackend]:
-    config = SchedulerConfig(max_seqs, budget, max_len, block_size)
+    config = SchedulerConfig(
+        max_seqs, budget, max_len, block_size, vocab if constraints else None, scheduling_policy=policy
+    )
     sched = Scheduler(config, BlockManager(num_blocks, block_size, caching), eos)
     backend = FakeBackend(num_blocks, block_size, vocab)
     if sample_fn is not None:
@@ -33,10 +39,10 @@ def make(
     return sched, backend
 
 
-def req(rid: str, prompt: list[int], **params) -> Request:
+def req(rid: str, prompt: list[int], priority: int = 0, arrival: float | None = None, **params) -> Request:
     params.setdefault("max_tokens", 8)
     params.setdefault("ignore_eos", True)
-    return Request.create(rid, prompt, SamplingParams(temperature=0, **params))
+    return Request.create(rid, prompt, SamplingParams(temperature=0, **params), arrival, priority)
 
 
 def step(sched: Scheduler, backend: FakeBackend):
@@ -630,48 +636,225 @@ def test_random_mixes_never_leak_and_match_reference(w) -> None:
 # -- token constraints (structured output) ----------------------------------------------------
 
 
-class OnlyEven:
-    """Allows even tokens; finished after ``length`` tokens; can be told to fail."""
+class EvenSpec(ConstraintSpec):
+    """Allows even tokens; complete after ``length`` tokens; can fail in each method."""
 
-    def __init__(self, length: int = 3, fail: bool = False) -> None:
-        self.accepted: list[int] = []
-        self.length, self.fail = length, fail
+    def __init__(self, vocab: int = 10, length: int = 3, fail_fill=False, reject=False, dead=False) -> None:
+        self.vocab, self.length, self.fail_fill, self.reject = vocab, length, fail_fill, reject
+        self.dead = dead  # allows no token at all
+        self.made: list[OnlyEven] = []
 
-    def allowed_mask(self, vocab_size: int):
-        if self.fail:
+    def new(self) -> Constraint:
+        self.made.append(OnlyEven(self))
+        return self.made[-1]
+
+
+class OnlyEven(Constraint):
+    def __init__(self, spec: EvenSpec) -> None:
+        self.spec, self.accepted = spec, []
+
+    def fill_bitmask(self, bitmask, row: int) -> None:
+        if self.spec.fail_fill:
             raise ValueError("bad grammar")
-        return [t % 2 == 0 for t in range(vocab_size)]
+        set_allowed_tokens(bitmask, row, [] if self.spec.dead else range(0, self.spec.vocab, 2))
 
-    def accept(self, token_id: int) -> None:
+    def accept(self, token_id: int) -> bool:
         self.accepted.append(token_id)
+        return token_id % 2 == 0 and not self.spec.reject
 
-    def is_finished(self) -> bool:
-        return len(self.accepted) >= self.length
+    def is_terminated(self) -> bool:
+        return len(self.accepted) >= self.spec.length
 
 
-def test_token_constraint_mask_accept_and_finish() -> None:
-    def sample_allowed(item, context, vocab):
-        allowed = [t for t in range(vocab) if item.allowed_mask is None or item.allowed_mask[t]]
-        return allowed[len(context) % len(allowed)]
-
-    config = SchedulerConfig(8, 64, 128, 4, vocab_size=10)
-    sched = Scheduler(config, BlockManager(32, 4), eos_token_ids=(1,))
-    backend = FakeBackend(32, 4, 10, sample_allowed)
-    good, bad = OnlyEven(), OnlyEven(fail=True)
-    r_good = req("good", prompt(1, 5), max_tokens=10, constraint=good)
+def test_constraints_mask_accept_and_complete_each_choice_on_its_own() -> None:
+    sched, backend = make(32, 4, vocab=10, eos=(1,), constraints=True)
+    good, bad, rejecting = EvenSpec(), EvenSpec(fail_fill=True), EvenSpec(reject=True)
+    r_good = req("good", prompt(1, 5), max_tokens=10, n=2, constraint=good)
     r_bad = req("bad", prompt(2, 5), max_tokens=10, constraint=bad)
+    r_rej = req("rej", prompt(4, 5), max_tokens=10, constraint=rejecting)
+    r_dead = req("dead", prompt(5, 5), max_tokens=10, constraint=EvenSpec(dead=True))
     plain = req("plain", prompt(3, 5), max_tokens=4)
-    for r in (r_good, r_bad, plain):
+    for r in (r_good, r_bad, r_rej, r_dead, plain):
         sched.add_request(r)
     drive(sched, backend)
-    assert r_good.seqs[0].output_token_ids == good.accepted and len(good.accepted) == 3
-    assert all(t % 2 == 0 for t in good.accepted) and r_good.seqs[0].finish_reason == "stop"
-    # A constraint that raises ends only its own request.
+    assert len(good.made) == 2  # one constraint per choice, each with its own state
+    for seq, constraint in zip(r_good.seqs, good.made, strict=True):
+        assert seq.output_token_ids == constraint.accepted and len(constraint.accepted) == 3
+        assert all(t % 2 == 0 for t in constraint.accepted) and seq.finish_reason == "stop"
+    assert r_good.seqs[0].output_token_ids != r_good.seqs[1].output_token_ids
+    # A constraint that raises or rejects ends only its own request, with an error.
     assert r_bad.seqs[0].finish_reason == "abort" and r_bad.seqs[0].output_token_ids == []
+    assert "bad grammar" in r_bad.seqs[0].error
+    assert r_rej.seqs[0].finish_reason == "abort" and "rejected token" in r_rej.seqs[0].error
+    assert r_dead.seqs[0].output_token_ids == [] and "allows no next token" in r_dead.seqs[0].error
     assert plain.seqs[0].finish_reason == "length" and len(plain.seqs[0].output_token_ids) == 4
-    assert sched.blocks.num_free_blocks == 32
-    with pytest.raises(InvalidRequestError, match="n > 1"):
-        sched.add_request(req("n2", prompt(1, 3), n=2, constraint=OnlyEven()))
+    assert plain.seqs[0].error is None and sched.blocks.num_free_blocks == 32
+
+
+def test_constrained_request_keeps_its_state_through_preemption() -> None:
+    def run(num_blocks: int) -> tuple[list[Request], list[EvenSpec], int]:
+        sched, backend = make(num_blocks, 4, max_seqs=3, vocab=50, constraints=True)
+        specs = [EvenSpec(vocab=50, length=100) for _ in range(4)]
+        reqs = [req(f"r{i}", prompt(i, 6), max_tokens=12, constraint=s) for i, s in enumerate(specs)]
+        for r in reqs:
+            sched.add_request(r)
+        preempted = 0
+        while sched.has_unfinished():
+            out, _ = step(sched, backend)
+            preempted += len(out.preempted)
+        assert sched.blocks.num_free_blocks == num_blocks
+        return reqs, specs, preempted
+
+    reqs, specs, preempted = run(8)
+    assert preempted, "the pool is too small for all of them: someone must be preempted"
+    for r, spec in zip(reqs, specs, strict=True):
+        tokens = r.seqs[0].output_token_ids
+        assert len(tokens) == 12 and all(t % 2 == 0 for t in tokens)
+        assert spec.made[0].accepted == tokens  # recomputing never accepts a token twice
+    ref, _, none = run(1000)
+    assert none == 0 and outputs(reqs) == outputs(ref)
+
+
+def test_bitmask_only_for_constrained_sampling_rows() -> None:
+    sched, backend = make(64, 4, budget=8, vocab=70, constraints=True)
+    plain = req("plain", prompt(1, 3))
+    sched.add_request(plain)
+    out = sched.schedule()
+    batch = sched.make_batch(out)
+    assert batch.token_bitmask is None and batch.items[0].bitmask_row is None
+    sched.update(out, backend.execute(batch))
+    constrained = req("c", prompt(2, 9), constraint=EvenSpec(vocab=70, length=100))
+    sched.add_request(constrained)
+    out = sched.schedule()  # plain decodes; c's prompt is chunked: no sampling, no row
+    batch = sched.make_batch(out)
+    assert [i.sample for i in batch.items] == [True, False] and batch.token_bitmask is None
+    sched.update(out, backend.execute(batch))
+    out = sched.schedule()
+    batch = sched.make_batch(out)
+    rows = [i.bitmask_row for i in batch.items]
+    assert rows == [None, 0] and batch.token_bitmask.shape == (1, bitmask_words(70))
+    assert batch.token_bitmask.dtype == np.int32
+    allowed = np.flatnonzero(
+        (batch.token_bitmask.view(np.uint32)[0, :, None] >> np.arange(32, dtype=np.uint32)) & 1
+    )
+    assert allowed.tolist() == list(range(0, 70, 2))
+    sched.update(out, backend.execute(batch))
+
+
+def test_bad_constraint_specs_are_rejected_as_requests() -> None:
+    class Broken(ConstraintSpec):
+        def new(self) -> Constraint:
+            raise RuntimeError("cannot compile the schema")
+
+    with pytest.raises(InvalidRequestError, match="cannot compile the schema"):
+        req("x", prompt(1, 3), constraint=Broken())
+    with pytest.raises(InvalidRequestError, match="ConstraintSpec") as info:
+        SamplingParams(constraint=object())
+    assert info.value.param == "constraint"
     no_vocab, _ = make()
     with pytest.raises(InvalidRequestError, match="structured output"):
-        no_vocab.add_request(req("c", prompt(1, 3), constraint=OnlyEven()))
+        no_vocab.add_request(req("c", prompt(1, 3), constraint=EvenSpec()))
+
+
+def test_abort_of_a_constrained_request_frees_everything() -> None:
+    sched, backend = make(16, 4, vocab=10, constraints=True)
+    spec = EvenSpec(length=100)
+    r = req("a", prompt(1, 7), n=2, max_tokens=20, constraint=spec)
+    sched.add_request(r)
+    for _ in range(3):
+        step(sched, backend)
+    assert all(s.block_table for s in r.seqs)
+    assert len(sched.abort_request("a")) == 2
+    check_accounting(sched)
+    assert sched.blocks.num_free_blocks == 16 and not sched.has_unfinished()
+    assert all(s.constraint is None for s in r.seqs)  # matcher state released
+
+
+# -- priority scheduling ----------------------------------------------------------------------
+
+
+def started_order(backend: FakeBackend, reqs: list[Request]) -> list[str]:
+    first = {}
+    for k, st_ in enumerate(backend.steps):
+        for item in st_:
+            first.setdefault(item.seq_id, k)
+    return [r.request_id for r in sorted(reqs, key=lambda r: (first[r.seqs[0].seq_id], r.request_id))]
+
+
+def test_priority_admits_lower_value_first_then_earlier_arrival() -> None:
+    sched, backend = make(max_seqs=1, policy="priority")
+    reqs = [
+        req("a", prompt(1, 5), priority=2, arrival=1.0, max_tokens=2),
+        req("b", prompt(2, 5), priority=0, arrival=2.0, max_tokens=2),
+        req("c", prompt(3, 5), priority=2, arrival=0.5, max_tokens=2),
+        req("d", prompt(4, 5), priority=-1, arrival=3.0, max_tokens=2),
+    ]
+    for r in reqs:
+        sched.add_request(r)
+    drive(sched, backend)
+    assert started_order(backend, reqs) == ["d", "b", "c", "a"]
+    fcfs, fcfs_backend = make(max_seqs=1)
+    plain = [req(r.request_id, r.prompt_token_ids, max_tokens=2) for r in reqs]
+    for r in plain:
+        fcfs.add_request(r)
+    drive(fcfs, fcfs_backend)
+    assert started_order(fcfs_backend, plain) == ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "priority"])
+def test_preemption_victim_follows_the_policy(policy) -> None:
+    sched, backend = make(num_blocks=8, block_size=4, max_seqs=3, policy=policy)
+    # "low" (priority value 5) is admitted first; 18 tokens each need 5 of the 8 blocks.
+    low = req("low", prompt(1, 6), priority=5 if policy == "priority" else 0, arrival=0.0, max_tokens=12)
+    high = req("high", prompt(2, 6), arrival=1.0, max_tokens=12)
+    sched.add_request(low)
+    sched.add_request(high)
+    preempted = []
+    while sched.has_unfinished():
+        out, _ = step(sched, backend)
+        preempted += out.preempted
+        scheduled = {c.seq for c in out.chunks}
+        assert not scheduled & set(out.preempted)  # a preempted chunk never runs
+        assert out.num_tokens <= sched.config.max_num_batched_tokens
+    victim, spared = (low, high) if policy == "priority" else (high, low)
+    assert victim.seqs[0] in preempted and spared.seqs[0] not in preempted
+    assert outputs([low, high]) == reference([low, high])
+    assert sched.blocks.num_free_blocks == 8
+
+
+def test_priority_needs_the_priority_policy() -> None:
+    sched, _ = make()
+    with pytest.raises(InvalidRequestError, match="priority") as info:
+        sched.add_request(req("p", prompt(1, 3), priority=1))
+    assert info.value.param == "priority"
+    with pytest.raises(ConfigError, match="scheduling_policy"):
+        SchedulerConfig(4, 64, 64, 4, scheduling_policy="lifo")
+    with pytest.raises(InvalidRequestError, match="integer"):
+        req("q", prompt(1, 3), priority=1.5)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workloads(), st.lists(st.integers(-2, 2), min_size=8, max_size=8))
+def test_priority_random_mixes_never_leak_and_match_reference(w, priorities) -> None:
+    sched, backend = make(
+        w["num_blocks"], w["block_size"], w["budget"], w["max_seqs"], 24, w["caching"], eos=(3,), vocab=24,
+        policy="priority",
+    )  # fmt: skip
+    reqs = [
+        req(rid, p, priority=prio, n=n, max_tokens=mt, ignore_eos=ie)
+        for (rid, p, n, mt, ie, _, _), prio in zip(w["requests"], priorities, strict=False)
+    ]
+    arrivals = [arrival for *_, arrival in w["requests"]]
+    for k in range(10_000):
+        for r, arrival in zip(reqs, arrivals, strict=True):
+            if arrival == k:
+                sched.add_request(r)
+        if k > 12 and not sched.has_unfinished():
+            break
+        if sched.has_unfinished():
+            out = sched.schedule()
+            assert not out.is_empty, "deadlock"
+            sched.update(out, backend.execute(sched.make_batch(out)) if out.chunks else [])
+            check_accounting(sched)
+    assert sched.blocks.num_free_blocks == w["num_blocks"] and sched.num_waiting == 0
+    assert outputs(reqs) == reference(reqs, w["block_size"], eos=(3,), vocab=24)

@@ -27,7 +27,7 @@ from llmserve.backends.base import (
     SampleResult,
     TokenLogprob,
 )
-# MERGE: from llmserve.engine.constraints import Constraint, ConstraintSpec, LogitsProcessor
+from llmserve.engine.constraints import Constraint, ConstraintSpec, LogitsProcessor
 from llmserve.config import Config
 from llmserve.engine.outputs import CompletionOutput, RequestOutput
 from llmserve.engine.sampling import SamplingParams

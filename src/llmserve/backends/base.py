@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from llmserve.errors import LLMServeError
+from llmserve.errors import ConfigError, LLMServeError, UnsupportedError
 
 if TYPE_CHECKING:
     from llmserve.config import Config
+    from llmserve.engine.constraints import LogitsProcessor
     from llmserve.engine.sampling import SamplingParams
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -62,8 +63,9 @@ class BatchItem:
     seed_offset: int = 0
     # Compute logprobs of the prompt tokens following each new position (prompt_logprobs).
     want_prompt_logprobs: bool = False
-    # Boolean numpy mask over the vocabulary (True = allowed) from a TokenConstraint, or None.
-    allowed_mask: Any = None
+    # Row of ``Batch.token_bitmask`` holding this item's allowed tokens (a sampling item with a
+    # constraint), or None: no constraint.
+    bitmask_row: int | None = None
 
     @property
     def end_pos(self) -> int:
@@ -92,14 +94,23 @@ class SampleResult:
     rank: int | None = None
     top_logprobs: list[TokenLogprob] | None = None
     prompt_logprobs: list[tuple[TokenLogprob, list[TokenLogprob]]] | None = None
+    # Set when this row failed (a logits processor raised): the engine ends the sequence with it.
+    error: str | None = None
 
 
 @dataclass(slots=True)
 class Batch:
-    """One engine step's work. ``items`` mixes prefill chunks and decodes."""
+    """One engine step's work. ``items`` mixes prefill chunks and decodes.
+
+    ``token_bitmask`` is None when no item samples under a constraint; otherwise an int32 numpy
+    array [constrained rows, ceil(vocab / 32)] in xgrammar's packing (bit j of word i allows token
+    32 * i + j), row ``item.bitmask_row`` for each constrained item. Tokens it does not allow get
+    -inf logits before any other adjustment.
+    """
 
     items: list[BatchItem] = field(default_factory=list)
     block_size: int = 16
+    token_bitmask: Any = None
 
     @property
     def num_tokens(self) -> int:
@@ -135,7 +146,8 @@ class Backend(ABC):
 
     Life cycle: ``__init__(config)`` must fail fast (``BackendUnavailable``) when the hardware is
     missing; then ``load_model``, ``kv_cache_budget_bytes``, ``allocate_kv_cache``, then many
-    ``execute`` calls from the engine's step thread; ``shutdown`` at the end.
+    ``execute`` calls from the engine's step thread; ``shutdown`` at the end. Optional:
+    ``set_logits_processors`` once after loading, ``sleep`` / ``wake_up`` between steps.
     """
 
     name: ClassVar[str] = ""
@@ -179,6 +191,21 @@ class Backend(ABC):
     @abstractmethod
     def execute(self, batch: Batch) -> list[SampleResult]:
         """Run the model on the batch and sample; one result per item, in order."""
+
+    def set_logits_processors(self, processors: Sequence[LogitsProcessor]) -> None:
+        """Apply these batch-level processors on every step (called after ``load_model``, only
+        with a non-empty list). Backends that cannot run them raise ConfigError."""
+        raise ConfigError(f"backend {self.name!r} does not support logits processors")
+
+    def sleep(self, level: int) -> None:
+        """Release memory while idle (no sequence holds KV blocks). Level 1 drops the KV cache,
+        level 2 the weights too. ``wake_up`` restores what was dropped."""
+        raise UnsupportedError(f"sleep mode is not supported by the {self.name!r} backend")
+
+    def wake_up(self) -> None:
+        """Reload what ``sleep`` dropped: the weights (level 2) and a zeroed KV cache of the same
+        number of blocks."""
+        raise UnsupportedError(f"sleep mode is not supported by the {self.name!r} backend")
 
     def load_embedding_model(self, model_dir: str) -> Embedder:
         """Load an encoder model for embeddings. Backends without one raise BackendUnavailable."""

@@ -59,7 +59,6 @@ class AsyncEngine:
         self.kv_capacity_tokens = engine.kv_capacity_tokens
         self.generation_defaults = generation_defaults
         self.metrics = _make_metrics(model_name, engine.max_model_len, self.stats)
-        self.is_sleeping = False
         self.error: BaseException | None = None
         self._streams: dict[str, GenerationStream] = {}
         self._device = device_thread()
@@ -92,18 +91,15 @@ class AsyncEngine:
 
     async def sleep(self, level: int = 1) -> None:
         """Free the KV cache (level 1) and the weights too (level 2) until ``wake_up``."""
-        if level not in (1, 2):
-            raise InvalidRequestError(f"level must be 1 or 2, got {level}", param="level")
-        if self._streams:
-            raise OverloadedError(f"{len(self._streams)} requests are in flight; sleep once they finish.")
         await asyncio.wrap_future(self._device.submit(self.engine.sleep, level))
-        self.is_sleeping = True
 
     async def wake_up(self) -> None:
         """Restore what ``sleep`` freed."""
-        if self.is_sleeping:
-            await asyncio.wrap_future(self._device.submit(self.engine.wake_up))
-            self.is_sleeping = False
+        await asyncio.wrap_future(self._device.submit(self.engine.wake_up))
+
+    @property
+    def is_sleeping(self) -> bool:
+        return self.engine.is_sleeping
 
     @property
     def is_dead(self) -> bool:
@@ -141,11 +137,7 @@ class AsyncEngine:
             raise EngineDeadError(f"The engine stopped after an error: {self.error}")
         if self.is_sleeping:
             raise OverloadedError("The engine is sleeping; POST /wake_up first.")
-        self.engine.validate(prompt_token_ids, params)
-        if priority and self.config.scheduling_policy != "priority":
-            raise InvalidRequestError(
-                "priority is only supported with --scheduling-policy priority.", param="priority"
-            )
+        self.engine.validate(prompt_token_ids, params, priority)
         if len(self._streams) >= self.config.max_num_seqs + self.config.max_waiting_requests:
             raise OverloadedError("Too many requests in flight; try again later.")
 

@@ -1,17 +1,22 @@
-"""The synchronous engine core: schedule -> execute -> postprocess, one step at a time."""
+"""The synchronous engine core: schedule -> execute -> postprocess, one step at a time.
+
+Every method runs on the engine's step thread (the one that steps), between steps.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
 from llmserve.backends.base import Backend, ModelInfo, SampleResult, TokenLogprob
+from llmserve.engine.constraints import LogitsProcessor
 from llmserve.engine.kv_cache import BlockManager
 from llmserve.engine.request import Request, Sequence
 from llmserve.engine.sampling import SamplingParams
 from llmserve.engine.scheduler import Scheduler, SchedulerConfig
-from llmserve.errors import ConfigError, InvalidRequestError
+from llmserve.errors import ConfigError, InvalidRequestError, OverloadedError
 
 log = logging.getLogger("llmserve.engine")
 
@@ -30,6 +35,7 @@ class SeqEvent:
     num_cached_tokens: int
     prompt_logprobs: list | None = None
     scheduled_time: float | None = None  # when the request was first scheduled (queue time ends)
+    error: str | None = None  # with finish_reason "abort": the engine ended it (a failed constraint)
 
 
 @dataclass(slots=True)
@@ -44,14 +50,38 @@ class EngineStats:
 
 
 class LLMEngine:
-    """Owns the scheduler and the KV block pool; the backend owns the math."""
+    """Owns the scheduler and the KV block pool; the backend owns the math.
 
-    def __init__(self, backend: Backend, model_dir: str, config) -> None:
+    ``scheduling_policy`` ("fcfs" or "priority") and ``logits_processors`` (created once, applied
+    to every step) default to the config's attributes of those names, when it has them.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        model_dir: str,
+        config,
+        *,
+        scheduling_policy: str | None = None,
+        logits_processors: Seq[LogitsProcessor] | None = None,
+    ) -> None:
         self.backend = backend
         self.config = config
         self.model_dir = model_dir
+        if scheduling_policy is None:
+            scheduling_policy = getattr(config, "scheduling_policy", None) or "fcfs"
+        if logits_processors is None:
+            logits_processors = getattr(config, "logits_processors", None) or ()
+        self.logits_processors = list(logits_processors)
+        for proc in self.logits_processors:
+            if not isinstance(proc, LogitsProcessor):
+                raise ConfigError(
+                    f"logits processors must be LogitsProcessor objects, got {type(proc).__name__}"
+                )
         info: ModelInfo = backend.load_model(model_dir)
         self.model_info = info
+        if self.logits_processors:
+            backend.set_logits_processors(self.logits_processors)
         if config.max_model_len and config.max_model_len > info.max_model_len:
             raise ConfigError(
                 f"--max-model-len {config.max_model_len} exceeds the model's context length {info.max_model_len}"
@@ -75,23 +105,31 @@ class LLMEngine:
             max_model_len=self.max_model_len,
             block_size=block_size,
             vocab_size=info.vocab_size,
+            scheduling_policy=scheduling_policy,
         )
         self.scheduler = Scheduler(sched_config, self.blocks, info.eos_token_ids)
         self._scheduled: dict[str, float] = {}  # request id -> first scheduled (monotonic)
+        self.sleep_level = 0  # 0: awake
 
     @property
     def kv_capacity_tokens(self) -> int:
         return self.num_blocks * self.config.block_size
 
-    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+    def validate(self, prompt_token_ids: list[int], params: SamplingParams, priority: int = 0) -> None:
         """Reject what can never run, with a message naming the numbers."""
+        policy = self.scheduler.config.scheduling_policy
+        if priority != 0 and policy != "priority":
+            raise InvalidRequestError(
+                f"priority {priority} needs the 'priority' scheduling policy (this engine is {policy!r})",
+                param="priority",
+            )
         if not prompt_token_ids:
             raise InvalidRequestError("The prompt is empty; at least one token is required.", param="prompt")
         vocab = self.model_info.vocab_size
         bad = next((t for t in prompt_token_ids if not 0 <= t < vocab), None)
         if bad is not None:
             raise InvalidRequestError(f"Token id {bad} is out of vocabulary (size {vocab}).", param="prompt")
-        params.validate(vocab)
+        params.check_vocab(vocab)
         prompt_len = len(prompt_token_ids)
         max_tokens = params.max_tokens or 0
         if prompt_len + max_tokens > self.max_model_len or prompt_len >= self.max_model_len:
@@ -105,19 +143,69 @@ class LLMEngine:
     def add_request(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int = 0
     ) -> None:
+        """Queue a request. ``priority`` (lower first) needs the "priority" scheduling policy.
+        Raises InvalidRequestError for what can never run (a constraint that fails to start
+        included), OverloadedError while sleeping."""
+        if self.sleep_level:
+            raise OverloadedError("The engine is sleeping; wake it up first.")
         if params.max_tokens is None:
             params.max_tokens = self.max_model_len - len(prompt_token_ids)
-        self.scheduler.add_request(Request.create(request_id, list(prompt_token_ids), params))
+        request = Request.create(request_id, list(prompt_token_ids), params, priority=priority)
+        self.scheduler.add_request(request)
 
     def abort(self, request_id: str, finish_reason: str = "abort") -> list[Sequence]:
+        """Finish a request now and free its blocks; the sequences it finished ([] if unknown)."""
         self._scheduled.pop(request_id, None)
         return self.scheduler.abort_request(request_id, finish_reason)
 
     def has_work(self) -> bool:
         return self.scheduler.has_unfinished()
 
+    # -- sleep mode ---------------------------------------------------------------------------
+
+    @property
+    def is_sleeping(self) -> bool:
+        return self.sleep_level > 0
+
+    def sleep(self, level: int = 1) -> None:
+        """Free device memory while idle (vLLM's sleep mode): level 1 the KV cache, level 2 the
+        weights too. Only with no request in the engine (InvalidRequestError naming how many
+        there are). Sleeping again at a deeper level frees the weights as well; otherwise a
+        repeated call does nothing. Requests are refused until ``wake_up``."""
+        if level not in (1, 2):
+            raise InvalidRequestError(f"sleep level must be 1 or 2, got {level!r}", param="level")
+        if level <= self.sleep_level:
+            return
+        if self.scheduler.has_unfinished():
+            s = self.scheduler
+            raise InvalidRequestError(
+                f"cannot sleep with {s.num_running} running and {s.num_waiting} waiting sequences; "
+                "let them finish or abort them first"
+            )
+        self.backend.sleep(level)
+        self.blocks.reset_prefix_cache()  # the cached contents are gone with the KV tensors
+        self.sleep_level = level
+        log.info("engine asleep (level %d)", level)
+
+    def wake_up(self) -> None:
+        """Reallocate the KV cache (same number of blocks, empty) and, after level 2, reload the
+        weights from the model directory. Does nothing when awake."""
+        if not self.sleep_level:
+            return
+        self.backend.wake_up()
+        self.sleep_level = 0
+        log.info("engine awake")
+
+    def reset_prefix_cache(self) -> int:
+        """Forget cached prefixes that no running sequence holds; how many blocks were dropped."""
+        return self.blocks.reset_prefix_cache()
+
+    # -- stepping -----------------------------------------------------------------------------
+
     def step(self) -> list[SeqEvent]:
         """Run one step; return an event for every sequence that produced a token or finished."""
+        if self.sleep_level:
+            return []
         out = self.scheduler.schedule()
         if out.is_empty:
             return []
@@ -129,7 +217,8 @@ class LLMEngine:
         return [self._event(seq, by_seq.get(seq.seq_id)) for seq in self.scheduler.update(out, results)]
 
     def _event(self, seq: Sequence, res: SampleResult | None) -> SeqEvent:
-        token = res.token_id if res is not None else None
+        # A token its constraint rejected (or a failed row's) was not appended: do not report it.
+        token = res.token_id if res is not None and seq.error is None else None
         logprobs = seq.output_logprobs[-1] if token is not None and seq.output_logprobs else None
         first = token is not None and len(seq.output_token_ids) == 1
         prompt_lp = seq.prompt_logprobs if first and seq.index == 0 else None
@@ -138,7 +227,7 @@ class LLMEngine:
             self._scheduled.pop(seq.request_id, None)
         return SeqEvent(
             seq.request_id, seq.index, token, logprobs, seq.finish_reason, seq.stop_reason,
-            len(seq.output_token_ids), seq.num_cached_tokens, prompt_lp, scheduled,
+            len(seq.output_token_ids), seq.num_cached_tokens, prompt_lp, scheduled, seq.error,
         )  # fmt: skip
 
     def stats(self) -> EngineStats:

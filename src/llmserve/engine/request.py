@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass, field
 
 from llmserve.backends.base import TokenLogprob
+from llmserve.engine.constraints import Constraint
 from llmserve.engine.sampling import SamplingParams
-from llmserve.errors import InvalidRequestError
+from llmserve.errors import InvalidRequestError, LLMServeError
 
 _seq_ids = itertools.count()  # next() on a count is atomic under the GIL
 
@@ -47,7 +48,8 @@ class Sequence:
     ``num_computed_tokens`` tokens have their K/V in the cache (at the slots given by
     ``block_table``); the rest still need computing. While decoding exactly one token, the last
     sampled one, is uncomputed. ``block_hashes`` are the prefix-cache hashes of the full blocks of
-    tokens (they depend only on token ids, so they survive preemption).
+    tokens (they depend only on token ids, so they survive preemption). ``constraint`` is this
+    choice's own, made from ``params.constraint``; it also survives preemption.
     """
 
     seq_id: int
@@ -63,7 +65,10 @@ class Sequence:
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     stop_reason: int | str | None = None  # the stop token id (or stop string, set by the API side)
     arrival_time: float = field(default_factory=time.monotonic)
+    priority: int = 0  # lower runs first under the "priority" scheduling policy
     num_preemptions: int = 0
+    constraint: Constraint | None = field(default=None, repr=False)
+    error: str | None = None  # why the sequence was aborted by the engine (a failed constraint)
     block_hashes: list[bytes] = field(default_factory=list, repr=False)
     num_registered_blocks: int = field(default=0, repr=False)  # full blocks already offered to the cache
     # Logprobs of prompt tokens 1..P-1, when params.prompt_logprobs is set (choice 0 only).
@@ -127,6 +132,29 @@ class Sequence:
             return self.output_token_ids[start - p : end - p]
         return self.prompt_token_ids[start:] + self.output_token_ids[: end - p]
 
+    @property
+    def prompt_logprobs_left(self) -> bool:
+        """Prompt logprobs were asked for (choice 0 computes them) and not all delivered yet."""
+        if self.params.prompt_logprobs is None or self.index != 0:
+            return False
+        return len(self.prompt_logprobs or ()) < self.num_prompt_tokens - 1
+
+    def wants_prompt_logprobs(self, start: int, end: int) -> bool:
+        """Whether computing positions [start, end) yields prompt logprobs not delivered yet."""
+        if not self.prompt_logprobs_left:
+            return False
+        done = len(self.prompt_logprobs or ())
+        return max(start, done) < min(end, self.num_prompt_tokens - 1)
+
+    def add_prompt_logprobs(self, start: int, entries: list[LogprobEntry]) -> None:
+        """Keep a chunk's prompt logprobs (positions start..), skipping those already delivered
+        before a preemption."""
+        if self.prompt_logprobs is None:
+            self.prompt_logprobs = []
+        done = len(self.prompt_logprobs)
+        if start <= done:
+            self.prompt_logprobs.extend(entries[done - start : self.num_prompt_tokens - 1 - start])
+
     def check_invariants(self, block_size: int) -> None:
         """Raise ValueError when the state is inconsistent (used by tests and debugging)."""
         if not 0 <= self.num_computed_tokens <= self.num_tokens:
@@ -151,7 +179,8 @@ class Request:
     """A generation request: one prompt, ``params.n`` sequences (choices ``0..n-1``).
 
     ``pending`` holds the choices that wait for choice 0 to compute the prompt once; the scheduler
-    then releases them and they share its full prompt blocks.
+    then releases them and they share its full prompt blocks. Each choice gets its own constraint
+    from ``params.constraint``; a spec that fails to make one rejects the request (400).
     """
 
     request_id: str
@@ -160,10 +189,13 @@ class Request:
     seqs: list[Sequence] = field(default_factory=list)
     arrival_time: float = field(default_factory=time.monotonic)
     pending: list[Sequence] = field(default_factory=list, repr=False)
+    priority: int = 0
 
     def __post_init__(self) -> None:
         if not self.prompt_token_ids:
             raise InvalidRequestError("the prompt must contain at least one token", param="prompt")
+        if not isinstance(self.priority, int) or isinstance(self.priority, bool):
+            raise InvalidRequestError(f"priority must be an integer, got {self.priority!r}", param="priority")
         self.prompt_token_ids = list(self.prompt_token_ids)
         if not self.seqs:
             self.seqs = [
@@ -175,11 +207,29 @@ class Request:
                     output_token_ids=[],
                     params=self.params,
                     arrival_time=self.arrival_time,
+                    priority=self.priority,
+                    constraint=self._new_constraint(),
                 )
                 for i in range(self.params.n)
             ]
         if [s.index for s in self.seqs] != list(range(len(self.seqs))):
             raise ValueError("sequences must be given in choice order 0..n-1")
+
+    def _new_constraint(self) -> Constraint | None:
+        spec = self.params.constraint
+        if spec is None:
+            return None
+        try:
+            constraint = spec.new()
+        except LLMServeError:
+            raise
+        except Exception as exc:  # a bad grammar is the request's fault, never the engine's
+            raise InvalidRequestError(f"the output constraint failed to start: {exc}") from exc
+        if not isinstance(constraint, Constraint):
+            raise InvalidRequestError(
+                f"{type(spec).__name__}.new() returned {type(constraint).__name__}, not a Constraint"
+            )
+        return constraint
 
     @classmethod
     def create(
@@ -188,11 +238,12 @@ class Request:
         prompt_token_ids: list[int],
         params: SamplingParams,
         arrival_time: float | None = None,
+        priority: int = 0,
     ) -> Request:
-        """A request with ``params.n`` fresh sequences."""
+        """A request with ``params.n`` fresh sequences (each with its own constraint)."""
         if arrival_time is None:
-            return cls(request_id, prompt_token_ids, params)
-        return cls(request_id, prompt_token_ids, params, arrival_time=arrival_time)
+            return cls(request_id, prompt_token_ids, params, priority=priority)
+        return cls(request_id, prompt_token_ids, params, arrival_time=arrival_time, priority=priority)
 
     @property
     def is_finished(self) -> bool:

@@ -1,32 +1,18 @@
-"""Sampling parameters (validated) and the hook for per-request token masks.
+"""Sampling parameters (validated).
 
-Plain data: no torch or jax here. Every backend's sampler implements the same semantics.
+Plain data: no torch or jax here. Every backend's sampler implements the same semantics. Token
+constraints (structured outputs) come in as a ``ConstraintSpec`` (engine/constraints.py).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Protocol
 
+from llmserve.engine.constraints import ConstraintSpec
 from llmserve.errors import InvalidRequestError
 
 _MAX_LOGPROBS = 20
-
-
-class TokenConstraint(Protocol):
-    """Per-request token mask (structured outputs plug in here).
-
-    The engine asks ``allowed_mask`` before each sampled token and reports the chosen token with
-    ``accept``. ``allowed_mask`` returns a boolean numpy array of vocabulary size (True = allowed)
-    or None when every token is allowed.
-    """
-
-    def allowed_mask(self, vocab_size: int): ...  # noqa: ANN201 - numpy array or None
-
-    def accept(self, token_id: int) -> None: ...
-
-    def is_finished(self) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -55,7 +41,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     detokenize: bool = True
-    constraint: TokenConstraint | None = None
+    constraint: ConstraintSpec | None = None  # one Constraint per sequence is made from it
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -70,11 +56,8 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature < 1e-5
 
-    def validate(self, vocab_size: int | None = None) -> None:
-        """Raise InvalidRequestError naming the first bad field."""
-
-        def bad(param: str, message: str) -> None:
-            raise InvalidRequestError(f"{param} {message}", param=param)
+    def validate(self) -> None:
+        """Raise InvalidRequestError naming the first bad field (run once, at construction)."""
 
         for name in (
             "temperature",
@@ -85,46 +68,54 @@ class SamplingParams:
             "repetition_penalty",
         ):
             if not math.isfinite(getattr(self, name)):
-                bad(name, "must be a finite number")
+                _bad(name, "must be a finite number")
         if not isinstance(self.n, int) or self.n < 1:
-            bad("n", f"must be at least 1, got {self.n}")
+            _bad("n", f"must be at least 1, got {self.n}")
         if self.n > 128:
-            bad("n", f"must be at most 128, got {self.n}")
+            _bad("n", f"must be at most 128, got {self.n}")
         if self.temperature < 0:
-            bad("temperature", f"must be non-negative, got {self.temperature}")
+            _bad("temperature", f"must be non-negative, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            bad("top_p", f"must be in (0, 1], got {self.top_p}")
+            _bad("top_p", f"must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
-            bad("top_k", f"must be -1 (disable), 0 (disable) or at least 1, got {self.top_k}")
+            _bad("top_k", f"must be -1 (disable), 0 (disable) or at least 1, got {self.top_k}")
         if not 0 <= self.min_p <= 1:
-            bad("min_p", f"must be in [0, 1], got {self.min_p}")
+            _bad("min_p", f"must be in [0, 1], got {self.min_p}")
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             if not -2 <= value <= 2:
-                bad(name, f"must be in [-2, 2], got {value}")
+                _bad(name, f"must be in [-2, 2], got {value}")
         if not 0 < self.repetition_penalty <= 2:
-            bad("repetition_penalty", f"must be in (0, 2], got {self.repetition_penalty}")
+            _bad("repetition_penalty", f"must be in (0, 2], got {self.repetition_penalty}")
         if self.max_tokens is not None and self.max_tokens < 1:
-            bad("max_tokens", f"must be at least 1, got {self.max_tokens}")
+            _bad("max_tokens", f"must be at least 1, got {self.max_tokens}")
         if self.min_tokens < 0:
-            bad("min_tokens", f"must be non-negative, got {self.min_tokens}")
+            _bad("min_tokens", f"must be non-negative, got {self.min_tokens}")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
-            bad("min_tokens", f"must be at most max_tokens={self.max_tokens}, got {self.min_tokens}")
+            _bad("min_tokens", f"must be at most max_tokens={self.max_tokens}, got {self.min_tokens}")
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= _MAX_LOGPROBS:
-                bad(name, f"must be in [0, {_MAX_LOGPROBS}], got {value}")
+                _bad(name, f"must be in [0, {_MAX_LOGPROBS}], got {value}")
         if self.seed is not None and not -(2**63) <= self.seed < 2**64:
-            bad("seed", "is out of range")
+            _bad("seed", "is out of range")
         for token, bias in self.logit_bias.items():
             if not -100 <= bias <= 100:
-                bad("logit_bias", f"values must be in [-100, 100], got {bias} for token {token}")
-        if vocab_size is not None:
-            for name in ("logit_bias", "stop_token_ids", "allowed_token_ids"):
-                for token in getattr(self, name) or ():
-                    if not 0 <= token < vocab_size:
-                        bad(name, f"token id {token} is out of vocabulary (size {vocab_size})")
+                _bad("logit_bias", f"values must be in [-100, 100], got {bias} for token {token}")
         if self.stop and not self.detokenize:
-            bad("stop", "strings need detokenize=True")
+            _bad("stop", "strings need detokenize=True")
         if self.allowed_token_ids is not None and not self.allowed_token_ids:
-            bad("allowed_token_ids", "must not be empty")
+            _bad("allowed_token_ids", "must not be empty")
+        if self.constraint is not None and not isinstance(self.constraint, ConstraintSpec):
+            _bad("constraint", f"must be a ConstraintSpec, got {type(self.constraint).__name__}")
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """The checks that need the model: every token id given is in its vocabulary."""
+        for name in ("logit_bias", "stop_token_ids", "allowed_token_ids"):
+            for token in getattr(self, name) or ():
+                if not 0 <= token < vocab_size:
+                    _bad(name, f"token id {token} is out of vocabulary (size {vocab_size})")
+
+
+def _bad(param: str, message: str) -> None:
+    raise InvalidRequestError(f"{param} {message}", param=param)

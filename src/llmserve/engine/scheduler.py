@@ -1,10 +1,12 @@
 """Continuous batching over the paged KV cache: token budget, chunked prefill, preemption.
 
 Each step: running decodes first, then running prefills (a long prompt continues where its last
-chunk stopped), then waiting sequences in FCFS order while blocks, sequence slots and token
-budget last. When a running sequence needs a block and none is free, the most recently admitted
-running sequence is preempted by recompute: its blocks are freed and it goes back to the front of
-the waiting queue, keeping its output tokens, which are recomputed with the prompt on resume.
+chunk stopped), then waiting sequences in the policy's order (engine/waiting_queue.py) while
+blocks, sequence slots and token budget last. When a running sequence needs a block and none is
+free, one running sequence is preempted by recompute: under "fcfs" the most recently admitted,
+under "priority" the one with the highest (priority, arrival), as in vLLM. Its blocks are freed
+and it waits again, keeping its output tokens (and its constraint's state), which are recomputed
+with the prompt on resume.
 
 The n choices of a request share the prompt: choice 0 computes it, then the other choices are
 released and admitted sharing its full prompt blocks (ref-counted), computing only the tail.
@@ -12,17 +14,16 @@ released and admitted sharing its full prompt blocks (ref-counted), computing on
 
 from __future__ import annotations
 
-import logging
-from collections import deque
 from dataclasses import dataclass, field
 
 from llmserve.backends.base import Batch, BatchItem, SampleResult, TokenLogprob
+from llmserve.engine.constraint_steps import StepBitmask, accept_token
 from llmserve.engine.kv_cache import BlockManager
 from llmserve.engine.request import FINISH_STATUS, Request, Sequence, SequenceStatus
+from llmserve.engine.waiting_queue import POLICIES, make_waiting_queue, schedule_key
 from llmserve.errors import ConfigError, InvalidRequestError
 
 RUNNING, WAITING = SequenceStatus.RUNNING, SequenceStatus.WAITING
-log = logging.getLogger("llmserve.engine")
 
 
 @dataclass(slots=True)
@@ -31,12 +32,17 @@ class SchedulerConfig:
     max_num_batched_tokens: int
     max_model_len: int
     block_size: int
-    vocab_size: int | None = None  # needed only for requests with a TokenConstraint
+    vocab_size: int | None = None  # needed only for requests with a constraint
+    scheduling_policy: str = "fcfs"  # or "priority" (see engine/waiting_queue.py)
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "block_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.scheduling_policy not in POLICIES:
+            raise ConfigError(
+                f"scheduling_policy must be one of {', '.join(POLICIES)}; got {self.scheduling_policy!r}"
+            )
 
 
 @dataclass(slots=True)
@@ -88,9 +94,11 @@ class Scheduler:
         self.blocks = blocks
         self.eos_token_ids = frozenset(eos_token_ids)
         self.requests: dict[str, Request] = {}  # unfinished requests
-        self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []  # in admission order: the last is preempted first
-        self._failed: set[int] = set()  # seq ids whose token constraint raised in make_batch
+        self.waiting = make_waiting_queue(config.scheduling_policy)
+        self.running: list[Sequence] = []  # in admission order
+        self._by_priority = config.scheduling_policy == "priority"
+        self._bitmask = StepBitmask(config.vocab_size) if config.vocab_size else None
+        self._failed: dict[int, str] = {}  # seq id -> error of a constraint that raised in make_batch
 
     @property
     def num_running(self) -> int:
@@ -120,13 +128,16 @@ class Scheduler:
                 f"the prompt ({num_prompt} tokens) needs {need} KV cache blocks but the cache has {have}",
                 param="prompt",
             )
-        if req.params.constraint is not None:
-            if self.config.vocab_size is None:
-                raise InvalidRequestError("structured output is not available: the engine has no vocab size")
-            if req.params.n > 1:  # one constraint object cannot track n different choices
-                raise InvalidRequestError("n > 1 is not supported with structured output", param="n")
+        if req.params.constraint is not None and self._bitmask is None:
+            raise InvalidRequestError("structured output is not available: the engine has no vocab size")
+        if req.priority != 0 and not self._by_priority:
+            raise InvalidRequestError(
+                f"priority {req.priority} needs the 'priority' scheduling policy (this engine is "
+                f"{self.config.scheduling_policy!r})",
+                param="priority",
+            )
         self.requests[req.request_id] = req
-        self.waiting.append(req.seqs[0])
+        self.waiting.add(req.seqs[0])
         req.pending = list(req.seqs[1:])
 
     # -- scheduling ---------------------------------------------------------------------------
@@ -134,7 +145,7 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
-        scheduled: set[int] = set()
+        scheduled: dict[int, ScheduledChunk] = {}
         for decodes in (True, False):
             for seq in list(self.running):
                 if budget == 0:
@@ -142,23 +153,23 @@ class Scheduler:
                 if seq.status is not RUNNING or seq.is_decode is not decodes:
                     continue  # preempted earlier in this step, or not this pass
                 num_new = self._chunk_size(seq, seq.num_computed_tokens, budget)
-                if self._reserve(seq, num_new, scheduled, out):
-                    out.chunks.append(
-                        ScheduledChunk(seq, num_new, seq.num_computed_tokens + num_new == seq.num_tokens)
-                    )
-                    scheduled.add(seq.seq_id)
-                    budget -= num_new
+                freed = self._reserve(seq, num_new, scheduled, out)
+                if freed is not None:
+                    chunk = ScheduledChunk(seq, num_new, seq.num_computed_tokens + num_new == seq.num_tokens)
+                    out.chunks.append(chunk)
+                    scheduled[seq.seq_id] = chunk
+                    budget += freed - num_new
         if out.preempted:  # memory is tight: admitting now would only preempt again
             return out
         bs, caching = self.config.block_size, self.blocks.enable_prefix_caching
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-            seq = self.waiting[0]
+            seq = self.waiting.peek()
             shared = self._shared_prefix(seq)
             num_computed = len(shared) * bs
             num_new = self._chunk_size(seq, num_computed, budget)
             if not self.blocks.can_allocate(shared, num_computed + num_new):
-                break  # FCFS: nobody overtakes the head
-            self.waiting.popleft()
+                break  # nobody overtakes the head of the queue
+            self.waiting.pop()
             if seq.num_preemptions == 0 and seq.index == 0 and self._may_use_cache(seq) and caching:
                 self.blocks.record_query(seq.num_tokens, num_computed)
                 seq.num_cached_tokens = num_computed
@@ -172,7 +183,7 @@ class Scheduler:
 
     def _chunk_size(self, seq: Sequence, start: int, budget: int) -> int:
         num_new = min(seq.num_tokens - start, budget)
-        if self._prompt_logprobs_left(seq):
+        if seq.prompt_logprobs_left:
             # After a preemption, recompute what was delivered in chunks of its own so that no
             # chunk asks for prompt logprobs it already returned.
             done = len(seq.prompt_logprobs or ())
@@ -180,15 +191,25 @@ class Scheduler:
                 num_new = done - start
         return num_new
 
-    def _reserve(self, seq: Sequence, num_new: int, scheduled: set[int], out: SchedulerOutput) -> bool:
-        """Make room for ``num_new`` more tokens of a running sequence, preempting the most recently
-        admitted unscheduled sequences; False if ``seq`` itself had to go."""
+    def _reserve(
+        self, seq: Sequence, num_new: int, scheduled: dict[int, ScheduledChunk], out: SchedulerOutput
+    ) -> int | None:
+        """Make room for ``num_new`` more tokens of a running sequence by preempting others; the
+        tokens of chunks this unscheduled (priority policy), or None if ``seq`` itself had to go."""
+        freed = 0
         while not self.blocks.grow(seq, seq.num_computed_tokens + num_new):
-            victim = next(s for s in reversed(self.running) if s.seq_id not in scheduled)
+            if self._by_priority:  # vLLM: the highest (priority, arrival), scheduled or not
+                victim = max(self.running, key=schedule_key)
+            else:  # the most recently admitted not yet scheduled
+                victim = next(s for s in reversed(self.running) if s.seq_id not in scheduled)
+            chunk = scheduled.pop(victim.seq_id, None)
+            if chunk is not None:
+                out.chunks.remove(chunk)
+                freed += chunk.num_new_tokens
             self._preempt(victim, out)
             if victim is seq:
-                return False
-        return True
+                return None
+        return freed
 
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
         self.running.remove(seq)
@@ -201,24 +222,12 @@ class Scheduler:
             return
         seq.status = WAITING
         seq.num_preemptions += 1
-        self.waiting.appendleft(seq)
+        self.waiting.add_front([seq])
         out.preempted.append(seq)
 
     def _may_use_cache(self, seq: Sequence) -> bool:
         # Prompt logprobs need every prompt position computed (as in vLLM), until delivered once.
-        return not self._prompt_logprobs_left(seq)
-
-    def _prompt_logprobs_left(self, seq: Sequence) -> bool:
-        if seq.params.prompt_logprobs is None or seq.index != 0:
-            return False
-        return len(seq.prompt_logprobs or ()) < seq.num_prompt_tokens - 1
-
-    def _wants_prompt_logprobs(self, chunk: ScheduledChunk) -> bool:
-        seq = chunk.seq
-        if not self._prompt_logprobs_left(seq):
-            return False
-        done = len(seq.prompt_logprobs or ())
-        return max(chunk.start_pos, done) < min(chunk.end_pos, seq.num_prompt_tokens - 1)
+        return not seq.prompt_logprobs_left
 
     def _shared_prefix(self, seq: Sequence) -> list[int]:
         """Blocks a waiting sequence can share: prefix-cache hits or a running sibling's full prompt
@@ -240,40 +249,38 @@ class Scheduler:
     # -- batch and results --------------------------------------------------------------------
 
     def make_batch(self, out: SchedulerOutput) -> Batch:
-        """The backend's view of the step. Block tables and token lists are the live ones: valid
-        until ``update``."""
-        items = []
+        """The backend's view of the step. Block tables, token lists and the token bitmask are
+        the live ones: valid until ``update``."""
+        items, constrained = [], []
         for chunk in out.chunks:
             seq = chunk.seq
-            params = seq.params
-            mask = None
-            if chunk.sample and params.constraint is not None:
-                try:
-                    mask = params.constraint.allowed_mask(self.config.vocab_size)
-                except Exception:  # a broken grammar ends its request, never the engine
-                    log.exception("token constraint failed for request %s", seq.request_id)
-                    self._failed.add(seq.seq_id)
-            items.append(
-                BatchItem(
-                    seq_id=seq.seq_id,
-                    token_ids=seq.token_ids(chunk.start_pos, chunk.end_pos),
-                    start_pos=chunk.start_pos,
-                    block_table=seq.block_table,
-                    sample=chunk.sample,
-                    params=params,
-                    prompt_token_ids=seq.prompt_token_ids,
-                    output_token_ids=seq.output_token_ids,
-                    seed_offset=seq.index,
-                    want_prompt_logprobs=self._wants_prompt_logprobs(chunk),
-                    allowed_mask=mask,
-                )
+            item = BatchItem(
+                seq_id=seq.seq_id,
+                token_ids=seq.token_ids(chunk.start_pos, chunk.end_pos),
+                start_pos=chunk.start_pos,
+                block_table=seq.block_table,
+                sample=chunk.sample,
+                params=seq.params,
+                prompt_token_ids=seq.prompt_token_ids,
+                output_token_ids=seq.output_token_ids,
+                seed_offset=seq.index,
+                want_prompt_logprobs=seq.wants_prompt_logprobs(chunk.start_pos, chunk.end_pos),
             )
-        return Batch(items=items, block_size=self.config.block_size)
+            if chunk.sample and seq.constraint is not None:
+                item.bitmask_row = len(constrained)
+                constrained.append(seq)
+            items.append(item)
+        batch = Batch(items=items, block_size=self.config.block_size)
+        if constrained:
+            batch.token_bitmask, failures = self._bitmask.fill(constrained)
+            self._failed.update(failures)
+        return batch
 
     def update(self, out: SchedulerOutput, results: list[SampleResult]) -> list[Sequence]:
         """Apply a step's results: advance computed tokens, register full blocks in the prefix
-        cache, append sampled tokens, apply stop rules, free finished sequences' blocks. Returns
-        the sequences that got a token or finished, in batch order (pool-capped ones first)."""
+        cache, append sampled tokens (telling constraints), apply stop rules, free finished
+        sequences' blocks. Returns the sequences that got a token or finished, in batch order
+        (pool-capped ones first)."""
         if len(results) != len(out.chunks):
             raise ValueError(f"{len(results)} results for {len(out.chunks)} scheduled chunks")
         emitted = list(out.finished)
@@ -286,21 +293,28 @@ class Scheduler:
                 continue
             seq.num_computed_tokens += chunk.num_new_tokens
             self.blocks.cache_full_blocks(seq)
-            if result.prompt_logprobs is not None and self._prompt_logprobs_left(seq):
-                self._add_prompt_logprobs(seq, chunk.start_pos, result.prompt_logprobs)
+            if result.prompt_logprobs is not None and seq.prompt_logprobs_left:
+                seq.add_prompt_logprobs(chunk.start_pos, result.prompt_logprobs)
             if not chunk.sample:
                 continue
             if result.token_id is None:
                 raise ValueError(f"backend did not sample for seq {seq.seq_id}")
-            if not self._append_token(seq, result):
+            error, terminated = self._failed.pop(seq.seq_id, None) or result.error, False
+            if error is None and seq.constraint is not None:
+                error, terminated = accept_token(seq, result.token_id)
+            if error is not None:
+                seq.error = error
                 self.running.remove(seq)
                 self._finish(seq, "abort")
                 emitted.append(seq)
                 continue
+            self._append_token(seq, result)
             req = self.requests[seq.request_id]
             if req.pending and seq.index == 0:
                 self._release_pending(req)
             reason = self._stop_reason(seq)
+            if terminated and (reason is None or reason[0] == "length"):
+                reason = ("stop", None)  # a complete grammar takes nothing more
             if reason is not None:
                 self._finish(seq, *reason)
                 any_finished = True
@@ -310,31 +324,12 @@ class Scheduler:
             self.running = [s for s in self.running if s.status is RUNNING]
         return emitted
 
-    def _append_token(self, seq: Sequence, result: SampleResult) -> bool:
-        """Append the sampled token; False if the sequence's token constraint failed."""
+    def _append_token(self, seq: Sequence, result: SampleResult) -> None:
         token = result.token_id
-        if seq.seq_id in self._failed:
-            self._failed.discard(seq.seq_id)
-            return False
-        if seq.params.constraint is not None:
-            try:
-                seq.params.constraint.accept(token)
-            except Exception:
-                log.exception("token constraint rejected token %s of request %s", token, seq.request_id)
-                return False
         seq.output_token_ids.append(token)
         if seq.output_logprobs is not None:
             chosen = TokenLogprob(token, result.logprob, result.rank or 1)
             seq.output_logprobs.append((chosen, result.top_logprobs or []))
-        return True
-
-    def _add_prompt_logprobs(self, seq: Sequence, start: int, entries: list) -> None:
-        # entries cover positions start.. of this chunk; skip those delivered before a preemption
-        if seq.prompt_logprobs is None:
-            seq.prompt_logprobs = []
-        done = len(seq.prompt_logprobs)
-        if start <= done:
-            seq.prompt_logprobs.extend(entries[done - start : seq.num_prompt_tokens - 1 - start])
 
     def _stop_reason(self, seq: Sequence) -> tuple[str, int | None] | None:
         """(finish_reason, stop_reason) if the last sampled token ends the sequence."""
@@ -344,8 +339,6 @@ class Scheduler:
                 return "stop", None
             if token in params.stop_token_ids:
                 return "stop", token
-            if params.constraint is not None and params.constraint.is_finished():
-                return "stop", None
         if params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens:
             return "length", None
         if seq.num_tokens >= self.config.max_model_len:
@@ -356,7 +349,7 @@ class Scheduler:
         """Choice 0 has computed the prompt: queue the other choices first in line."""
         for sib in req.pending:
             sib.num_cached_tokens = req.seqs[0].num_cached_tokens
-        self.waiting.extendleft(reversed(req.pending))
+        self.waiting.add_front(req.pending)
         req.pending = []
 
     def _finish(self, seq: Sequence, finish_reason: str, stop_reason: int | str | None = None) -> None:
@@ -364,6 +357,7 @@ class Scheduler:
         seq.status = FINISH_STATUS[finish_reason]
         seq.finish_reason = finish_reason
         seq.stop_reason = stop_reason
+        seq.constraint = None  # its state (a grammar matcher) is not needed any more
         self.blocks.free(seq)
         req = self.requests.get(seq.request_id)
         if req is None:

@@ -195,6 +195,9 @@ class GenerationStream:
                 self.scheduled_time = event.scheduled_time
             if event.prompt_logprobs is not None:
                 self.prompt_logprobs = [None, *event.prompt_logprobs]
+            if event.error is not None:  # the engine ended this choice (a failed constraint)
+                self._mark_done()
+                raise LLMServeError(f"Generation failed: {event.error}")
             delta = choice.step(event, self.params, now, self._stop_seq)
             if delta is not None:
                 self._generated += len(delta.token_ids)

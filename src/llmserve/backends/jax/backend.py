@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from llmserve.backends.base import Backend, BackendUnavailable, Batch, Embedder, ModelInfo, SampleResult
+from llmserve.errors import ConfigError
 
 log = logging.getLogger("llmserve.jax")
 
@@ -40,6 +41,8 @@ class JaxBackend(Backend):
         self.runner = None
         self.sampler = None
         self.info: ModelInfo | None = None
+        self.sleep_level = 0
+        self._cache_specs = None  # shapes and shardings of the KV cache while asleep
 
     @classmethod
     def check_available(cls, config) -> None:
@@ -94,7 +97,8 @@ class JaxBackend(Backend):
             sampling = [i for i in layout.sample_row if batch.items[i].sample]
             if sampling:
                 rows = [layout.sample_row[i] for i in sampling]
-                sampled = self.sampler.sample(part.logits, rows, [batch.items[i] for i in sampling])
+                items = [batch.items[i] for i in sampling]
+                sampled = self.sampler.sample(part.logits, rows, items, batch.token_bitmask)
                 for i, res in zip(sampling, sampled, strict=True):
                     results[i] = res
             for i in layout.token_rows:
@@ -107,6 +111,40 @@ class JaxBackend(Backend):
                         lambda r, h=hidden: self.runner.logits_of_rows(h, r), rows, item
                     )
         return results
+
+    def set_logits_processors(self, processors) -> None:
+        # They edit a step's logits in place, which jitted JAX sampling cannot offer.
+        names = ", ".join(type(p).__name__ for p in processors)
+        raise ConfigError(
+            f"the {self.name!r} backend does not run logits processors ({names}); use --backend cpu or cuda"
+        )
+
+    def sleep(self, level: int) -> None:
+        """Level 1 drops the KV cache; level 2 the weights too (reloaded on ``wake_up``). Shapes
+        and shardings stay the same, so the compiled steps stay valid."""
+        import jax
+
+        if self.runner.caches:
+            self._cache_specs = jax.tree.map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), self.runner.caches
+            )
+        self.runner.caches = ()
+        if level >= 2:
+            self.runner.params = None
+        self.sleep_level = max(self.sleep_level, level)
+
+    def wake_up(self) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        if not self.sleep_level:
+            return
+        if self.runner.params is None:
+            self.runner.load()
+        self.runner.caches = jax.tree.map(
+            lambda s: jnp.zeros(s.shape, s.dtype, device=s.sharding), self._cache_specs
+        )
+        self.sleep_level = 0
 
     def load_embedding_model(self, model_dir: str) -> Embedder:
         from llmserve.backends.jax.bert import JaxEmbedder

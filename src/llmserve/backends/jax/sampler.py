@@ -1,9 +1,10 @@
 """Next-token sampling on the JAX device, with the torch sampler's semantics.
 
-Order on a row (as vLLM v1 and backends/torch/sampler.py): allowed-token mask -> min_tokens
-EOS ban -> logit_bias -> repetition, frequency and presence penalties -> greedy argmax, or
-temperature -> min_p -> top_k -> top_p -> exponential race (Gumbel-max). Logprobs are the raw
-log-softmax of the model's logits, before any of that.
+Order on a row (as vLLM v1 and backends/torch/sampler.py): the constraints' token bitmask ->
+allowed_token_ids -> min_tokens EOS ban -> logit_bias -> repetition, frequency and presence
+penalties -> greedy argmax, or temperature -> min_p -> top_k -> top_p -> exponential race
+(Gumbel-max). Logprobs are the raw log-softmax of the model's logits, before any of that.
+Logits processors are not supported (the backend refuses them at start).
 
 The common path (greedy, temperature, min_p, top_k, top_p, logprobs) is one jitted function
 over all rows of a step, compiled per (rows, mode, logprobs). The per-token adjustments that
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from llmserve.backends.base import BatchItem, SampleResult, TokenLogprob
+from llmserve.engine.constraints import unpack_bitmask
 
 log = logging.getLogger("llmserve.jax")
 
@@ -106,8 +108,11 @@ class JaxSampler:
 
     # ------------------------------------------------------------------ sampling
 
-    def sample(self, logits: Any, rows: list[int], items: list[BatchItem]) -> list[SampleResult]:
-        """One token per item; ``logits`` is the device array [R, vocab], item j at ``rows[j]``."""
+    def sample(
+        self, logits: Any, rows: list[int], items: list[BatchItem], token_bitmask: np.ndarray | None = None
+    ) -> list[SampleResult]:
+        """One token per item; ``logits`` is the device array [R, vocab], item j at ``rows[j]``;
+        ``token_bitmask`` is the batch's (rows picked by ``item.bitmask_row``)."""
         import jax
 
         num_rows = logits.shape[0]
@@ -141,6 +146,14 @@ class JaxSampler:
         work = logits
         if any(_needs_host(item) for item in items):
             host = np.array(jax.device_get(logits), dtype=np.float32)
+            masked = [(row, item.bitmask_row) for row, item in zip(rows, items, strict=True)]
+            masked = [(row, b) for row, b in masked if b is not None]
+            if masked:
+                words = token_bitmask[[b for _, b in masked]]
+                banned = ~unpack_bitmask(words, host.shape[1])
+                target = host[[row for row, _ in masked]]
+                target[banned] = -np.inf
+                host[[row for row, _ in masked]] = target
             for row, item in zip(rows, items, strict=True):
                 apply_host_adjustments(host[row], item, self.eos_token_ids)
             work = jax.device_put(host, logits.sharding)
@@ -241,7 +254,7 @@ def _needs_host(item: BatchItem) -> bool:
     return bool(
         p.logit_bias
         or p.allowed_token_ids is not None
-        or item.allowed_mask is not None
+        or item.bitmask_row is not None
         or (p.min_tokens and len(item.output_token_ids) < p.min_tokens)
         or p.repetition_penalty != 1.0
         or ((p.frequency_penalty or p.presence_penalty) and len(item.output_token_ids))
@@ -249,20 +262,14 @@ def _needs_host(item: BatchItem) -> bool:
 
 
 def apply_host_adjustments(row: np.ndarray, item: BatchItem, eos_token_ids: tuple[int, ...]) -> None:
-    """Masks, min_tokens ban, logit_bias and penalties on one float32 logits row, in place."""
+    """allowed_token_ids, min_tokens ban, logit_bias and penalties on one float32 logits row, in
+    place (the token bitmask is applied before, to all its rows at once)."""
     p = item.params
     vocab = row.shape[0]
-    if item.allowed_mask is not None or p.allowed_token_ids is not None:
-        allowed = np.ones(vocab, bool)
-        if item.allowed_mask is not None:
-            mask = np.asarray(item.allowed_mask, dtype=bool)[:vocab]
-            allowed[: len(mask)] &= mask
-            allowed[len(mask) :] = False  # a shorter mask (tokenizer vocab) allows no more
-        if p.allowed_token_ids is not None:
-            ids = np.asarray(p.allowed_token_ids, dtype=np.int64)
-            only = np.zeros(vocab, bool)
-            only[ids[(ids >= 0) & (ids < vocab)]] = True
-            allowed &= only
+    if p.allowed_token_ids is not None:
+        ids = np.asarray(p.allowed_token_ids, dtype=np.int64)
+        allowed = np.zeros(vocab, bool)
+        allowed[ids[(ids >= 0) & (ids < vocab)]] = True
         row[~allowed] = -np.inf
     if p.min_tokens and len(item.output_token_ids) < p.min_tokens:
         banned = [t for t in set(eos_token_ids).union(p.stop_token_ids) if 0 <= t < vocab]

@@ -25,6 +25,7 @@ class TorchBackend(Backend):
         self.sampler = None
         self.info: ModelInfo | None = None
         self.tp = None  # tp_workers.TensorParallelDriver with tensor_parallel_size > 1
+        self.sleep_level = 0
 
     def load_model(self, model_dir: str) -> ModelInfo:
         from llmserve.backends.torch.runner import TorchModelRunner
@@ -75,7 +76,7 @@ class TorchBackend(Backend):
             self.tp.send("forward", slim_batch(batch))
         logits, prompt_logits = self.runner.forward(batch)
         sampling = [item for item in batch.items if item.sample]
-        sampled = iter(self.sampler.sample(logits, sampling) if sampling else [])
+        sampled = iter(self.sampler.sample(logits, sampling, batch.token_bitmask) if sampling else [])
         results = []
         for i, item in enumerate(batch.items):
             res = next(sampled) if item.sample else SampleResult(item.seq_id)
@@ -83,6 +84,23 @@ class TorchBackend(Backend):
                 res.prompt_logprobs = self.sampler.prompt_logprobs(prompt_logits[i], item)
             results.append(res)
         return results
+
+    def set_logits_processors(self, processors) -> None:
+        self.sampler.logits_processors = tuple(processors)
+
+    def sleep(self, level: int) -> None:
+        """Level 1 drops the KV cache (and CUDA graphs); level 2 the weights too, reloaded from
+        the model directory on ``wake_up``. Every tensor-parallel rank does the same."""
+        self._on_all_ranks("sleep", level)
+        self.sleep_level = max(self.sleep_level, level)
+
+    def wake_up(self) -> None:
+        if not self.sleep_level:
+            return
+        num_blocks, block_size = self.runner.num_blocks, self.runner.block_size
+        self._on_all_ranks("wake_up")
+        self.allocate_kv_cache(num_blocks, block_size)  # CudaBackend recaptures its graphs here
+        self.sleep_level = 0
 
     def load_embedding_model(self, model_dir: str) -> Embedder:
         from llmserve.backends.torch.embedder import TorchEmbedder

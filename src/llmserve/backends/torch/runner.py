@@ -110,6 +110,20 @@ class TorchModelRunner:
         ]
         self.block_size, self.num_blocks = block_size, num_blocks
 
+    def sleep(self, level: int) -> None:
+        """Drop the KV cache (level 1), and the weights (level 2); ``num_blocks`` is kept."""
+        self.graphs = None  # they hold the cache's addresses
+        self.kv_caches = []
+        if level >= 2:
+            self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def wake_up(self) -> None:
+        """Reload the weights if ``sleep(2)`` dropped them; ``allocate_kv_cache`` follows."""
+        if self.model is None:
+            self.load()
+
     @torch.inference_mode()
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """(float32 logits [sampling items, vocab] in item order, {item index: prompt logits})."""

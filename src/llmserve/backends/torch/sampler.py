@@ -1,8 +1,9 @@
 """Vectorised next-token sampling for the torch backends, with vLLM's semantics.
 
-Order of operations on a row (as vLLM v1): allowed-token mask (``allowed_token_ids`` and the
-structured-output ``allowed_mask``) -> min_tokens ban -> logit_bias -> repetition, frequency and
-presence penalties -> greedy argmax, or temperature -> min_p -> top_k -> top_p -> exponential race.
+Order of operations on a row (as vLLM v1): the constraints' token bitmask (``Batch.token_bitmask``)
+-> ``allowed_token_ids`` -> min_tokens ban -> logit_bias -> the engine's logits processors ->
+repetition, frequency and presence penalties -> greedy argmax, or temperature -> min_p -> top_k ->
+top_p -> exponential race.
 
 Logprobs are vLLM's default "raw_logprobs": the log-softmax of the model's own logits, before any
 penalty, bias, mask or temperature, so they describe the model and not the sampling settings.
@@ -12,13 +13,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from itertools import chain
 
 import numpy as np
 import torch
 
 from llmserve.backends.base import BatchItem, SampleResult, TokenLogprob
+from llmserve.backends.torch.logits_masks import (
+    apply_allowed_token_ids,
+    apply_token_bitmask,
+    processor_rows,
+    run_processors,
+)
 from llmserve.backends.torch.logprobs import logprobs_of, logsumexp
+from llmserve.backends.torch.penalties import Penalties
+from llmserve.engine.constraints import LogitsProcessor
 
 _MASK64 = (1 << 64) - 1
 # Candidate widths for top_k / top_p rows, smallest first (see Sampler._race_truncated).
@@ -47,7 +55,8 @@ class Sampler:
     ``eos_token_ids`` are banned, with each row's ``stop_token_ids``, while a row has fewer than
     ``min_tokens`` output tokens. Rows without a seed share one generator seeded with
     ``default_seed``; a seeded row draws from its own generator, so its tokens do not depend on
-    the rest of the batch. Not thread-safe: one sampler per step thread (it reuses buffers).
+    the rest of the batch. ``logits_processors`` run on every step, on the rows they are active
+    for. Not thread-safe: one sampler per step thread (it reuses buffers).
     """
 
     def __init__(
@@ -56,6 +65,7 @@ class Sampler:
         device: str | torch.device = "cpu",
         default_seed: int = 0,
         eos_token_ids: Sequence[int] = (),
+        logits_processors: Sequence[LogitsProcessor] = (),
     ) -> None:
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be positive, got {vocab_size}")
@@ -65,12 +75,16 @@ class Sampler:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(default_seed & _MASK64)
         self._buffers: dict[str, torch.Tensor] = {}
-        self._prompt_sets: dict[int, tuple] = {}  # seq_id -> (prompt list, its distinct tokens)
+        self.penalties = Penalties(self.device)
+        self.logits_processors = tuple(logits_processors)
 
     # ------------------------------------------------------------------ sample
 
-    def sample(self, logits: torch.Tensor, items: list[BatchItem]) -> list[SampleResult]:
-        """Sample one token per item with ``item.sample``; ``logits`` has one row per such item."""
+    def sample(
+        self, logits: torch.Tensor, items: list[BatchItem], token_bitmask: np.ndarray | None = None
+    ) -> list[SampleResult]:
+        """Sample one token per item with ``item.sample``; ``logits`` has one row per such item.
+        ``token_bitmask`` is the batch's (rows picked by ``item.bitmask_row``)."""
         items = [item for item in items if item.sample]
         if logits.dim() != 2 or logits.shape[0] != len(items) or logits.shape[1] != self.vocab_size:
             raise ValueError(
@@ -106,27 +120,37 @@ class Sampler:
                 banned = [t for t in set(self.eos_token_ids).union(p.stop_token_ids) if 0 <= t < vocab]
                 ban_rows.extend([i] * len(banned))
                 ban_cols.extend(banned)
-            if p.allowed_token_ids is not None or item.allowed_mask is not None:
+            if p.allowed_token_ids is not None:
                 mask_rows.append(i)
             if p.repetition_penalty != 1.0:
                 rep_rows.append(i)
             if (p.frequency_penalty or p.presence_penalty) and len(item.output_token_ids):
                 out_rows.append(i)
 
+        bitmask_rows = []
+        if token_bitmask is not None:
+            bitmask_rows = [i for i, item in enumerate(items) if item.bitmask_row is not None]
+        failed: dict[int, str] = {}  # row -> error of a logits processor
+        processing = processor_rows(self.logits_processors, items, failed) if self.logits_processors else []
+
         work = raw
-        if mask_rows or ban_rows or bias_rows or rep_rows or out_rows:
+        if bitmask_rows or processing or mask_rows or ban_rows or bias_rows or rep_rows or out_rows:
             work = self._scratch("work", raw.shape[0]).copy_(raw)  # never change the caller's logits
+            if bitmask_rows:
+                apply_token_bitmask(work, items, bitmask_rows, token_bitmask)
             if mask_rows:
-                self._apply_allowed(work, items, mask_rows)
+                apply_allowed_token_ids(work, items, mask_rows)
             if ban_rows:
                 work[self._long(ban_rows), self._long(ban_cols)] = float("-inf")
             if bias_rows:
                 vals = torch.tensor(bias_vals, dtype=torch.float32, device=self.device)
                 work.index_put_((self._long(bias_rows), self._long(bias_cols)), vals, accumulate=True)
+            if processing:
+                run_processors(work, processing, failed)
             if rep_rows:
-                self._apply_repetition(work, items, rep_rows)
+                self.penalties.repetition(work, items, rep_rows)
             if out_rows:
-                self._apply_frequency_presence(work, items, out_rows)
+                self.penalties.frequency_presence(work, items, out_rows)
 
         if rand and greedy:
             greedy_tokens = _argmax(torch.index_select(work, 0, self._long(greedy)))  # before the
@@ -140,6 +164,8 @@ class Sampler:
 
         token_list = tokens.tolist()
         results = [SampleResult(item.seq_id, token_id=t) for item, t in zip(items, token_list, strict=True)]
+        for i, error in failed.items():
+            results[i].error = error
         if lp_rows:
             self._fill_logprobs(raw, tokens, lp_rows, lp_k, results)
         return results
@@ -149,91 +175,6 @@ class Sampler:
 
     def _column(self, values: list[float]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.float32, device=self.device).unsqueeze(1)
-
-    def _apply_allowed(self, work: torch.Tensor, items: list[BatchItem], rows: list[int]) -> None:
-        """-inf outside each row's allowed set (allowed_token_ids AND the constraint's mask)."""
-        vocab = self.vocab_size
-        allowed = np.ones((len(rows), vocab), dtype=bool)
-        for j, i in enumerate(rows):
-            item = items[i]
-            if item.allowed_mask is not None:
-                mask = np.asarray(item.allowed_mask, dtype=bool)[:vocab]
-                allowed[j, : len(mask)] &= mask
-                allowed[j, len(mask) :] = False  # a shorter mask (tokenizer vocab) allows no more
-            ids = item.params.allowed_token_ids
-            if ids is not None:
-                ids = np.asarray(ids, dtype=np.int64)
-                only = np.zeros(vocab, dtype=bool)
-                only[ids[(ids >= 0) & (ids < vocab)]] = True
-                allowed[j] &= only
-        banned = ~torch.from_numpy(allowed).to(self.device)
-        if len(rows) == work.shape[0]:
-            work.masked_fill_(banned, float("-inf"))
-        else:
-            idx = self._long(rows)
-            work[idx] = work[idx].masked_fill_(banned, float("-inf"))
-
-    def _padded(self, flat: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows of ``flat`` (CPU, concatenated) as [rows, max_len], padded with each row's first
-        token, and the valid mask; every length must be positive.
-
-        Padding with a token already in the row makes gather -> modify -> index_put write the
-        same value to every duplicate, so each distinct token is changed exactly once.
-        """
-        lens = torch.tensor(lengths, dtype=torch.long)
-        width = max(lengths)
-        valid = torch.arange(width).unsqueeze(0) < lens.unsqueeze(1)
-        firsts = flat[torch.cumsum(lens, 0) - lens]
-        ids = firsts.unsqueeze(1).repeat(1, width)
-        ids[valid] = flat
-        return ids.to(self.device), valid.to(self.device)
-
-    def _prompt_set(self, item: BatchItem, cache: dict) -> torch.Tensor:
-        """The distinct prompt tokens (CPU), kept from step to step while the sequence runs."""
-        hit = self._prompt_sets.get(item.seq_id)
-        if hit is None or hit[0] is not item.prompt_token_ids:
-            hit = (item.prompt_token_ids, torch.unique(torch.tensor(item.prompt_token_ids, dtype=torch.long)))
-        cache[item.seq_id] = hit
-        return hit[1]
-
-    def _apply_repetition(self, work: torch.Tensor, items: list[BatchItem], rows: list[int]) -> None:
-        """Divide positive / multiply negative logits of tokens seen in prompt or output."""
-        rows = [i for i in rows if len(items[i].prompt_token_ids) + len(items[i].output_token_ids)]
-        if not rows:
-            return
-        # Building a long prompt's ids every step costs ~10 ms at batch 64 x 2k tokens: the
-        # prompt part is cached per sequence (entries of sequences not in this call are dropped).
-        cache: dict[int, tuple] = {}
-        prompts = [self._prompt_set(items[i], cache) for i in rows]
-        self._prompt_sets = cache
-        out_lens = [len(items[i].output_token_ids) for i in rows]
-        outputs = torch.tensor(
-            list(chain.from_iterable(items[i].output_token_ids for i in rows)), dtype=torch.long
-        )
-        parts = [t for pair in zip(prompts, outputs.split(out_lens), strict=True) for t in pair]
-        ids, _ = self._padded(torch.cat(parts), [len(p) + n for p, n in zip(prompts, out_lens, strict=True)])
-        penalty = torch.tensor(
-            [items[i].params.repetition_penalty for i in rows], dtype=torch.float32, device=self.device
-        ).unsqueeze(1)
-        r = self._long(rows).unsqueeze(1)
-        seen = work[r, ids]  # [rows, len]
-        work[r, ids] = torch.where(seen > 0, seen / penalty, seen * penalty)
-
-    def _apply_frequency_presence(self, work: torch.Tensor, items: list[BatchItem], rows: list[int]) -> None:
-        """OpenAI's definition over output tokens: -= frequency * count + presence * (count > 0)."""
-        outputs = [items[i].output_token_ids for i in rows]
-        flat = torch.tensor(list(chain.from_iterable(outputs)), dtype=torch.long)
-        ids, valid = self._padded(flat, [len(o) for o in outputs])
-        pen = torch.tensor(
-            [(items[i].params.frequency_penalty, items[i].params.presence_penalty) for i in rows],
-            dtype=torch.float32,
-            device=self.device,
-        )
-        r = self._long(rows).unsqueeze(1)
-        # Frequency: one subtraction per occurrence (padding adds 0).
-        work.index_put_((r, ids), -pen[:, :1] * valid, accumulate=True)
-        # Presence: once per distinct token (duplicates write the same value).
-        work[r, ids] = work[r, ids] - pen[:, 1:]
 
     def _sample_random(
         self, work: torch.Tensor, items: list[BatchItem], rows: list[int], owned: bool

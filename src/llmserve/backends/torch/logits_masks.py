@@ -1,0 +1,93 @@
+"""Token masks and batch logits processors on the torch sampler's working logits, in place.
+
+Everything here runs only for steps that need it: the sampler calls these with the rows that
+have a constraint bitmask, ``allowed_token_ids`` or an active processor.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from llmserve.backends.base import BatchItem
+from llmserve.engine.constraints import LogitsProcessor, LogitsRow
+
+log = logging.getLogger("llmserve.torch")
+_SHIFTS: dict[torch.device, torch.Tensor] = {}
+
+
+def _mask_rows(work: torch.Tensor, rows: list[int], banned: torch.Tensor) -> None:
+    if rows == list(range(work.shape[0])):
+        work.masked_fill_(banned, float("-inf"))
+    else:
+        idx = torch.tensor(rows, dtype=torch.long, device=work.device)
+        work[idx] = work[idx].masked_fill_(banned, float("-inf"))
+
+
+def apply_token_bitmask(
+    work: torch.Tensor, items: list[BatchItem], rows: list[int], bitmask: np.ndarray
+) -> None:
+    """-inf where row ``items[i].bitmask_row`` of the packed int32 bitmask has a 0 bit (bit j of
+    word w: token 32w + j), for each i in ``rows``. Unpacked on the logits' device."""
+    picks = [items[i].bitmask_row for i in rows]
+    words = bitmask if picks == list(range(len(bitmask))) else bitmask[picks]
+    words = torch.from_numpy(np.ascontiguousarray(words, dtype=np.int32)).to(work.device)
+    shifts = _SHIFTS.get(work.device)
+    if shifts is None:
+        shifts = _SHIFTS[work.device] = torch.arange(32, dtype=torch.int32, device=work.device)
+    bits = (words.unsqueeze(-1) >> shifts) & 1  # [rows, words, 32]
+    _mask_rows(work, rows, (bits == 0).view(len(rows), -1)[:, : work.shape[1]])
+
+
+def apply_allowed_token_ids(work: torch.Tensor, items: list[BatchItem], rows: list[int]) -> None:
+    """-inf outside each row's ``allowed_token_ids`` (out-of-vocabulary ids are ignored)."""
+    vocab = work.shape[1]
+    allowed = np.zeros((len(rows), vocab), dtype=bool)
+    for j, i in enumerate(rows):
+        ids = np.asarray(items[i].params.allowed_token_ids, dtype=np.int64)
+        allowed[j, ids[(ids >= 0) & (ids < vocab)]] = True
+    _mask_rows(work, rows, ~torch.from_numpy(allowed).to(work.device))
+
+
+def processor_rows(
+    processors: Sequence[LogitsProcessor], items: list[BatchItem], failed: dict[int, str]
+) -> list[tuple[LogitsProcessor, list[LogitsRow]]]:
+    """[(processor, its active rows)] for the processors active somewhere in the step; a row
+    whose ``is_active`` raised goes to ``failed`` ({row: error}) instead."""
+    out = []
+    for proc in processors:
+        rows = []
+        for i, item in enumerate(items):
+            try:
+                active = proc.is_active(item.params)
+            except Exception as exc:
+                failed[i] = _failure(proc, exc)
+                continue
+            if active:
+                rows.append(
+                    LogitsRow(i, item.seq_id, item.params, item.prompt_token_ids, item.output_token_ids)
+                )
+        if rows:
+            out.append((proc, rows))
+    return out
+
+
+def run_processors(
+    work: torch.Tensor, active: list[tuple[LogitsProcessor, list[LogitsRow]]], failed: dict[int, str]
+) -> None:
+    """Each processor on its rows; one that raises fails those rows, never the step."""
+    for proc, rows in active:
+        try:
+            proc.apply(work, rows)
+        except Exception as exc:
+            error = _failure(proc, exc)
+            for r in rows:
+                failed[r.index] = error
+
+
+def _failure(proc: LogitsProcessor, exc: Exception) -> str:
+    log.error("logits processor %s failed", type(proc).__name__, exc_info=exc)
+    return f"logits processor {type(proc).__name__} failed: {exc}"
