@@ -51,11 +51,15 @@ class UnsupportedError(InvalidRequestError):
 
 
 class PayloadTooLargeError(LLMServeError):
+    """A request body or field larger than the server accepts (413)."""
+
     status = 413
     type = "PayloadTooLargeError"
 
 
 class UnauthorizedError(LLMServeError):
+    """A missing or wrong API key (401)."""
+
     status = 401
     type = "AuthenticationError"
 
@@ -68,5 +72,7 @@ class OverloadedError(LLMServeError):
 
 
 class EngineDeadError(LLMServeError):
+    """The engine stopped after an internal error; the server reports unhealthy (503)."""
+
     status = 503
     type = "EngineDeadError"

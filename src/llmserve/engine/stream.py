@@ -133,6 +133,7 @@ class GenerationStream:
     # --- fed by the engine (event loop thread) ---------------------------------------------------
 
     def put(self, item: list[SeqEvent] | BaseException) -> None:
+        """Queue one step's events for this request, or the error that ended it (engine side)."""
         self._queue.put_nowait(item)
 
     # --- consumed by a protocol -------------------------------------------------------------------

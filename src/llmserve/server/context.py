@@ -57,11 +57,13 @@ class ProtocolContext:
     # --- prompts ---------------------------------------------------------------------------------
 
     def tokenize(self, model: ServedModel, text: str, add_special_tokens: bool = True) -> list[int]:
+        """``text`` as the model's token ids."""
         return list(model.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
     def detokenize(
         self, model: ServedModel, token_ids: Sequence[int], skip_special_tokens: bool = False, param: str = "tokens"
     ) -> str:
+        """Token ids back to text; an id outside the vocabulary is a 400 naming ``param``."""
         size = len(model.tokenizer)
         for i, token in enumerate(token_ids):
             if not 0 <= token < size:

@@ -53,6 +53,7 @@ class ServedModel:
         return requested if requested and requested in self.names else self.name
 
     def supports(self, capability: str) -> bool:
+        """Whether this model serves ``capability`` (GENERATE or EMBED)."""
         return capability in self.capabilities
 
 

@@ -44,6 +44,7 @@ def _reject_constant(name: str) -> None:
 
 
 def validate_model(model_cls: type[M], data: dict[str, Any]) -> M:
+    """``model_cls`` from a decoded JSON object; any mistake is one readable 400."""
     try:
         return model_cls.model_validate(data)
     except ValidationError as exc:
