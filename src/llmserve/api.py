@@ -27,7 +27,14 @@ from llmserve.backends.base import (
     SampleResult,
     TokenLogprob,
 )
-from llmserve.engine.constraints import Constraint, ConstraintSpec, LogitsProcessor
+from llmserve.engine.constraints import (
+    Constraint,
+    ConstraintSpec,
+    LogitsProcessor,
+    LogitsRow,
+    bitmask_words,
+    set_allowed_tokens,
+)
 from llmserve.config import Config
 from llmserve.engine.outputs import CompletionOutput, RequestOutput
 from llmserve.engine.sampling import SamplingParams
@@ -88,6 +95,7 @@ __all__ = [
     "InvalidRequestError",
     "LLMServeError",
     "LogitsProcessor",
+    "LogitsRow",
     "ModelInfo",
     "ModelNotFoundError",
     "OutputKind",
@@ -110,6 +118,7 @@ __all__ = [
     "UnsupportedError",
     "context",
     "document",
+    "bitmask_words",
     "error_body",
     "error_response",
     "hookimpl",
@@ -121,6 +130,7 @@ __all__ = [
     "random_id",
     "sse",
     "sse_error",
+    "set_allowed_tokens",
     "sse_response",
     "validate_model",
 ]

@@ -109,6 +109,11 @@ class LogitsRow:
 class LogitsProcessor(ABC):
     """Batch-level logits editing, created once per engine (``LLMEngine(logits_processors=...)``).
 
+    A plugin registers the class through ``llmserve_logits_processors``; ``--logits-processors
+    NAME`` makes one instance (called with no arguments) per generative model. A request passes
+    its own arguments in ``vllm_xargs`` (``SamplingParams.extra_args``), which ``is_active``
+    and ``apply`` can read from ``params``.
+
     Each step, for the rows of sequences it is active for, the backend calls ``apply`` with the
     step's logits after the constraints' bitmask, ``allowed_token_ids``, the ``min_tokens`` ban
     and ``logit_bias``, before penalties, temperature and truncation. Logprobs stay those of the

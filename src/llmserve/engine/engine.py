@@ -52,8 +52,8 @@ class EngineStats:
 class LLMEngine:
     """Owns the scheduler and the KV block pool; the backend owns the math.
 
-    ``scheduling_policy`` ("fcfs" or "priority") and ``logits_processors`` (created once, applied
-    to every step) default to the config's attributes of those names, when it has them.
+    ``scheduling_policy`` ("fcfs" or "priority") defaults to the config's; ``logits_processors``
+    are LogitsProcessor objects made once for this engine and applied to every step.
     """
 
     def __init__(
@@ -70,9 +70,7 @@ class LLMEngine:
         self.model_dir = model_dir
         if scheduling_policy is None:
             scheduling_policy = getattr(config, "scheduling_policy", None) or "fcfs"
-        if logits_processors is None:
-            logits_processors = getattr(config, "logits_processors", None) or ()
-        self.logits_processors = list(logits_processors)
+        self.logits_processors = list(logits_processors or ())
         for proc in self.logits_processors:
             if not isinstance(proc, LogitsProcessor):
                 raise ConfigError(

@@ -41,6 +41,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     detokenize: bool = True
+    extra_args: dict | None = None  # per-request arguments for logits processors (vLLM's name)
     constraint: ConstraintSpec | None = None  # one Constraint per sequence is made from it
 
     def __post_init__(self) -> None:

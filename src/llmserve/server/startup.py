@@ -93,7 +93,7 @@ def build_context(config: Config, plugins: Plugins) -> ProtocolContext:
         else:
             backend = backend_cls(share)
             context.backends.append(backend)
-            context.models.add(_load_generator(share, backend, model.path, names))
+            context.models.add(_load_generator(share, plugins, backend, model.path, names))
     if embed_backend is not None:
         context.backends.append(embed_backend)
     return context
@@ -106,10 +106,11 @@ def _is_encoder(path: Path) -> bool:
     return bool(archs) and is_encoder(archs[0])
 
 
-def _load_generator(config: Config, backend, path: Path, names: list[str]) -> ServedModel:
+def _load_generator(config: Config, plugins: Plugins, backend, path: Path, names: list[str]) -> ServedModel:
     from llmserve.engine.async_engine import AsyncEngine
 
-    engine = AsyncEngine.create(config, backend, str(path), model_name=names[0])
+    processors = [plugins.logits_processors()[name].obj() for name in config.logits_processors]
+    engine = AsyncEngine.create(config, backend, str(path), model_name=names[0], logits_processors=processors)
     return ServedModel(
         name=names[0],
         aliases=tuple(names[1:]),

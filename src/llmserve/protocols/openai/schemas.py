@@ -39,6 +39,7 @@ class VLLMSamplingFields(OpenAIModel):
     return_tokens_as_token_ids: bool | None = None
     return_token_ids: bool | None = None
     priority: int = 0
+    vllm_xargs: dict[str, Any] | None = Field(None, description="Arguments for custom logits processors.")
     use_beam_search: bool = False
     length_penalty: float = 1.0
     # Structured outputs are a later feature; a request using them is refused, not ignored.

@@ -9,7 +9,7 @@ from typing import Any
 from llmserve.engine.sampling import SamplingParams
 from llmserve.errors import InvalidRequestError
 
-_SPECIAL = {"max_tokens", "stop", "logprobs", "logit_bias", "constraint", "detokenize"}
+_SPECIAL = {"max_tokens", "stop", "logprobs", "logit_bias", "constraint", "detokenize", "extra_args"}
 _SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingParams) if f.name not in _SPECIAL)
 
 
@@ -66,6 +66,10 @@ def to_sampling_params(
             raise InvalidRequestError(
                 "logit_bias keys must be token ids (integers)", param="logit_bias"
             ) from None
+
+    xargs = getattr(req, "vllm_xargs", None)
+    if xargs:
+        kwargs["extra_args"] = dict(xargs)
 
     kwargs.update(overrides)
     for name, value in kwargs.items():

@@ -115,6 +115,7 @@ class SamplingFields(Request):
     skip_special_tokens: bool | None = None
     spaces_between_special_tokens: bool | None = None
     priority: int = Field(0, description="Lower runs first under --scheduling-policy priority.")
+    vllm_xargs: dict[str, Any] | None = Field(None, description="Arguments for custom logits processors.")
 
 
 # --- generate ------------------------------------------------------------------------------------------
