@@ -13,7 +13,9 @@ def throughput(
     num_prompts: int = typer.Option(64, help="Number of requests."),
     input_len: int = typer.Option(128, help="Prompt tokens per request (random ids)."),
     output_len: int = typer.Option(128, help="Output tokens per request (ignore_eos)."),
-    dtype: str = typer.Option("bfloat16", help="Run dtype for both engines."),
+    dtype: str = typer.Option(
+        "auto", help="Run dtype for both engines (auto: bfloat16 where the CPU has native bf16, else float32)."
+    ),
     max_num_seqs: int = typer.Option(128, help="llmserve --max-num-seqs."),
     max_num_batched_tokens: int = typer.Option(2048, help="llmserve --max-num-batched-tokens."),
     hf_batch_size: int = typer.Option(8, help="transformers static batch size (0 skips the comparison)."),
@@ -41,6 +43,7 @@ def throughput(
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,
     )
+    dtype = llm.engine.model_info.dtype  # what "auto" resolved to
     prompts = random_prompts(llm.tokenizer, num_prompts, input_len)
     ours = run_llmserve(llm, prompts, output_len)
     path = llm.engine.engine.model_dir
