@@ -1,6 +1,6 @@
 """Wire models of vLLM's own routes (tokenize, generate, pooling, score, rerank, render) and of
 the Cohere-shaped ``/v2/rerank`` and ``/v2/embed``. Field names and defaults follow vLLM's
-``protocol.py`` and Cohere's v2 API; unknown request fields are ignored, like vLLM does."""
+request models and Cohere's v2 API; unknown request fields are ignored, like vLLM does."""
 
 from __future__ import annotations
 
