@@ -7,11 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from llmserve.config import build_config
+from llmserve.errors import ConfigError, InvalidRequestError
 from llmserve.protocols.shared import chat_template
 from llmserve.protocols.shared.chat_template import detect_content_format, load_chat_template
 from llmserve.server.registry import ServedModel
-from llmserve.config import build_config
-from llmserve.errors import ConfigError, InvalidRequestError
 
 # Renders tools, loops over content parts (so "auto" picks the openai format), reads parsed
 # tool-call arguments and a chat_template_kwargs variable.

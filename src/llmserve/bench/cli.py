@@ -14,7 +14,8 @@ def throughput(
     input_len: int = typer.Option(128, help="Prompt tokens per request (random ids)."),
     output_len: int = typer.Option(128, help="Output tokens per request (ignore_eos)."),
     dtype: str = typer.Option(
-        "auto", help="Run dtype for both engines (auto: bfloat16 where the CPU has native bf16, else float32)."
+        "auto",
+        help="Run dtype for both engines (auto: bfloat16 where the CPU has native bf16, else float32).",
     ),
     max_num_seqs: int = typer.Option(128, help="llmserve --max-num-seqs."),
     max_num_batched_tokens: int = typer.Option(2048, help="llmserve --max-num-batched-tokens."),

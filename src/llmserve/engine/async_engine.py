@@ -178,7 +178,10 @@ class AsyncEngine:
             if command.request_id in self._streams:
                 try:
                     engine.add_request(
-                        command.request_id, command.prompt_token_ids, command.params, priority=command.priority
+                        command.request_id,
+                        command.prompt_token_ids,
+                        command.params,
+                        priority=command.priority,
                     )
                 except LLMServeError as exc:  # e.g. a request the scheduler can never fit
                     self._loop.call_soon_threadsafe(self._fail_one, command.request_id, exc)

@@ -122,7 +122,9 @@ class GenerationStream:
         self._generated = 0
         keep = kind is not OutputKind.DELTA
         self.choices = [
-            _ChoiceState(IncrementalDetokenizer(tokenizer, prompt_token_ids, params), keep, CompletionOutput(i))
+            _ChoiceState(
+                IncrementalDetokenizer(tokenizer, prompt_token_ids, params), keep, CompletionOutput(i)
+            )
             for i in range(params.n)
         ]
 
@@ -162,8 +164,8 @@ class GenerationStream:
         if self.kind is OutputKind.DELTA:
             raise ValueError("result() needs a stream of kind CUMULATIVE or FINAL_ONLY")
         last = None
-        async for last in self:
-            pass
+        async for output in self:
+            last = output
         if last is None:
             raise EngineDeadError("the request produced no output")
         return last

@@ -57,7 +57,9 @@ def create_app(config, context: ProtocolContext | None = None, plugins: Plugins 
         if blueprint is None:  # the plugin has nothing to mount under this configuration
             continue
         if not hasattr(blueprint, "register"):
-            raise PluginError(f"protocol {reg.name!r} of plugin {reg.plugin!r} did not give a Quart Blueprint")
+            raise PluginError(
+                f"protocol {reg.name!r} of plugin {reg.plugin!r} did not give a Quart Blueprint"
+            )
         app.register_blueprint(blueprint)
         context.protocols.append(reg.name)
     _install_middleware(app, config)

@@ -61,7 +61,11 @@ class ProtocolContext:
         return list(model.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
     def detokenize(
-        self, model: ServedModel, token_ids: Sequence[int], skip_special_tokens: bool = False, param: str = "tokens"
+        self,
+        model: ServedModel,
+        token_ids: Sequence[int],
+        skip_special_tokens: bool = False,
+        param: str = "tokens",
     ) -> str:
         """Token ids back to text; an id outside the vocabulary is a 400 naming ``param``."""
         size = len(model.tokenizer)
@@ -81,7 +85,8 @@ class ProtocolContext:
         """Render OpenAI-style messages with the chat template and tokenize them.
 
         ``options``: tools, add_generation_prompt, continue_final_message, chat_template (refused
-        unless --trust-request-chat-template), chat_template_kwargs, documents, add_special_tokens.
+        unless --trust-request-chat-template), chat_template_kwargs, documents, add_special_tokens,
+        reasoning_effort (reaches the template as a kwarg, as in vLLM).
         """
         text, token_ids = chat_template.render_chat(model, self.config, messages, **options)
         return RenderedChat(text, token_ids)

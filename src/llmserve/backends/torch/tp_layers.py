@@ -25,8 +25,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from llmserve.errors import ConfigError
 from llmserve.arch.hf_config import ArchConfig
+from llmserve.errors import ConfigError
 from llmserve.sources.weights import WeightsNotFoundError
 
 log = logging.getLogger("llmserve.torch")
@@ -161,8 +161,8 @@ class ParallelLMHead(VocabParallelEmbedding):
 
 def check_tensor_parallel(cfg: ArchConfig, world: int) -> None:
     """Raise ConfigError when ``cfg``'s model has no tensor-parallel implementation."""
-    from llmserve.backends.torch.llama import LlamaForCausalLM
     from llmserve.arch.registry import torch_model_class
+    from llmserve.backends.torch.llama import LlamaForCausalLM
 
     if not issubclass(torch_model_class(cfg.architecture), LlamaForCausalLM):
         raise ConfigError(

@@ -28,15 +28,9 @@ from llmserve.protocols.openai.serving import check_supported, results, start_re
 from llmserve.protocols.openai.tools import ToolCallStream, effective_tool_choice, extract_tool_calls
 
 
-def chat_template_kwargs(req: ChatCompletionRequest) -> dict[str, Any] | None:
-    """The request's chat_template_kwargs, with ``reasoning_effort`` added as vLLM does."""
-    kwargs = dict(req.chat_template_kwargs or {})
-    if req.reasoning_effort is not None:
-        kwargs.setdefault("reasoning_effort", req.reasoning_effort)
-    return kwargs or None
-
-
-def prepare_chat(ctx: ProtocolContext, model: ServedModel, req: ChatCompletionRequest) -> tuple[str, list[int]]:
+def prepare_chat(
+    ctx: ProtocolContext, model: ServedModel, req: ChatCompletionRequest
+) -> tuple[str, list[int]]:
     """Everything /v1/chat/completions does before generating: tool_choice checks, the chat
     template, tokenization and truncate_prompt_tokens. Returns (prompt_text, token_ids)."""
     effective_tool_choice(req, ctx.config)
@@ -47,13 +41,16 @@ def prepare_chat(ctx: ProtocolContext, model: ServedModel, req: ChatCompletionRe
         add_generation_prompt=req.add_generation_prompt,
         continue_final_message=req.continue_final_message,
         chat_template=req.chat_template,
-        chat_template_kwargs=chat_template_kwargs(req),
+        chat_template_kwargs=req.chat_template_kwargs,
         documents=req.documents,
         add_special_tokens=req.add_special_tokens,
+        reasoning_effort=req.reasoning_effort,
     )
     token_ids = rendered.token_ids
     if req.truncate_prompt_tokens is not None:
-        token_ids = ctx.prompts(model, token_ids, truncate_prompt_tokens=req.truncate_prompt_tokens)[0].token_ids
+        token_ids = ctx.prompts(model, token_ids, truncate_prompt_tokens=req.truncate_prompt_tokens)[
+            0
+        ].token_ids
     return rendered.text, token_ids
 
 

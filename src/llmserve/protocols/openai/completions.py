@@ -44,7 +44,10 @@ async def create_completion() -> Any:
     else:
         overrides = {}
     prompts = ctx.prompts(
-        model, req.prompt, add_special_tokens=req.add_special_tokens, truncate_prompt_tokens=req.truncate_prompt_tokens
+        model,
+        req.prompt,
+        add_special_tokens=req.add_special_tokens,
+        truncate_prompt_tokens=req.truncate_prompt_tokens,
     )
     params = [ctx.sampling_params(model, req, len(p.token_ids), **overrides) for p in prompts]
     request_id = random_id("cmpl")
@@ -59,7 +62,9 @@ async def create_completion() -> Any:
 class _View:
     """Turns engine outputs into the completions wire shape for one request."""
 
-    def __init__(self, model: ServedModel, req: CompletionRequest, request_id: str, prompts: list[Prompt]) -> None:
+    def __init__(
+        self, model: ServedModel, req: CompletionRequest, request_id: str, prompts: list[Prompt]
+    ) -> None:
         self.req, self.id, self.prompts = req, request_id, prompts
         self.model = model.answer_name(req.model)
         self.tokenizer = model.tokenizer

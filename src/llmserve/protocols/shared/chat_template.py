@@ -246,6 +246,7 @@ def render_chat(
     chat_template_kwargs: dict[str, Any] | None = None,
     documents: list[dict[str, Any]] | None = None,
     add_special_tokens: bool = False,
+    reasoning_effort: str | None = None,
 ) -> tuple[str, list[int]]:
     """Render ``messages`` with the chat template and tokenize the result.
 
@@ -261,6 +262,8 @@ def render_chat(
     template = resolve_template(model, config, chat_template, tools)
     conversation = normalize_messages(messages, content_format(config, template))
     extra = {k: v for k, v in (chat_template_kwargs or {}).items() if k not in _RESERVED_KWARGS}
+    if reasoning_effort is not None:  # vLLM passes it to the template as a kwarg
+        extra.setdefault("reasoning_effort", reasoning_effort)
     tokenizer = model.tokenizer
     try:
         text = tokenizer.apply_chat_template(

@@ -92,7 +92,9 @@ async def generate() -> Response:
         prompt_ids, prefix = list(req.prompt_token_ids or []), ""
     params = ctx.sampling_params(model, req, len(prompt_ids))
     kind = OutputKind.CUMULATIVE if req.stream else OutputKind.FINAL_ONLY
-    stream = ctx.generate(model, prompt_ids, params, request_id=random_id("generate"), kind=kind, priority=req.priority)
+    stream = ctx.generate(
+        model, prompt_ids, params, request_id=random_id("generate"), kind=kind, priority=req.priority
+    )
     want_logprobs = params.logprobs is not None
     if not req.stream:
         return jsonify(_body(await stream.result(), prefix, want_logprobs))

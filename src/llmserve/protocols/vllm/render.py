@@ -14,7 +14,15 @@ from typing import Any
 
 from quart import Blueprint, Response, jsonify
 
-from llmserve.api import ProtocolContext, SamplingParams, ServedModel, context, document, parse_body, random_id
+from llmserve.api import (
+    ProtocolContext,
+    SamplingParams,
+    ServedModel,
+    context,
+    document,
+    parse_body,
+    random_id,
+)
 from llmserve.protocols.vllm import schemas
 
 bp = Blueprint("vllm_render", __name__)
@@ -55,7 +63,10 @@ async def render_completion() -> Response:
     ctx = context()
     model = ctx.model_for(req.model)
     prompts = ctx.prompts(
-        model, req.prompt, add_special_tokens=req.add_special_tokens, truncate_prompt_tokens=req.truncate_prompt_tokens
+        model,
+        req.prompt,
+        add_special_tokens=req.add_special_tokens,
+        truncate_prompt_tokens=req.truncate_prompt_tokens,
     )
     base = random_id("cmpl")
     items = [
@@ -84,6 +95,7 @@ async def render_chat_completion() -> Response:
         continue_final_message=req.continue_final_message,
         chat_template=req.chat_template,
         chat_template_kwargs=req.chat_template_kwargs,
+        reasoning_effort=req.reasoning_effort,
         add_special_tokens=req.add_special_tokens,
     )
     return jsonify(_rendered(ctx, model, req, random_id("chatcmpl"), rendered.token_ids, rendered.text))
