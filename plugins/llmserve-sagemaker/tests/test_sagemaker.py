@@ -21,3 +21,8 @@ def test_invocations_dispatch(sagemaker_server):
     bad = httpx.post(sagemaker_server + "/invocations", json={"nothing": 1})
     assert bad.status_code == 400 and "messages" in bad.json()["error"]["message"]
     assert httpx.get(sagemaker_server + "/ping").status_code == 200
+
+
+def test_invocations_is_in_the_openapi_document(sagemaker_server):
+    operation = httpx.get(sagemaker_server + "/openapi.json").json()["paths"]["/invocations"]["post"]
+    assert operation["tags"] == ["sagemaker"] and "requestBody" in operation
