@@ -257,3 +257,13 @@ def test_required_tool_choice_is_allowed_without_auto_tool_flags(client, model):
         temperature=0,
     )
     assert out.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+def test_parallel_tool_calls_false_keeps_one_call():
+    from llmserve.protocols.openai.tools import extract_tool_calls
+
+    text = '[{"name": "a", "parameters": {"x": 1}}, {"name": "b", "parameters": {}}]'
+    _, both = extract_tool_calls(text, "required")
+    _, one = extract_tool_calls(text, "required", parallel_tool_calls=False)
+    assert [c["function"]["name"] for c in both] == ["a", "b"]
+    assert [c["function"]["name"] for c in one] == ["a"] and one[0]["function"]["arguments"] == '{"x": 1}'

@@ -31,6 +31,7 @@ def test_readme_plugins_work(smollm2_dir, tok):
     assert len(modules) >= 4
     plugins = Plugins({}).load(list(modules.items()))
     assert "think-tags" in plugins.reasoning_parsers() and "ban-token" in plugins.logits_processors()
+    assert "repeat" in plugins.backends() and "echo" in plugins.protocols()
     parser = plugins.reasoning_parsers()["think-tags"].obj()
     assert parser.extract("<think>hm</think>Hi") == ("hm", "Hi")
     config = build_config(
