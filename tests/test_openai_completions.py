@@ -176,3 +176,10 @@ def test_response_matches_the_documented_schema(server, model):
     parsed = CompletionResponse.model_validate(response.json())
     assert len(parsed.choices) == 4 and all(c.prompt_logprobs[0] is None for c in parsed.choices)
     assert parsed.choices[0].prompt_logprobs[1]  # {token_id: {logprob, rank, decoded_token}}
+
+
+def test_request_id_names_the_response_and_length_penalty_is_refused(client, model):
+    out = client.completions.create(model=model, prompt="Hi", max_tokens=1, extra_body={"request_id": "abc"})
+    assert out.id == "cmpl-abc"
+    with pytest.raises(openai.BadRequestError, match="length_penalty"):
+        client.completions.create(model=model, prompt="Hi", max_tokens=1, extra_body={"length_penalty": 0.5})

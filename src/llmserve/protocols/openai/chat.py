@@ -64,7 +64,7 @@ async def create_chat_completion() -> Any:
     text, token_ids = prepare_chat(ctx, model, req)
     prompt = Prompt(token_ids, text)
     params = ctx.sampling_params(model, req, len(token_ids))
-    request_id = random_id("chatcmpl")
+    request_id = f"chatcmpl-{req.request_id}" if req.request_id else random_id("chatcmpl")
     kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
     streams = start_requests(ctx, model, request_id, [prompt], [params], kind, req.priority)
     view = _View(model, req, request_id, prompt, tool_choice)

@@ -50,7 +50,7 @@ async def create_completion() -> Any:
         truncate_prompt_tokens=req.truncate_prompt_tokens,
     )
     params = [ctx.sampling_params(model, req, len(p.token_ids), **overrides) for p in prompts]
-    request_id = random_id("cmpl")
+    request_id = f"cmpl-{req.request_id}" if req.request_id else random_id("cmpl")
     kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
     streams = start_requests(ctx, model, request_id, prompts, params, kind, req.priority)
     view = _View(model, req, request_id, prompts)

@@ -35,7 +35,7 @@ class VLLMSamplingFields(OpenAIModel):
     prompt_logprobs: int | None = None
     allowed_token_ids: list[int] | None = None
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
-    request_id: str | None = None  # accepted, ignored: we make our own ids
+    request_id: str | None = None  # the response id becomes "chatcmpl-<request_id>" (vLLM)
     return_tokens_as_token_ids: bool | None = None
     return_token_ids: bool | None = None
     priority: int = 0

@@ -26,6 +26,10 @@ def check_supported(req: VLLMSamplingFields) -> None:
     """Refuse (400) what this server does not do yet rather than silently ignoring it."""
     if req.use_beam_search:
         raise UnsupportedError("Beam search is not supported.", param="use_beam_search")
+    if req.length_penalty != 1.0:  # it only shapes beam search
+        raise UnsupportedError(
+            "length_penalty needs beam search, which is not supported.", param="length_penalty"
+        )
     fmt = req.response_format
     if fmt is not None and fmt.get("type", "text") != "text":
         raise UnsupportedError(
