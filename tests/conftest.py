@@ -57,9 +57,15 @@ def free_port() -> int:
 class ServerProcess:
     """`llmserve serve` in a subprocess on a free port; stopped with SIGINT."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, timeout: float = 180) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 180, scheme: str = "http",
+        uds: str | None = None,
+    ) -> None:  # fmt: skip
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{scheme}://127.0.0.1:{self.port}" if uds is None else "http://localhost"
+        self.uds = uds
+        if uds is not None:
+            args = (*args, "--uds", uds)
         cmd = [sys.executable, "-m", "llmserve", "serve", *args, "--port", str(self.port)]
         self.log = open(Path(os.environ.get("PYTEST_TMPDIR", "/tmp")) / f"llmserve-{self.port}.log", "w+")
         self.proc = subprocess.Popen(
@@ -70,13 +76,19 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
+                with self.http(timeout=2) as http:
+                    if http.get("/health").status_code == 200:
+                        return
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
         self.stop()
         raise RuntimeError(f"server did not start in {timeout}s:\n{self.output()}")
+
+    def http(self, **kwargs) -> httpx.Client:
+        """A client for this server (over its Unix socket with --uds; TLS unverified)."""
+        transport = httpx.HTTPTransport(uds=self.uds) if self.uds else None
+        return httpx.Client(base_url=self.url, transport=transport, verify=False, **kwargs)
 
     def output(self) -> str:
         self.log.flush()
@@ -97,7 +109,7 @@ class ServerProcess:
 @pytest.fixture(scope="session")
 def server(smollm2_dir, minilm_dir):
     """A real server with the default models; yields its base URL."""
-    proc = ServerProcess("--max-model-len", "2048", "--enable-sleep-mode")
+    proc = ServerProcess("--max-model-len", "2048", "--enable-sleep-mode", "--enable-server-load-tracking")
     try:
         yield proc.url
     finally:

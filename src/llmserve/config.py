@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from llmserve.errors import ConfigError
+from llmserve.server_flags import ServerFlags
 from llmserve.sources import packs
 
 DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float", "bf16", "fp16", "fp32")
@@ -93,7 +94,7 @@ def split_list(value: Any) -> list[str] | None:
     return out
 
 
-class Config(BaseSettings):
+class Config(ServerFlags):
     """Server and engine settings. Field names match ``llmserve serve`` flags (dashes -> underscores)."""
 
     model_config = SettingsConfigDict(env_prefix="LLMSERVE_", extra="forbid", protected_namespaces=())
@@ -244,7 +245,9 @@ class Config(BaseSettings):
                 data["models"] = [single]
         return data
 
-    @field_validator("models", "served_model_name", "allowed_origins", "logits_processors", mode="before")
+    @field_validator(
+        "models", "served_model_name", "allowed_origins", "logits_processors", "middleware", mode="before"
+    )
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return split_list(value)

@@ -17,6 +17,7 @@ class LLMServeError(Exception):
         self.message = message
         self.param = param
         self.code = code
+        self.headers: dict[str, str] = {}  # extra response headers (e.g. Retry-After)
 
 
 class ConfigError(LLMServeError):
@@ -76,3 +77,22 @@ class EngineDeadError(LLMServeError):
 
     status = 503
     type = "EngineDeadError"
+
+
+class RateLimitError(LLMServeError):
+    """A client over its request rate or concurrency limit (429); ``retry_after`` in seconds."""
+
+    status = 429
+    type = "RateLimitError"
+
+    def __init__(self, message: str, *, retry_after: int = 1, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class RequestTimeoutError(LLMServeError):
+    """A request that ran past its time budget (504); it was aborted and its blocks freed."""
+
+    status = 504
+    type = "TimeoutError"

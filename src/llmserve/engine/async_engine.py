@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from pathlib import Path
 
 from llmserve.engine.commands import AbortRequest, AddRequest, Command, StopSequence
@@ -65,6 +66,17 @@ class AsyncEngine:
         self._running = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stats = engine.stats()
+        self.totals = Totals()
+        self.started = time.time()
+
+    @property
+    def streams(self) -> list[GenerationStream]:
+        """The requests in flight, oldest first."""
+        return list(self._streams.values())
+
+    async def request_phases(self) -> dict[str, tuple[str, int]]:
+        """The engine's view of each request (queued / prefill / generation), asked between steps."""
+        return await asyncio.wrap_future(self._device.submit(self.engine.request_phases))
 
     @classmethod
     def create(cls, config, backend, model_dir: str, model_name: str, **engine_kwargs) -> AsyncEngine:
@@ -118,6 +130,8 @@ class AsyncEngine:
         *,
         kind: OutputKind = OutputKind.DELTA,
         priority: int = 0,
+        deadline: float | None = None,
+        stream_interval: int = 1,
     ) -> GenerationStream:
         """Check the request and queue it; raises a 4xx/503 LLMServeError, or returns its stream."""
         self.check(prompt_token_ids, params, priority)
@@ -125,8 +139,9 @@ class AsyncEngine:
             raise InvalidRequestError(f"request id {request_id} is already in use", param="request_id")
         prompt = list(prompt_token_ids)
         stream = GenerationStream(
-            request_id, prompt, params, self.tokenizer, kind, self._stop_seq, self._closed, self.metrics
-        )
+            request_id, prompt, params, self.tokenizer, kind, self._stop_seq, self._closed, self.metrics,
+            deadline=deadline, stream_interval=stream_interval,
+        )  # fmt: skip
         self._streams[request_id] = stream
         self._send(AddRequest(request_id, prompt, params, priority))
         return stream
@@ -149,6 +164,7 @@ class AsyncEngine:
 
     def _closed(self, stream: GenerationStream) -> None:
         self._streams.pop(stream.request_id, None)
+        self.totals.add(stream)
         if not stream.finished:  # consumer went away (disconnect, cancel): free the blocks now
             self._send(AbortRequest(stream.request_id))
 
@@ -208,6 +224,18 @@ class AsyncEngine:
     def _fail_all(self, exc: BaseException) -> None:
         for stream in self._streams.values():
             stream.put(exc)
+
+
+class Totals:
+    """Requests and tokens served since start (for /v1/status)."""
+
+    def __init__(self) -> None:
+        self.requests = self.prompt_tokens = self.completion_tokens = 0
+
+    def add(self, stream: GenerationStream) -> None:
+        self.requests += 1
+        self.prompt_tokens += len(stream.prompt_token_ids)
+        self.completion_tokens += stream.num_generated_tokens
 
 
 def _make_metrics(model_name: str, max_model_len: int, stats_fn):

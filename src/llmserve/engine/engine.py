@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from llmserve.backends.base import Backend, ModelInfo, SampleResult, TokenLogprob
 from llmserve.engine.constraints import LogitsProcessor
 from llmserve.engine.kv_cache import BlockManager
-from llmserve.engine.request import Request, Sequence
+from llmserve.engine.request import Request, Sequence, SequenceStatus
 from llmserve.engine.sampling import SamplingParams
 from llmserve.engine.scheduler import Scheduler, SchedulerConfig
 from llmserve.errors import ConfigError, InvalidRequestError, OverloadedError
@@ -47,6 +47,8 @@ class EngineStats:
     kv_cache_usage: float
     prefix_cache_queries: int
     prefix_cache_hits: int
+    num_cached_blocks: int = 0
+    num_steps: int = 0
 
 
 class LLMEngine:
@@ -108,6 +110,7 @@ class LLMEngine:
         self.scheduler = Scheduler(sched_config, self.blocks, info.eos_token_ids)
         self._scheduled: dict[str, float] = {}  # request id -> first scheduled (monotonic)
         self.sleep_level = 0  # 0: awake
+        self.num_steps = 0
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -207,6 +210,7 @@ class LLMEngine:
         out = self.scheduler.schedule()
         if out.is_empty:
             return []
+        self.num_steps += 1
         now = time.monotonic()
         for chunk in out.chunks:
             self._scheduled.setdefault(chunk.seq.request_id, now)
@@ -238,4 +242,20 @@ class LLMEngine:
             kv_cache_usage=blocks.usage,
             prefix_cache_queries=blocks.prefix_cache_queries,
             prefix_cache_hits=blocks.prefix_cache_hits,
+            num_cached_blocks=blocks.num_cached_blocks,
+            num_steps=self.num_steps,
         )
+
+    def request_phases(self) -> dict[str, tuple[str, int]]:
+        """request id -> (phase, prompt tokens computed) for /v1/status: "queued" while no
+        sequence runs, "prefill" while the prompt is computed, else "generation"."""
+        phases = {}
+        for request_id, req in self.scheduler.requests.items():
+            running = [s for s in req.seqs if s.status is SequenceStatus.RUNNING]
+            if not running:
+                phases[request_id] = ("queued", 0)
+                continue
+            seq = running[0]
+            computed = min(seq.num_computed_tokens, seq.num_prompt_tokens)
+            phases[request_id] = ("prefill" if computed < seq.num_prompt_tokens else "generation", computed)
+        return phases

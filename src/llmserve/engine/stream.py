@@ -19,7 +19,7 @@ from llmserve.engine.detokenizer import IncrementalDetokenizer
 from llmserve.engine.engine import SeqEvent
 from llmserve.engine.outputs import CompletionOutput, RequestOutput
 from llmserve.engine.sampling import SamplingParams
-from llmserve.errors import EngineDeadError, LLMServeError
+from llmserve.errors import EngineDeadError, LLMServeError, RequestTimeoutError
 
 log = logging.getLogger("llmserve.engine")
 
@@ -103,6 +103,8 @@ class GenerationStream:
         on_stop_seq: Callable[[str, int], None],
         on_close: Callable[[GenerationStream], None],
         metrics=None,
+        deadline: float | None = None,
+        stream_interval: int = 1,
     ) -> None:
         self.request_id = request_id
         self.prompt_token_ids = prompt_token_ids
@@ -118,6 +120,9 @@ class GenerationStream:
         self._on_stop_seq = on_stop_seq
         self._on_close = on_close
         self.metrics = metrics
+        self.deadline = deadline  # time.monotonic() past which the request is aborted (504)
+        self.stream_interval = stream_interval  # DELTA: tokens per item, at least
+        self._held: dict[int, CompletionOutput] = {}  # DELTA deltas not handed out yet
         self._counted_prompt = False
         self._generated = 0
         keep = kind is not OutputKind.DELTA
@@ -131,6 +136,15 @@ class GenerationStream:
     @property
     def finished(self) -> bool:
         return all(choice.finished for choice in self.choices)
+
+    @property
+    def num_generated_tokens(self) -> int:
+        return self._generated
+
+    @property
+    def first_token_time(self) -> float | None:
+        times = [c.first_token_time for c in self.choices if c.first_token_time is not None]
+        return min(times) if times else None
 
     # --- fed by the engine (event loop thread) ---------------------------------------------------
 
@@ -146,7 +160,7 @@ class GenerationStream:
     async def _iterate(self) -> AsyncIterator[RequestOutput]:
         try:
             while not self.finished:
-                item = await self._queue.get()
+                item = await self._next_item()
                 if isinstance(item, LLMServeError):
                     self._mark_done()  # the engine dropped it: nothing to abort
                     raise item
@@ -158,6 +172,16 @@ class GenerationStream:
                     yield output
         finally:
             await self.aclose()
+
+    async def _next_item(self):
+        if self.deadline is None:
+            return await self._queue.get()
+        try:
+            return await asyncio.wait_for(self._queue.get(), max(self.deadline - time.monotonic(), 0.0))
+        except asyncio.TimeoutError:
+            raise RequestTimeoutError(
+                "The request ran past its time budget (--timeout or the request's timeout) and was aborted."
+            ) from None
 
     async def result(self) -> RequestOutput:
         """Run to the end and return the final output with every choice's whole text."""
@@ -216,9 +240,9 @@ class GenerationStream:
         if self.kind is OutputKind.FINAL_ONLY and not finished:
             return None
         if self.kind is OutputKind.DELTA:
-            if not deltas and not self._first:
+            outputs = self._release(deltas, finished)
+            if outputs is None:
                 return None
-            outputs = deltas
         else:
             if not deltas and not finished:
                 return None
@@ -229,6 +253,20 @@ class GenerationStream:
             output.num_cached_tokens = self.num_cached_tokens
         self._first = False
         return output
+
+    def _release(self, deltas: list[CompletionOutput], finished: bool) -> list[CompletionOutput] | None:
+        """DELTA: what to hand out now; deltas wait until ``stream_interval`` tokens gathered."""
+        if self.stream_interval <= 1 and not self._held:
+            return deltas if deltas or self._first else None
+        for delta in deltas:
+            held = self._held.get(delta.index)
+            self._held[delta.index] = delta if held is None else _merge(held, delta)
+        ready = finished or self._first or any(d.finished for d in self._held.values())
+        ready = ready or sum(len(d.token_ids) for d in self._held.values()) >= self.stream_interval
+        if not ready:
+            return None
+        outputs, self._held = list(self._held.values()), {}
+        return outputs if outputs or self._first else None
 
     def _count(self, deltas: list[CompletionOutput], now: float) -> None:
         metrics = self.metrics
@@ -254,6 +292,16 @@ class GenerationStream:
                 )
             except Exception:  # metrics must never break a request
                 log.exception("metrics update failed")
+
+
+def _merge(held: CompletionOutput, new: CompletionOutput) -> CompletionOutput:
+    held.text += new.text
+    held.token_ids.extend(new.token_ids)
+    if new.logprobs:
+        held.logprobs = (held.logprobs or []) + new.logprobs
+    held.finish_reason, held.stop_reason = new.finish_reason, new.stop_reason
+    held.num_output_tokens = new.num_output_tokens
+    return held
 
 
 def _copy(out: CompletionOutput) -> CompletionOutput:

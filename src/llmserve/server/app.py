@@ -44,10 +44,13 @@ def create_app(config, context: ProtocolContext | None = None, plugins: Plugins 
     app = Quart("llmserve")
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_body_bytes
     app.json.sort_keys = False
+    app.url_map.strict_slashes = False
     app.extensions["llmserve"] = context
     from llmserve.server.docs import bp as docs_bp
+    from llmserve.server.status import bp as status_bp
 
     app.register_blueprint(docs_bp)
+    app.register_blueprint(status_bp)
     context.protocols = []
     for reg in plugins.protocols().values():
         needs = frozenset(reg.extra.get("capabilities", ()))
@@ -64,6 +67,9 @@ def create_app(config, context: ProtocolContext | None = None, plugins: Plugins 
         context.protocols.append(reg.name)
     _install_middleware(app, config)
     _install_error_handlers(app)
+    from llmserve.server import asgi
+
+    asgi.wrap(app, config)
 
     @app.before_serving
     async def _start() -> None:
@@ -127,6 +133,25 @@ def _install_middleware(app: Quart, config) -> None:
             response.headers["Access-Control-Max-Age"] = "600"
         return response
 
+    @app.before_request
+    async def _log_request():
+        if config.enable_log_requests and request.method in ("POST", "PUT"):
+            body = (await request.get_data(as_text=True, cache=True))[: config.max_log_len]
+            log.info("request %s %s from %s: %s", request.method, request.path, request.remote_addr, body)
+
+    @app.after_request
+    async def _release_slot(response: Response) -> Response:
+        slot = _take_slot()  # a --max-concurrent-requests slot: held until sent
+        if slot is not None:
+            response.response = _ReleasedWhenSent(response.response, slot.release)
+        return response
+
+    @app.teardown_request
+    async def _teardown(_exc: BaseException | None) -> None:
+        slot = _take_slot()  # no response was made
+        if slot is not None:
+            slot.release()
+
     @app.after_request
     async def _headers(response: Response) -> Response:
         allowed = _allowed_origin()
@@ -139,10 +164,35 @@ def _install_middleware(app: Quart, config) -> None:
         return response
 
 
+def _take_slot():
+    current = request._get_current_object()
+    slot = getattr(current, "llmserve_slot", None)
+    current.llmserve_slot = None
+    return slot
+
+
+class _ReleasedWhenSent:
+    """A response body that calls ``release`` once it has been sent (or the send failed)."""
+
+    def __init__(self, body, release) -> None:
+        self.body, self.release = body, release
+
+    async def __aenter__(self):
+        return await self.body.__aenter__()
+
+    async def __aexit__(self, *exc) -> None:
+        try:
+            await self.body.__aexit__(*exc)
+        finally:
+            self.release()
+
+
 def _install_error_handlers(app: Quart) -> None:
     @app.errorhandler(LLMServeError)
     async def _known(exc: LLMServeError):
-        return error_response(exc.status, exc.message, exc.type, exc.param, exc.code)
+        response = error_response(exc.status, exc.message, exc.type, exc.param, exc.code)
+        response.headers.update(exc.headers)
+        return response
 
     @app.errorhandler(HTTPException)
     async def _http(exc: HTTPException):

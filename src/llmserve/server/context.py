@@ -13,6 +13,7 @@ from llmserve.engine.stream import GenerationStream, OutputKind
 from llmserve.errors import InvalidRequestError
 from llmserve.protocols.shared import chat_template, sampling
 from llmserve.protocols.shared import prompts as prompt_parsing
+from llmserve.server.limits import ClientLimits
 from llmserve.server.registry import EMBED, GENERATE, ModelRegistry, ServedModel
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ class ProtocolContext:
         self.protocols: list[str] = []  # names of the mounted protocol plugins
         self.server_load = 0  # requests in flight on the inference routes
         self._placeholder_metrics = None
+        self.limits = ClientLimits(config)
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -111,15 +113,26 @@ class ProtocolContext:
         request_id: str | None = None,
         kind: OutputKind = OutputKind.DELTA,
         priority: int = 0,
+        timeout: float | None = None,
+        stream_interval: int | None = None,
     ) -> GenerationStream:
         """Start generating; returns the request's stream once every check passed.
 
         Raises at once (before anything runs) for a prompt or parameters the model cannot take,
-        an unknown priority policy, a sleeping or overloaded engine.
+        an unknown priority policy, a sleeping or overloaded engine, a client over its limits.
+        ``timeout`` (seconds) may lower --timeout; past it the stream raises RequestTimeoutError
+        (504) and the request is aborted. ``stream_interval`` overrides --stream-interval.
         """
         engine = self._engine(model)
+        budget = self.config.timeout if timeout is None else min(timeout, self.config.timeout)
+        if budget <= 0:
+            raise InvalidRequestError(f"timeout must be positive, got {timeout}", param="timeout")
+        self.limits.admit()
         request_id = request_id or f"req-{uuid.uuid4().hex}"
-        return engine.add_request(request_id, list(prompt_token_ids), params, kind=kind, priority=priority)
+        return engine.add_request(
+            request_id, list(prompt_token_ids), params, kind=kind, priority=priority,
+            deadline=time.monotonic() + budget, stream_interval=stream_interval or self.config.stream_interval,
+        )  # fmt: skip
 
     def check_generate(
         self, model: ServedModel, prompt_token_ids: Sequence[int], params: SamplingParams, priority: int = 0
@@ -141,6 +154,7 @@ class ProtocolContext:
             raise InvalidRequestError(f"The model `{model.name}` does not embed.", param="model")
         inputs = [list(ids) for ids in token_ids]
         embedder.embedder.check_inputs(inputs)
+        self.limits.admit()
         return await embedder.embed(inputs, normalize=normalize)
 
     # --- parsers ---------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import signal
+import ssl
 from pathlib import Path
 
 from llmserve.config import Config
@@ -119,7 +120,7 @@ def _load_generator(config: Config, plugins: Plugins, backend, path: Path, names
         tokenizer=engine.tokenizer,
         max_model_len=engine.max_model_len,
         engine=engine,
-        generation_defaults=engine.generation_defaults,
+        generation_defaults={**engine.generation_defaults, **config.sampling_defaults()},
     )
 
 
@@ -141,9 +142,9 @@ def _load_embedder(backend, path: Path, names: list[str]) -> ServedModel:
 
 def run_server(config: Config, plugins: Plugins) -> int:
     """Load everything, serve until SIGINT/SIGTERM, and return the exit code."""
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from llmserve.server.logs import setup_logging
+
+    setup_logging(config)
     context = build_context(config, plugins)
     from llmserve.server.app import create_app
 
@@ -159,7 +160,9 @@ def run_server(config: Config, plugins: Plugins) -> int:
         else:
             log.info("embedding model %s (%s), dim %d", model.name, model.path, model.embedder.dim)
     log.info("protocols: %s", ", ".join(context.protocols))
-    log.info("serving on http://%s:%d", config.host, config.port)
+    scheme = "https" if config.ssl_certfile else "http"
+    where = f"unix:{config.uds}" if config.uds else f"{scheme}://{config.host}:{config.port}"
+    log.info("serving on %s%s", where, config.root_path or "")
     try:
         asyncio.run(_serve(app, config))
     finally:
@@ -174,9 +177,13 @@ async def _serve(app, config: Config) -> None:
     from hypercorn.config import Config as HypercornConfig
 
     hc = HypercornConfig()
-    hc.bind = [f"{config.host}:{config.port}"]
-    hc.accesslog = None
+    hc.bind = [f"unix:{config.uds}"] if config.uds else [f"{config.host}:{config.port}"]
+    hc.accesslog = None if config.disable_access_log else logging.getLogger("llmserve.access")
+    hc.access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
     hc.errorlog = logging.getLogger("hypercorn.error")
+    if config.ssl_certfile:
+        hc.certfile, hc.keyfile, hc.ca_certs = config.ssl_certfile, config.ssl_keyfile, config.ssl_ca_certs
+        hc.verify_mode = ssl.VerifyMode(config.ssl_cert_reqs)
     hc.graceful_timeout = 5
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -7,6 +7,7 @@ from typing import Any
 
 from llmserve.api import (
     SSE_DONE,
+    Config,
     OutputKind,
     Prompt,
     ProtocolContext,
@@ -24,7 +25,14 @@ from llmserve.api import (
 )
 from llmserve.protocols.openai.logprobs import chat_logprobs, prompt_logprobs, token_text
 from llmserve.protocols.openai.schemas import ChatCompletionRequest
-from llmserve.protocols.openai.serving import check_supported, results, start_requests, stream_flags, usage
+from llmserve.protocols.openai.serving import (
+    apply_server_defaults,
+    check_supported,
+    results,
+    start_requests,
+    stream_flags,
+    usage,
+)
 from llmserve.protocols.openai.tools import ToolCallStream, effective_tool_choice, extract_tool_calls
 
 
@@ -59,15 +67,16 @@ async def create_chat_completion() -> Any:
     ctx = context()
     model = ctx.model_for(req.model)
     check_supported(req)
-    include_usage, continuous = stream_flags(req)
+    apply_server_defaults(req, ctx.config)
+    include_usage, continuous = stream_flags(req, ctx.config)
     tool_choice = effective_tool_choice(req, ctx.config)
     text, token_ids = prepare_chat(ctx, model, req)
     prompt = Prompt(token_ids, text)
     params = ctx.sampling_params(model, req, len(token_ids))
     request_id = f"chatcmpl-{req.request_id}" if req.request_id else random_id("chatcmpl")
     kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
-    streams = start_requests(ctx, model, request_id, [prompt], [params], kind, req.priority)
-    view = _View(model, req, request_id, prompt, tool_choice)
+    streams = start_requests(ctx, model, request_id, [prompt], [params], kind, req)
+    view = _View(model, req, request_id, prompt, tool_choice, ctx.config)
     if req.stream:
         return sse_response(view.events(merge_streams(streams), include_usage, continuous))
     return json_response(view.response((await results(streams))[0]))
@@ -93,11 +102,14 @@ class _View:
         request_id: str,
         prompt: Prompt,
         tool_choice: str | dict,
+        config: Config,
     ) -> None:
         self.req, self.id, self.prompt, self.tool_choice = req, request_id, prompt, tool_choice
         self.model = model.answer_name(req.model)
         self.token_text = token_text(model)
-        self.role = "assistant" if req.add_generation_prompt else req.messages[-1].role
+        self.role = config.response_role if req.add_generation_prompt else req.messages[-1].role
+        self.details = config.enable_prompt_tokens_details
+        self.cached = 0  # prompt tokens the prefix cache supplied (streaming: from the first output)
         self.echo = _echo_text(req, self.role)
         self.created = now()
 
@@ -151,13 +163,16 @@ class _View:
             "created": self.created,
             "model": self.model,
             "choices": choices,
-            "usage": usage(len(self.prompt.token_ids), sum(len(c.token_ids) for c in result.outputs)),
+            "usage": self.usage(sum(len(c.token_ids) for c in result.outputs), result.num_cached_tokens),
             "system_fingerprint": None,
             "prompt_logprobs": prompt_logprobs(result.prompt_logprobs, self.token_text),
         }
         if self.req.return_token_ids:
             body["prompt_token_ids"] = self.prompt.token_ids
         return body
+
+    def usage(self, completion_tokens: int, cached: int) -> dict[str, Any]:
+        return usage(len(self.prompt.token_ids), completion_tokens, cached if self.details else None)
 
     # --- streaming -------------------------------------------------------------------------------
 
@@ -178,13 +193,12 @@ class _View:
         self, source: AsyncIterator, include_usage: bool, continuous: bool
     ) -> AsyncIterator[str]:
         n = self.req.n
-        prompt_tokens = len(self.prompt.token_ids)
         counts = [0] * n
         tools = [ToolCallStream(self.tool_choice) for _ in range(n)]
         called = [False] * n
 
         def choice_usage(i: int) -> dict | None:
-            return usage(prompt_tokens, counts[i]) if continuous else None
+            return self.usage(counts[i], self.cached) if continuous else None
 
         try:
             first_extra = {"prompt_token_ids": self.prompt.token_ids} if self.req.return_token_ids else {}
@@ -201,6 +215,7 @@ class _View:
                     }
                     yield self.chunk([choice], choice_usage(i))
             async for _, out in source:
+                self.cached = max(self.cached, out.num_cached_tokens)
                 for c in out.outputs:
                     i = c.index
                     counts[i] += len(c.token_ids)
@@ -221,7 +236,7 @@ class _View:
                         choice["token_ids"] = c.token_ids
                     yield self.chunk([choice], choice_usage(i))
             if include_usage:
-                yield self.chunk([], usage(prompt_tokens, sum(counts)))
+                yield self.chunk([], self.usage(sum(counts), self.cached))
         except Exception as exc:  # CancelledError (client gone) is not an Exception: it propagates
             yield sse_error(exc)
         finally:

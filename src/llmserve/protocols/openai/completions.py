@@ -24,7 +24,14 @@ from llmserve.api import (
 )
 from llmserve.protocols.openai.logprobs import completion_logprobs, prompt_logprobs, token_text
 from llmserve.protocols.openai.schemas import CompletionRequest
-from llmserve.protocols.openai.serving import check_supported, results, start_requests, stream_flags, usage
+from llmserve.protocols.openai.serving import (
+    apply_server_defaults,
+    check_supported,
+    results,
+    start_requests,
+    stream_flags,
+    usage,
+)
 
 
 async def create_completion() -> Any:
@@ -38,7 +45,8 @@ async def create_completion() -> Any:
             f"best_of must equal n (got best_of={req.best_of}, n={req.n})", param="best_of"
         )
     check_supported(req)
-    include_usage, continuous = stream_flags(req)
+    apply_server_defaults(req, ctx.config)
+    include_usage, continuous = stream_flags(req, ctx.config)
     if req.echo and req.logprobs is not None and req.prompt_logprobs is None:
         overrides = {"prompt_logprobs": req.logprobs}  # echoed tokens carry logprobs too
     else:
@@ -52,8 +60,8 @@ async def create_completion() -> Any:
     params = [ctx.sampling_params(model, req, len(p.token_ids), **overrides) for p in prompts]
     request_id = f"cmpl-{req.request_id}" if req.request_id else random_id("cmpl")
     kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
-    streams = start_requests(ctx, model, request_id, prompts, params, kind, req.priority)
-    view = _View(model, req, request_id, prompts)
+    streams = start_requests(ctx, model, request_id, prompts, params, kind, req)
+    view = _View(model, req, request_id, prompts, ctx.config.enable_prompt_tokens_details)
     if req.stream:
         return sse_response(view.events(merge_streams(streams), include_usage, continuous))
     return json_response(view.response(await results(streams)))
@@ -63,9 +71,14 @@ class _View:
     """Turns engine outputs into the completions wire shape for one request."""
 
     def __init__(
-        self, model: ServedModel, req: CompletionRequest, request_id: str, prompts: list[Prompt]
+        self,
+        model: ServedModel,
+        req: CompletionRequest,
+        request_id: str,
+        prompts: list[Prompt],
+        details: bool,
     ) -> None:
-        self.req, self.id, self.prompts = req, request_id, prompts
+        self.req, self.id, self.prompts, self.details = req, request_id, prompts, details
         self.model = model.answer_name(req.model)
         self.tokenizer = model.tokenizer
         self.token_text = token_text(model)
@@ -120,7 +133,11 @@ class _View:
             "created": self.created,
             "model": self.model,
             "choices": choices,
-            "usage": usage(prompt_tokens, completion_tokens),
+            "usage": usage(
+                prompt_tokens,
+                completion_tokens,
+                sum(o.num_cached_tokens for o in outputs) if self.details else None,
+            ),
             "system_fingerprint": None,
         }
 

@@ -39,6 +39,10 @@ class VLLMSamplingFields(OpenAIModel):
     return_tokens_as_token_ids: bool | None = None
     return_token_ids: bool | None = None
     priority: int = 0
+    timeout: float | None = Field(
+        None, gt=0, description="Seconds this request may take (at most --timeout)."
+    )
+    stream_interval: int | None = Field(None, ge=1, description="Tokens per streamed chunk.")
     vllm_xargs: dict[str, Any] | None = Field(None, description="Arguments for custom logits processors.")
     use_beam_search: bool = False
     length_penalty: float = 1.0
@@ -71,7 +75,7 @@ class CompletionRequest(VLLMSamplingFields):
     suffix: str | None = None
     temperature: float | None = None
     top_p: float | None = None
-    user: str | None = None
+    user: Any = None  # a string for OpenAI; some clients send an object
     add_special_tokens: bool = True
 
 
@@ -125,7 +129,7 @@ class ChatCompletionRequest(VLLMSamplingFields):
     tools: list[ChatTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = "none"
     parallel_tool_calls: bool | None = None
-    user: str | None = None
+    user: Any = None  # a string for OpenAI; some clients send an object
     reasoning_effort: str | None = None
     # vLLM chat extras
     echo: bool = False
@@ -144,7 +148,7 @@ class EmbeddingRequest(OpenAIModel):
     input: Any
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
-    user: str | None = None
+    user: Any = None  # a string for OpenAI; some clients send an object
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
     add_special_tokens: bool = True
     normalize: bool | None = None

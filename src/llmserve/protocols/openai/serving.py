@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from llmserve.api import (
+    Config,
     GenerationStream,
-    InvalidRequestError,
     OutputKind,
     Prompt,
     ProtocolContext,
@@ -41,16 +41,18 @@ def check_supported(req: VLLMSamplingFields) -> None:
             raise UnsupportedError(f"{name} is not supported yet (structured outputs).", param=name)
 
 
-def stream_flags(req: Any) -> tuple[bool, bool]:
-    """(include_usage, continuous_usage_stats) from stream_options, which needs stream=true."""
-    options = req.stream_options
-    if options is None:
-        return False, False
-    if not req.stream:
-        raise InvalidRequestError(
-            "Stream options can only be defined when `stream=True`.", param="stream_options"
-        )
-    return bool(options.include_usage), bool(options.continuous_usage_stats)
+def stream_flags(req: Any, config: Config) -> tuple[bool, bool]:
+    """(include_usage, continuous_usage_stats); stream_options on a non-streaming request is
+    ignored (LiteLLM sends it), --enable-force-include-usage forces usage into every stream."""
+    options = req.stream_options if req.stream else None
+    include = bool(options and options.include_usage) or config.enable_force_include_usage
+    return include, bool(options and options.continuous_usage_stats)
+
+
+def apply_server_defaults(req: Any, config: Config) -> None:
+    """Request fields the server's flags fill when the request leaves them out."""
+    if req.return_tokens_as_token_ids is None:
+        req.return_tokens_as_token_ids = config.return_tokens_as_token_ids
 
 
 def start_requests(
@@ -60,15 +62,25 @@ def start_requests(
     prompts: Sequence[Prompt],
     params: Sequence[SamplingParams],
     kind: OutputKind,
-    priority: int = 0,
+    req: Any,
 ) -> list[GenerationStream]:
-    """One engine request per prompt; if one is refused, those already started are closed."""
+    """One engine request per prompt (with the request's priority, timeout and stream interval);
+    if one is refused, those already started are closed."""
     streams: list[GenerationStream] = []
     try:
         for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
             request_id = base_id if len(prompts) == 1 else f"{base_id}-{i}"
             streams.append(
-                ctx.generate(model, prompt.token_ids, p, request_id=request_id, kind=kind, priority=priority)
+                ctx.generate(
+                    model,
+                    prompt.token_ids,
+                    p,
+                    request_id=request_id,
+                    kind=kind,
+                    priority=req.priority,
+                    timeout=req.timeout,
+                    stream_interval=req.stream_interval,
+                )  # fmt: skip
             )
     except BaseException:
         for stream in streams:
@@ -86,10 +98,12 @@ async def results(streams: Sequence[GenerationStream]) -> list[RequestOutput]:
             await stream.aclose()
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict[str, Any]:
+    """OpenAI's usage object; ``cached_tokens`` (with --enable-prompt-tokens-details) fills
+    ``prompt_tokens_details``."""
     return {
         "prompt_tokens": prompt_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "completion_tokens": completion_tokens,
-        "prompt_tokens_details": None,
+        "prompt_tokens_details": None if cached_tokens is None else {"cached_tokens": cached_tokens},
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -11,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from llmserve.errors import InvalidRequestError
 
 M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger("llmserve.protocols")
 
 
 async def parse_body(model_cls: type[M]) -> M:
@@ -44,7 +46,12 @@ def _reject_constant(name: str) -> None:
 
 
 def validate_model(model_cls: type[M], data: dict[str, Any]) -> M:
-    """``model_cls`` from a decoded JSON object; any mistake is one readable 400."""
+    """``model_cls`` from a decoded JSON object; any mistake is one readable 400. Unknown
+    top-level fields are ignored (real clients send many) and logged at debug level."""
+    if log.isEnabledFor(logging.DEBUG):
+        unknown = sorted(set(data) - set(model_cls.model_fields))
+        if unknown:
+            log.debug("%s: ignoring unknown fields %s", model_cls.__name__, ", ".join(unknown))
     try:
         return model_cls.model_validate(data)
     except ValidationError as exc:

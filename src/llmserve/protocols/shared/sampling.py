@@ -37,6 +37,9 @@ def to_sampling_params(
     max_tokens = getattr(req, "max_completion_tokens", None)
     if max_tokens is None:
         max_tokens = getattr(req, "max_tokens", None)
+        sent = getattr(req, "model_fields_set", None)
+        if sent is not None and "max_tokens" not in sent and defaults.get("max_tokens"):
+            max_tokens = None  # a schema default (completions' 16) gives way to the server's default
     if max_tokens is None:
         room = max(1, max_model_len - prompt_len)
         default_max = defaults.get("max_tokens")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -14,6 +15,8 @@ from llmserve.errors import LLMServeError
 log = logging.getLogger("llmserve.protocols")
 
 SSE_DONE = "data: [DONE]\n\n"
+HEARTBEAT = ": keep-alive\n\n"
+HEARTBEAT_S = 10.0
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -55,14 +58,45 @@ def json_response(data: dict[str, Any], status: int = 200) -> Any:
     return Response(body, status=status, mimetype="application/json")
 
 
-def sse_response(events: AsyncIterator[str]) -> Any:
+def sse_response(events: AsyncIterator[str], heartbeat_s: float = HEARTBEAT_S) -> Any:
     """A Quart streaming response for ``events``; no response timeout (streams can be long).
+    An SSE comment goes out after every ``heartbeat_s`` of silence (a request waiting in the
+    queue), so proxies and clients do not give up on an idle connection.
 
     When the client disconnects, Quart cancels the iteration: CancelledError reaches the
     generator's await point and its ``finally`` blocks close the engine streams.
     """
     from quart import Response
 
-    response = Response(events, mimetype="text/event-stream", headers=SSE_HEADERS)
+    response = Response(
+        with_heartbeat(events, heartbeat_s), mimetype="text/event-stream", headers=SSE_HEADERS
+    )
     response.timeout = None
     return response
+
+
+async def with_heartbeat(events: AsyncIterator[str], interval: float) -> AsyncIterator[str]:
+    """``events``, with ``HEARTBEAT`` whenever the next one takes longer than ``interval``."""
+    pending: asyncio.Task | None = None
+    try:
+        while True:
+            pending = pending or asyncio.ensure_future(events.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=interval)
+            if not done:
+                yield HEARTBEAT
+                continue
+            try:
+                item = pending.result()
+            except StopAsyncIteration:
+                return
+            finally:
+                pending = None
+            yield item
+    finally:
+        if pending is not None:
+            pending.cancel()
+            try:
+                await pending
+            except BaseException:  # noqa: BLE001 - the stream's own cancellation is done with
+                pass
+        await events.aclose()

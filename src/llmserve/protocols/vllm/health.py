@@ -2,13 +2,14 @@
 ``--enable-sleep-mode``, /is_sleeping, /sleep and /wake_up (behind the API key like every
 non-probe route).
 
-/load counts requests in flight on the inference routes (vLLM's ``server_load``): a request is
-counted from before its handler runs until its response body has been sent, streams included.
+With ``--enable-server-load-tracking``, /load counts requests in flight on the inference routes
+(vLLM's ``server_load``): a request is counted from before its handler runs until its response
+body has been sent, streams included. Without it /load reports 0, as in vLLM.
 """
 
 from __future__ import annotations
 
-from quart import Blueprint, Response, g, jsonify, request
+from quart import Blueprint, Response, jsonify, request
 
 import llmserve
 from llmserve.api import GENERATE, InvalidRequestError, ProtocolContext, UnsupportedError, context, document
@@ -72,13 +73,15 @@ class _CountedBody:
 
 @bp.before_app_request
 async def _count_request() -> None:
-    if request.method in ("POST", "PUT", "DELETE") and request.path not in UNCOUNTED:
-        g.vllm_load_slot = _LoadSlot(context())
+    ctx = context()
+    if ctx.config.enable_server_load_tracking and request.method in ("POST", "PUT", "DELETE"):
+        if request.path not in UNCOUNTED:
+            request.vllm_load_slot = _LoadSlot(ctx)  # per request: hypercorn may share ``g``
 
 
 @bp.after_app_request
 async def _defer_release(response: Response) -> Response:
-    slot = g.pop("vllm_load_slot", None)
+    slot = _take()
     if slot is not None:
         if isinstance(response, Response):
             response.response = _CountedBody(response.response, slot)
@@ -89,9 +92,16 @@ async def _defer_release(response: Response) -> Response:
 
 @bp.teardown_app_request
 async def _release(_exc: BaseException | None) -> None:
-    slot = g.pop("vllm_load_slot", None)  # still here when no after_request ran
+    slot = _take()  # still here when no after_request ran
     if slot is not None:
         slot.release()
+
+
+def _take() -> _LoadSlot | None:
+    current = request._get_current_object()
+    slot = getattr(current, "vllm_load_slot", None)
+    current.vllm_load_slot = None
+    return slot
 
 
 def _healthy() -> Response:
