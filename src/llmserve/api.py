@@ -27,6 +27,7 @@ from llmserve.backends.base import (
     SampleResult,
     TokenLogprob,
 )
+from llmserve.config import Config
 from llmserve.engine.constraints import (
     Constraint,
     ConstraintSpec,
@@ -35,7 +36,6 @@ from llmserve.engine.constraints import (
     bitmask_words,
     set_allowed_tokens,
 )
-from llmserve.config import Config
 from llmserve.engine.outputs import CompletionOutput, RequestOutput
 from llmserve.engine.sampling import SamplingParams
 from llmserve.engine.stream import GenerationStream, OutputKind
@@ -67,7 +67,8 @@ from llmserve.protocols.shared.streams import merge_streams
 from llmserve.server.app import error_response
 from llmserve.server.context import ProtocolContext, RenderedChat
 from llmserve.server.openapi import document
-from llmserve.server.registry import EMBED, GENERATE, ServedModel
+from llmserve.server.registry import EMBED, GENERATE, TRANSCRIBE, ServedModel
+
 
 def context() -> ProtocolContext:
     """The ProtocolContext of the server handling the current request (inside a route)."""
@@ -80,6 +81,7 @@ __all__ = [
     "EMBED",
     "GENERATE",
     "SSE_DONE",
+    "TRANSCRIBE",
     "Backend",
     "BackendUnavailable",
     "Batch",

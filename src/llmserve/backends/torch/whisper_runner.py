@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -17,15 +16,6 @@ from llmserve.backends.torch.whisper_decoding import (
     detect_language,
     select_tokens,
 )
-
-
-def is_whisper_dir(path: str | Path) -> bool:
-    """A CTranslate2 Whisper directory: model.bin plus a config.json with Whisper's token lists."""
-    path = Path(path)
-    if not (path / "model.bin").is_file() or not (path / "config.json").is_file():
-        return False
-    config = json.loads((path / "config.json").read_text())
-    return "suppress_ids" in config and "lang_ids" in config
 
 
 def load_whisper_tokenizer(model_dir: str | Path):
