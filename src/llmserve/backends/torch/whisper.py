@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -248,8 +247,3 @@ class Whisper(nn.Module):
             if not torch.all(bias == 0):
                 raise ValueError("unexpected key bias in the encoder's fused projection")
         return model.to(device=device, dtype=dtype).eval()
-
-
-def ct2_config_value(ct2: CT2Model, name: str, default=None):
-    """A scalar of the spec (e.g. ``decoder/num_heads``) as a Python number."""
-    return np.asarray(ct2.raw(name)).item() if name in ct2 else default
