@@ -51,6 +51,7 @@ def _app(**config):
         [
             ServedModel("chat", "/m", "generate", None, 64, engine=SimpleNamespace(is_dead=False)),
             ServedModel("emb", "/e", "embed", None, 64, embedder=SimpleNamespace()),
+            ServedModel("stt", "/s", "transcribe", None, 224, transcriber=SimpleNamespace()),
         ]
     )
     return create_app(config, ProtocolContext(config, plugins, models), plugins)

@@ -67,7 +67,8 @@ from llmserve.protocols.shared.streams import merge_streams
 from llmserve.server.app import error_response
 from llmserve.server.context import ProtocolContext, RenderedChat
 from llmserve.server.openapi import document
-from llmserve.server.registry import EMBED, GENERATE, ServedModel
+from llmserve.server.registry import EMBED, GENERATE, TRANSCRIBE, ServedModel
+
 
 
 def context() -> ProtocolContext:
@@ -81,6 +82,7 @@ __all__ = [
     "EMBED",
     "GENERATE",
     "SSE_DONE",
+    "TRANSCRIBE",
     "Backend",
     "BackendUnavailable",
     "Batch",

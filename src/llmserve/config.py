@@ -135,6 +135,12 @@ class Config(ServerFlags):
         description="Largest accepted request body; larger ones get 413.",
         json_schema_extra={**SERVER, "shown_default": "32 MiB"},
     )
+    max_audio_file_mb: float = Field(
+        25.0,
+        gt=0,
+        description="Largest audio file accepted by the transcription routes, in MiB; larger ones get 413.",
+        json_schema_extra=SERVER,
+    )
     max_waiting_requests: int = Field(
         1024, ge=1, description="Requests that may wait for a slot; more get 503.", json_schema_extra=SERVER
     )

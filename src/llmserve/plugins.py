@@ -39,6 +39,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("jax", "llmserve.backends.jax.plugin"),  # backends jax, tpu; JAX model modules
     ("openai", "llmserve.protocols.openai.plugin"),  # OpenAI routes
     ("vllm", "llmserve.protocols.vllm.plugin"),  # vLLM's own routes
+    ("audio", "llmserve.protocols.audio.plugin"),  # OpenAI's speech-to-text routes
     ("bench", "llmserve.bench.plugin"),  # `llmserve bench`
 )
 

@@ -141,6 +141,65 @@ class Embedder(ABC):
                 )
 
 
+@dataclass(slots=True)
+class TranscriptionStart:
+    """A sequence to begin: one 30 s window of log-mel features and how to decode it.
+
+    ``language`` None on a multilingual model means: detect it. ``previous`` are text tokens of
+    an initial prompt (``<|startofprev|>`` context).
+    """
+
+    features: Any
+    language: str | None = None
+    task: str = "transcribe"
+    timestamps: bool = False
+    temperature: float = 0.0
+    previous: list[int] = field(default_factory=list)
+    seed: int | None = None
+
+
+class Transcriber(ABC):
+    """A loaded speech-to-text model that decodes many sequences at once, one slot each.
+
+    All calls come from the device thread. ``begin`` fills free slots (encoding the audio once and
+    keeping its cross-attention keys/values) and returns each new slot with its first token;
+    ``advance`` runs one batched decode step over slots and returns their next tokens.
+    """
+
+    max_slots: int
+    max_tokens: int  # sampled tokens per window
+    eot: int
+    timestamp_begin: int
+    multilingual: bool
+    languages: tuple[str, ...]
+    tokenizer: Any
+
+    @abstractmethod
+    def features(self, samples: Any) -> list[tuple[float, float, Any]]:
+        """16 kHz mono float samples -> (start s, end s, features) per 30 s window."""
+
+    @abstractmethod
+    def begin(self, starts: list[TranscriptionStart]) -> list[tuple[int, int, str | None]]:
+        """Take a free slot per start: (slot, first token, language used)."""
+
+    @abstractmethod
+    def advance(self, slots: list[int]) -> list[int]:
+        """One decode step for each slot (fed its last token); the next token of each."""
+
+    @abstractmethod
+    def release(self, slot: int) -> None:
+        """Free a slot."""
+
+    @abstractmethod
+    def room(self, slot: int) -> int:
+        """Positions left in the slot's decoder cache."""
+
+    @property
+    def free_slots(self) -> int:
+        """Slots ``begin`` can fill now."""
+        return self.max_slots
+
+
 class Backend(ABC):
     """A model backend, registered by name through the ``llmserve_backends`` hook.
 
@@ -210,6 +269,10 @@ class Backend(ABC):
     def load_embedding_model(self, model_dir: str) -> Embedder:
         """Load an encoder model for embeddings. Backends without one raise BackendUnavailable."""
         raise BackendUnavailable(f"backend {self.name!r} has no embedding models")
+
+    def load_transcription_model(self, model_dir: str) -> Transcriber:
+        """Load a speech-to-text model (Whisper). Backends without one raise BackendUnavailable."""
+        raise BackendUnavailable(f"backend {self.name!r} has no speech-to-text models")
 
     def describe(self) -> str:
         """One line for the start log: device and dtype."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -14,10 +15,11 @@ from llmserve.errors import InvalidRequestError
 from llmserve.protocols.shared import chat_template, sampling
 from llmserve.protocols.shared import prompts as prompt_parsing
 from llmserve.server.limits import ClientLimits
-from llmserve.server.registry import EMBED, GENERATE, ModelRegistry, ServedModel
+from llmserve.server.registry import EMBED, GENERATE, TRANSCRIBE, ModelRegistry, ServedModel
 
 if TYPE_CHECKING:
     from llmserve.config import Config
+    from llmserve.engine.transcription import TranscriptEvent
     from llmserve.plugins import Plugins
 
 
@@ -157,6 +159,58 @@ class ProtocolContext:
         self.limits.admit()
         return await embedder.embed(inputs, normalize=normalize)
 
+    # --- speech ----------------------------------------------------------------------------------
+
+    async def transcribe(
+        self,
+        model: ServedModel,
+        audio: bytes,
+        filename: str = "audio",
+        *,
+        language: str | None = None,
+        task: str = "transcribe",
+        prompt: str | None = None,
+        timestamps: bool = False,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> AsyncIterator[TranscriptEvent]:
+        """Decode an uploaded audio file and transcribe (or, ``task="translate"``, translate to
+        English) it. Returns, once the audio is decoded and the options checked, an async iterator
+        of events: text deltas, then one with ``done`` and the ``Transcript`` (text, language,
+        duration, segments). Undecodable audio or a bad option is a 400 raised here."""
+        from llmserve.engine.audio_input import decode_audio
+        from llmserve.engine.transcription import TranscriptionOptions
+
+        service = model.transcriber
+        if service is None:
+            raise InvalidRequestError(f"The model `{model.name}` does not transcribe audio.", param="model")
+        runner = service.transcriber
+        if task not in ("transcribe", "translate"):
+            raise InvalidRequestError(f"unknown task {task!r}", param="task")
+        if language is not None:
+            language = language.strip().lower() or None
+        if language is not None and language not in runner.languages:
+            raise InvalidRequestError(
+                f"Language {language!r} is not supported by `{model.name}`; supported: "
+                f"{', '.join(runner.languages)}.",
+                param="language",
+            )
+        if task == "translate" and not runner.multilingual:
+            raise InvalidRequestError(
+                f"The model `{model.name}` is English-only and cannot translate.", param="model"
+            )
+        if not 0.0 <= temperature <= 1.0:
+            raise InvalidRequestError("temperature must be between 0 and 1", param="temperature")
+        prompt_ids: list[int] = []
+        if prompt:
+            # Whisper keeps at most half its context for earlier text; the most recent part counts.
+            prompt_ids = self.tokenize(model, " " + prompt.strip(), add_special_tokens=False)
+            prompt_ids = prompt_ids[-(runner.max_tokens - 1) :]
+        samples = await asyncio.to_thread(decode_audio, audio, filename)
+        options = TranscriptionOptions(language, task, tuple(prompt_ids), timestamps, temperature, seed)
+        self.limits.admit()
+        return service.transcribe(samples, options)
+
     # --- parsers ---------------------------------------------------------------------------------
 
     def tool_parser(self, name: str | None = None, model: ServedModel | None = None):
@@ -193,4 +247,4 @@ class ProtocolContext:
         return not any(m.engine is not None and m.engine.is_dead for m in self.models)
 
 
-__all__ = ["EMBED", "GENERATE", "ProtocolContext", "RenderedChat"]
+__all__ = ["EMBED", "GENERATE", "TRANSCRIBE", "ProtocolContext", "RenderedChat"]

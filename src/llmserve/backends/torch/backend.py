@@ -107,6 +107,11 @@ class TorchBackend(Backend):
 
         return TorchEmbedder(model_dir, device=self.device)
 
+    def load_transcription_model(self, model_dir: str):
+        from llmserve.backends.torch.whisper_runner import WhisperRunner
+
+        return WhisperRunner(model_dir, device=self.device, max_slots=min(self.config.max_num_seqs, 8))
+
     def describe(self) -> str:
         tp = f", tensor parallel x{self.config.tensor_parallel_size}" if self.tp is not None else ""
         return f"{self.name} (torch {torch.__version__}, {torch.get_num_threads()} threads{tp})"

@@ -1,0 +1,135 @@
+"""Whisper's token rules: its special tokens, the suppressed ids, and timestamp pairing.
+
+The timestamp rules are Whisper's own (openai/whisper ``ApplyTimestampRules``): timestamps come
+in pairs around text, never go backwards, the first token is a timestamp no later than 1 s, and
+a timestamp is forced when timestamps together are likelier than any text token.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+MAX_INITIAL_TIMESTAMP_INDEX = 50  # 1 s in 20 ms steps
+SECONDS_PER_TIMESTAMP = 0.02
+
+
+@dataclass(frozen=True)
+class WhisperTokens:
+    """Special token ids of one Whisper vocabulary, and the ids it never samples."""
+
+    eot: int
+    sot: int
+    sot_prev: int
+    no_timestamps: int
+    timestamp_begin: int
+    transcribe: int
+    translate: int
+    languages: dict[str, int]  # "en" -> <|en|>
+    suppress: tuple[int, ...]
+    suppress_begin: tuple[int, ...]
+    multilingual: bool
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, tokenizer, vocab_size: int) -> WhisperTokens:
+        """From the tokenizer, CTranslate2's config.json (suppress lists) and the model's vocabulary
+        size (51865 and up: multilingual; timestamps follow ``<|notimestamps|>``)."""
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        ids = tokenizer.convert_tokens_to_ids
+        vocab = tokenizer.get_vocab()
+        languages = {
+            tok[2:-2]: idx
+            for tok, idx in vocab.items()
+            if tok.startswith("<|") and tok.endswith("|>") and 2 <= len(tok) - 4 <= 3 and tok[2:-2].isalpha()
+        }
+        return cls(
+            eot=ids("<|endoftext|>"),
+            sot=ids("<|startoftranscript|>"),
+            sot_prev=ids("<|startofprev|>"),
+            no_timestamps=ids("<|notimestamps|>"),
+            timestamp_begin=ids("<|notimestamps|>") + 1,
+            transcribe=ids("<|transcribe|>"),
+            translate=ids("<|translate|>"),
+            languages=languages,
+            suppress=tuple(config.get("suppress_ids") or ()),
+            suppress_begin=tuple(config.get("suppress_ids_begin") or ()),
+            multilingual=vocab_size >= 51865,
+        )
+
+    def prompt(self, language: str | None, task: str, timestamps: bool, previous: list[int]) -> list[int]:
+        """The decoder prompt: optional ``<|startofprev|>`` text, then the start sequence."""
+        out = [self.sot_prev, *previous] if previous else []
+        out.append(self.sot)
+        if self.multilingual:
+            out += [
+                self.languages[language or "en"],
+                self.translate if task == "translate" else self.transcribe,
+            ]
+        if not timestamps:
+            out.append(self.no_timestamps)
+        return out
+
+
+@dataclass
+class DecodeState:
+    """One sequence's sampling state: what it has sampled and how it samples."""
+
+    timestamps: bool
+    temperature: float = 0.0
+    sampled: list[int] = field(default_factory=list)
+    generator: torch.Generator | None = None
+
+
+def _timestamp_rules(row: torch.Tensor, state: DecodeState, tokens: WhisperTokens) -> None:
+    begin = tokens.timestamp_begin
+    row[tokens.no_timestamps] = float("-inf")
+    seq = state.sampled
+    last_ts = len(seq) >= 1 and seq[-1] >= begin
+    penultimate_ts = len(seq) < 2 or seq[-2] >= begin
+    if last_ts:
+        if penultimate_ts:  # a pair just closed: text must follow
+            row[begin:] = float("-inf")
+        else:  # an open timestamp: close it, or end
+            row[: tokens.eot] = float("-inf")
+    stamps = [t for t in seq if t >= begin]
+    if stamps:
+        floor = stamps[-1] if last_ts and not penultimate_ts else stamps[-1] + 1
+        row[begin:floor] = float("-inf")
+    if not seq:
+        row[:begin] = float("-inf")
+        row[begin + MAX_INITIAL_TIMESTAMP_INDEX + 1 :] = float("-inf")
+    logprobs = torch.log_softmax(row.float(), dim=-1)
+    if torch.logsumexp(logprobs[begin:], dim=-1) > logprobs[:begin].max():
+        row[:begin] = float("-inf")
+
+
+def select_tokens(logits: torch.Tensor, states: list[DecodeState], tokens: WhisperTokens) -> list[int]:
+    """Apply Whisper's rules to ``logits`` [B, V] (in place) and pick one token per row."""
+    logits = logits.float()
+    suppress = torch.tensor(tokens.suppress, dtype=torch.long)
+    if len(suppress):
+        logits[:, suppress[suppress < logits.shape[1]]] = float("-inf")
+    out = []
+    for row, state in zip(logits, states, strict=True):
+        if not state.sampled and tokens.suppress_begin:
+            row[list(tokens.suppress_begin)] = float("-inf")
+        if state.timestamps:
+            _timestamp_rules(row, state, tokens)
+        if state.temperature > 0:
+            probs = torch.softmax(row / state.temperature, dim=-1)
+            token = int(torch.multinomial(probs, 1, generator=state.generator))
+        else:
+            token = int(row.argmax())
+        state.sampled.append(token)
+        out.append(token)
+    return out
+
+
+def detect_language(logits: torch.Tensor, tokens: WhisperTokens) -> str:
+    """The likeliest language from the logits after ``<|startoftranscript|>``."""
+    codes = list(tokens.languages)
+    ids = torch.tensor([tokens.languages[c] for c in codes])
+    return codes[int(logits.float()[ids].argmax())]
