@@ -39,6 +39,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("jax", "llmserve.backends.jax.plugin"),  # backends jax, tpu; JAX model modules
     ("openai", "llmserve.protocols.openai.plugin"),  # OpenAI routes
     ("vllm", "llmserve.protocols.vllm.plugin"),  # vLLM's own routes
+    ("parsers", "llmserve.parsers.plugin"),  # tool-call and reasoning parsers
     ("bench", "llmserve.bench.plugin"),  # `llmserve bench`
 )
 
