@@ -34,6 +34,8 @@ def test_readme_plugins_work(smollm2_dir, tok):
     assert "repeat" in plugins.backends() and "echo" in plugins.protocols()
     parser = plugins.reasoning_parsers()["think-tags"].obj()
     assert parser.extract("<think>hm</think>Hi") == ("hm", "Hi")
+    content, calls = plugins.tool_parsers()["call-tags"].obj().extract('Hi <call name="f">{"a": 1}</call>')
+    assert (content, [(c.name, c.arguments) for c in calls]) == ("Hi ", [("f", '{"a": 1}')])
     config = build_config(
         models=[str(smollm2_dir)], embedding_model="none", logits_processors=["ban-token"],
         max_model_len=256, kv_cache_space=0.1,

@@ -5,7 +5,11 @@ plugin build on it, each registered through a hook of ``llmserve.hookspecs``:
 
 - model backends: subclass ``Backend`` (``llmserve_backends``);
 - tool-call and reasoning parsers: subclass ``ToolParser`` / ``ReasoningParser``
-  (``llmserve_tool_parsers``, ``llmserve_reasoning_parsers``);
+  (``llmserve_tool_parsers``, ``llmserve_reasoning_parsers``); a tool parser names its
+  ``start_markers`` and returns ``Section``s of ``PartialCall``s from ``parse_section``, helped by
+  ``JsonScan``, ``call_sequence``, ``arguments_at``, ``close_after`` and ``locate``; a route runs
+  them for one choice through a ``ParserPipeline`` (``ParsedDelta`` / ``ToolCallDelta`` while
+  streaming, ``ParsedOutput`` / ``ToolCall`` for a whole output);
 - logits processors and per-request constraints: ``LogitsProcessor`` (``llmserve_logits_processors``)
   and ``Constraint`` / ``ConstraintSpec`` set on ``SamplingParams.constraint``;
 - protocols: Quart blueprints (``llmserve_protocols``) whose routes use ``context()``, a
@@ -51,7 +55,19 @@ from llmserve.errors import (
     UnauthorizedError,
     UnsupportedError,
 )
-from llmserve.parsers.base import ParsedDelta, ReasoningParser, ToolCall, ToolParser
+from llmserve.parsers.base import (
+    ParsedDelta,
+    PartialCall,
+    ReasoningParser,
+    Section,
+    ToolCall,
+    ToolCallDelta,
+    ToolParser,
+)
+from llmserve.parsers.json_calls import arguments_at, call_sequence, close_after
+from llmserve.parsers.json_scan import JsonScan
+from llmserve.parsers.markers import locate
+from llmserve.parsers.pipeline import ParsedOutput, ParserPipeline
 from llmserve.protocols.shared.ids import now, random_id
 from llmserve.protocols.shared.parsing import parse_body, parse_json, validate_model
 from llmserve.protocols.shared.prompts import Prompt
@@ -68,6 +84,7 @@ from llmserve.server.app import error_response
 from llmserve.server.context import ProtocolContext, RenderedChat
 from llmserve.server.openapi import document
 from llmserve.server.registry import EMBED, GENERATE, TRANSCRIBE, ServedModel
+
 
 
 
@@ -96,6 +113,7 @@ __all__ = [
     "EngineDeadError",
     "GenerationStream",
     "InvalidRequestError",
+    "JsonScan",
     "LLMServeError",
     "LogitsProcessor",
     "LogitsRow",
@@ -104,6 +122,9 @@ __all__ = [
     "OutputKind",
     "OverloadedError",
     "ParsedDelta",
+    "ParsedOutput",
+    "ParserPipeline",
+    "PartialCall",
     "PayloadTooLargeError",
     "PluginError",
     "Prompt",
@@ -113,19 +134,25 @@ __all__ = [
     "RequestOutput",
     "SampleResult",
     "SamplingParams",
+    "Section",
     "ServedModel",
     "TokenLogprob",
     "ToolCall",
+    "ToolCallDelta",
     "ToolParser",
     "UnauthorizedError",
     "UnsupportedError",
     "context",
     "document",
+    "arguments_at",
     "bitmask_words",
+    "call_sequence",
+    "close_after",
     "error_body",
     "error_response",
     "hookimpl",
     "json_response",
+    "locate",
     "merge_streams",
     "now",
     "parse_body",

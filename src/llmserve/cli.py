@@ -30,11 +30,12 @@ def serve(given: dict[str, Any]) -> None:
     (LLMSERVE_MODELS for the models); options win over the environment.
     """
     from llmserve.config import build_config
+    from llmserve.plugins import load_plugins
     from llmserve.server import check_config, run_server
 
     try:
         config = build_config(**given)
-        plugins = check_config(config)
+        plugins = check_config(config, load_plugins(config=config))
     except LLMServeError as exc:
         _fail(exc.message)
     try:

@@ -234,6 +234,12 @@ class Config(ServerFlags):
     reasoning_parser: str | None = Field(
         None, description="Reasoning parser by name (see `llmserve plugins`).", json_schema_extra=CHAT
     )
+    tool_parser_plugin: str | None = Field(
+        None,
+        json_schema_extra=CHAT,
+        description="A Python file that registers tool-call (or reasoning) parsers, loaded as a plugin: "
+        "hook implementations, or module-level TOOL_PARSERS / REASONING_PARSERS dicts of name -> class.",
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="Log level."
     )
@@ -265,6 +271,13 @@ class Config(ServerFlags):
         if value not in DTYPES:
             raise ValueError(f"must be one of {', '.join(DTYPES)}")
         return _DTYPE_ALIASES.get(value, value)
+
+    @field_validator("tool_parser_plugin")
+    @classmethod
+    def _plugin_file(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).expanduser().is_file():
+            raise ValueError("no such file")
+        return value
 
     @field_validator("block_size")
     @classmethod

@@ -67,7 +67,9 @@ def llmserve_tool_parsers(register: Callable[..., None]) -> None:
 
     Called once per plugin manager, at start. Not firstresult. Call
     ``register(name, parser_class)`` with a subclass of ``llmserve.parsers.base.ToolParser``;
-    ``--tool-call-parser NAME`` selects one. Returns nothing.
+    ``--tool-call-parser NAME`` selects one, built per response choice as
+    ``parser_class(tokenizer, tools=request_tools)``. ``--tool-parser-plugin PATH`` adds a file's
+    parsers. Returns nothing.
     """
 
 
@@ -77,7 +79,8 @@ def llmserve_reasoning_parsers(register: Callable[..., None]) -> None:
 
     Called once per plugin manager, at start. Not firstresult. Call
     ``register(name, parser_class)`` with a subclass of ``llmserve.parsers.base.ReasoningParser``;
-    ``--reasoning-parser NAME`` selects one. Returns nothing.
+    ``--reasoning-parser NAME`` selects one, built per response choice as
+    ``parser_class(tokenizer, chat_template_kwargs=...)``. Returns nothing.
     """
 
 

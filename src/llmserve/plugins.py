@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import logging
 import os
 import threading
+import types
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -40,6 +43,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("openai", "llmserve.protocols.openai.plugin"),  # OpenAI routes
     ("vllm", "llmserve.protocols.vllm.plugin"),  # vLLM's own routes
     ("audio", "llmserve.protocols.audio.plugin"),  # OpenAI's speech-to-text routes
+    ("parsers", "llmserve.parsers.plugin"),  # tool-call and reasoning parsers
     ("bench", "llmserve.bench.plugin"),  # `llmserve bench`
 )
 
@@ -115,9 +119,11 @@ class Plugins:
         self.pm.register(plugin, name=name)
         self.info[name] = PluginInfo(name, distribution, version or _version(distribution), module)
 
-    def load(self, extra: Iterable[tuple[str, object]] = ()) -> Plugins:
-        """Load built-ins, then entry points (sorted by name), then ``extra`` (name, object) pairs;
-        then check that every hook implementation matches a spec."""
+    def load(self, extra: Iterable[tuple[str, object]] = (), files: Iterable[str | Path] = ()) -> Plugins:
+        """Load built-ins, then entry points (sorted by name), then ``extra`` (name, object) pairs,
+        then plugin ``files`` (``--tool-parser-plugin``); then check that every hook
+        implementation matches a spec."""
+        extra = [*extra, *((Path(f).stem, load_file(f)) for f in files)]
         for name, path in DEFAULT_PLUGINS:
             if not self.wanted(name, path):
                 continue
@@ -303,6 +309,39 @@ class Plugins:
         return rows
 
 
+def load_file(path: str | Path) -> object:
+    """A plugin from a Python file (``--tool-parser-plugin PATH``, as vLLM's flag): the module
+    itself when it has hook implementations, else an object registering its module-level
+    ``TOOL_PARSERS`` / ``REASONING_PARSERS`` dicts (name -> parser class)."""
+    path = Path(path).expanduser()
+    spec = importlib.util.spec_from_file_location(f"llmserve_plugin_file_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"--tool-parser-plugin: cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the file is the user's: say which one failed
+        raise PluginError(
+            f"--tool-parser-plugin: {path} failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
+    if any(name in vars(module) for name in hookspecs.hook_names()):
+        return module
+    hooks = types.ModuleType(module.__name__)
+    for hook, table in (
+        ("llmserve_tool_parsers", "TOOL_PARSERS"),
+        ("llmserve_reasoning_parsers", "REASONING_PARSERS"),
+    ):
+        parsers = dict(getattr(module, table, None) or {})
+
+        def register_all(register, _parsers=parsers):
+            for name, cls in _parsers.items():
+                register(name, cls)
+
+        register_all.__name__ = hook
+        setattr(hooks, hook, hookspecs.hookimpl(register_all))
+    return hooks
+
+
 def _version(distribution: str) -> str:
     try:
         return metadata.version(distribution)
@@ -314,15 +353,25 @@ _loaded: Plugins | None = None
 _lock = threading.Lock()
 
 
-def load_plugins(env: dict[str, str] | None = None, *, fresh: bool = False) -> Plugins:
+def load_plugins(
+    env: dict[str, str] | None = None, *, fresh: bool = False, config: Config | None = None
+) -> Plugins:
     """The process's plugins (built-ins and every installed entry-point plugin), loaded once.
 
     Later calls return the same object. Passing ``env`` (instead of ``os.environ``) or
-    ``fresh=True`` builds a new, uncached manager, as ``Plugins(env).load()`` does."""
+    ``fresh=True`` builds a new, uncached manager, as ``Plugins(env).load()`` does. A ``config``
+    naming a ``--tool-parser-plugin`` file adds it: the process's plugins are rebuilt with it
+    (once), so later calls without ``config`` see it too."""
     global _loaded
+    files = [config.tool_parser_plugin] if config is not None and config.tool_parser_plugin else []
     if env is not None or fresh:
-        return Plugins(env).load()
+        return Plugins(env).load(files=files)
     with _lock:
-        if _loaded is None:
-            _loaded = Plugins().load()
-        return _loaded
+        loaded = _loaded
+        if loaded is None or (files and not _has_files(loaded, files)):
+            _loaded = loaded = Plugins().load(files=files)
+        return loaded
+
+
+def _has_files(plugins: Plugins, files: list[str]) -> bool:
+    return all(Path(f).stem in plugins.info for f in files)

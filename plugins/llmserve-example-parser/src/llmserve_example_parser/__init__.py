@@ -1,0 +1,1 @@
+"""An example tool-call parser plugin for llmserve."""
