@@ -27,6 +27,7 @@ from llmserve.backends.base import (
     SampleResult,
     TokenLogprob,
 )
+from llmserve.config import Config
 from llmserve.engine.constraints import (
     Constraint,
     ConstraintSpec,
@@ -35,7 +36,6 @@ from llmserve.engine.constraints import (
     bitmask_words,
     set_allowed_tokens,
 )
-from llmserve.config import Config
 from llmserve.engine.outputs import CompletionOutput, RequestOutput
 from llmserve.engine.sampling import SamplingParams
 from llmserve.engine.stream import GenerationStream, OutputKind
@@ -68,6 +68,8 @@ from llmserve.server.app import error_response
 from llmserve.server.context import ProtocolContext, RenderedChat
 from llmserve.server.openapi import document
 from llmserve.server.registry import EMBED, GENERATE, ServedModel
+from llmserve.structured import StructuredOutputs
+
 
 def context() -> ProtocolContext:
     """The ProtocolContext of the server handling the current request (inside a route)."""
@@ -111,6 +113,7 @@ __all__ = [
     "SampleResult",
     "SamplingParams",
     "ServedModel",
+    "StructuredOutputs",
     "TokenLogprob",
     "ToolCall",
     "ToolParser",

@@ -25,7 +25,12 @@ from llmserve.api import (
 from llmserve.protocols.openai.logprobs import chat_logprobs, prompt_logprobs, token_text
 from llmserve.protocols.openai.schemas import ChatCompletionRequest
 from llmserve.protocols.openai.serving import check_supported, results, start_requests, stream_flags, usage
-from llmserve.protocols.openai.tools import ToolCallStream, effective_tool_choice, extract_tool_calls
+from llmserve.protocols.openai.tools import (
+    ToolCallStream,
+    effective_tool_choice,
+    extract_tool_calls,
+    tool_constraint,
+)
 
 
 def chat_template_kwargs(req: ChatCompletionRequest) -> dict[str, Any] | None:
@@ -64,9 +69,11 @@ async def create_chat_completion() -> Any:
     check_supported(req)
     include_usage, continuous = stream_flags(req)
     tool_choice = effective_tool_choice(req, ctx.config)
+    structured = tool_constraint(req, tool_choice) or ctx.structured_outputs(req)
     text, token_ids = prepare_chat(ctx, model, req)
     prompt = Prompt(token_ids, text)
-    params = ctx.sampling_params(model, req, len(token_ids))
+    constraint = await ctx.compile_constraint(model, structured) if structured is not None else None
+    params = ctx.sampling_params(model, req, len(token_ids), constraint=constraint)
     request_id = random_id("chatcmpl")
     kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
     streams = start_requests(ctx, model, request_id, [prompt], [params], kind, req.priority)
