@@ -26,7 +26,11 @@ class ReasoningParser:
 
     Subclasses override ``extract`` (whole text) and ``feed`` (streaming). The base class treats
     everything as content. One instance per response; ``feed`` keeps whatever state it needs.
+    ``end_marker``: the text that ends the reasoning (e.g. ``"</think>"``); when set, structured
+    outputs constrain only what follows it.
     """
+
+    end_marker: str | None = None
 
     def __init__(self, tokenizer=None) -> None:
         self.tokenizer = tokenizer

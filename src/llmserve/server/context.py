@@ -16,6 +16,7 @@ from llmserve.protocols.shared import chat_template, sampling
 from llmserve.protocols.shared import prompts as prompt_parsing
 from llmserve.server.registry import EMBED, GENERATE, ModelRegistry, ServedModel
 from llmserve.structured import StructuredOutputCompiler, StructuredOutputs, parse_request
+from llmserve.structured.reasoning import AfterMarker
 
 if TYPE_CHECKING:
     from llmserve.config import Config
@@ -64,7 +65,11 @@ class ProtocolContext:
         return list(model.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
     def detokenize(
-        self, model: ServedModel, token_ids: Sequence[int], skip_special_tokens: bool = False, param: str = "tokens"
+        self,
+        model: ServedModel,
+        token_ids: Sequence[int],
+        skip_special_tokens: bool = False,
+        param: str = "tokens",
     ) -> str:
         """Token ids back to text; an id outside the vocabulary is a 400 naming ``param``."""
         size = len(model.tokenizer)
@@ -107,11 +112,20 @@ class ProtocolContext:
         the output to follow (vLLM's names), or None; a malformed or ambiguous one is a 400."""
         return parse_request(request)
 
-    async def compile_constraint(self, model: ServedModel, spec: StructuredOutputs) -> ConstraintSpec:
+    async def compile_constraint(
+        self, model: ServedModel, spec: StructuredOutputs, *, after: str | None = None
+    ) -> ConstraintSpec:
         """Compile ``spec`` for ``model`` (off the event loop, cached) into the ConstraintSpec to
         set on ``SamplingParams.constraint``. An invalid schema, regex or grammar, a feature no
-        backend supports, or a compile past ``--structured-outputs-timeout`` is a 400."""
-        return await self.structured_compiler(model).compile(spec)
+        backend supports, or a compile past ``--structured-outputs-timeout`` is a 400.
+
+        ``after``: text ending the model's reasoning (a reasoning parser's ``end_marker``); the
+        output is free until it, and follows ``spec`` from there on."""
+        compiled = await self.structured_compiler(model).compile(spec)
+        if after:
+            marker = self.tokenize(model, after, add_special_tokens=False)
+            compiled = AfterMarker(compiled, marker)
+        return compiled
 
     async def structured_constraint(self, model: ServedModel, request: Any) -> ConstraintSpec | None:
         """``compile_constraint`` of what ``request`` asks for, or None when it asks for nothing."""

@@ -81,7 +81,9 @@ class StructuredOutputCompiler:
         schema = None
         if spec.json is not None:
             check_schema(spec.json)
-            schema = without_additional_properties(spec.json) if spec.disable_additional_properties else spec.json
+            schema = (
+                without_additional_properties(spec.json) if spec.disable_additional_properties else spec.json
+            )
         try:
             compiled = self.backend_named(name).compile(spec, schema)
         except InvalidRequestError as first:

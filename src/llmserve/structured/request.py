@@ -58,7 +58,11 @@ class StructuredOutputs:
                 param="structured_outputs",
             )
         if self.choice is not None:
-            if not isinstance(self.choice, tuple) or not self.choice or not all(isinstance(c, str) for c in self.choice):
+            if (
+                not isinstance(self.choice, tuple)
+                or not self.choice
+                or not all(isinstance(c, str) for c in self.choice)
+            ):
                 raise InvalidRequestError("choice must be a non-empty list of strings", param="choice")
         for name in ("regex", "grammar", "structural_tag", "whitespace_pattern"):
             value = getattr(self, name)

@@ -132,7 +132,9 @@ class XGrammarBackend:
         try:
             tag = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise InvalidRequestError(f"structural_tag is not valid JSON: {exc}", param="structural_tag") from None
+            raise InvalidRequestError(
+                f"structural_tag is not valid JSON: {exc}", param="structural_tag"
+            ) from None
         if not isinstance(tag, dict):
             raise InvalidRequestError("structural_tag must be a JSON object", param="structural_tag")
         if "structures" in tag:  # vLLM's first form: {"structures": [{begin, schema, end}], "triggers"}

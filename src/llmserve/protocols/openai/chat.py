@@ -41,7 +41,9 @@ def chat_template_kwargs(req: ChatCompletionRequest) -> dict[str, Any] | None:
     return kwargs or None
 
 
-def prepare_chat(ctx: ProtocolContext, model: ServedModel, req: ChatCompletionRequest) -> tuple[str, list[int]]:
+def prepare_chat(
+    ctx: ProtocolContext, model: ServedModel, req: ChatCompletionRequest
+) -> tuple[str, list[int]]:
     """Everything /v1/chat/completions does before generating: tool_choice checks, the chat
     template, tokenization and truncate_prompt_tokens. Returns (prompt_text, token_ids)."""
     effective_tool_choice(req, ctx.config)
@@ -58,7 +60,9 @@ def prepare_chat(ctx: ProtocolContext, model: ServedModel, req: ChatCompletionRe
     )
     token_ids = rendered.token_ids
     if req.truncate_prompt_tokens is not None:
-        token_ids = ctx.prompts(model, token_ids, truncate_prompt_tokens=req.truncate_prompt_tokens)[0].token_ids
+        token_ids = ctx.prompts(model, token_ids, truncate_prompt_tokens=req.truncate_prompt_tokens)[
+            0
+        ].token_ids
     return rendered.text, token_ids
 
 
@@ -72,7 +76,11 @@ async def create_chat_completion() -> Any:
     structured = tool_constraint(req, tool_choice) or ctx.structured_outputs(req)
     text, token_ids = prepare_chat(ctx, model, req)
     prompt = Prompt(token_ids, text)
-    constraint = await ctx.compile_constraint(model, structured) if structured is not None else None
+    constraint = None
+    if structured is not None:
+        reasoning = ctx.reasoning_parser(model=model)  # the grammar starts after its end marker
+        after = reasoning.end_marker if reasoning is not None else None
+        constraint = await ctx.compile_constraint(model, structured, after=after)
     params = ctx.sampling_params(model, req, len(token_ids), constraint=constraint)
     request_id = random_id("chatcmpl")
     kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
