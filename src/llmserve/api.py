@@ -84,8 +84,7 @@ from llmserve.server.app import error_response
 from llmserve.server.context import ProtocolContext, RenderedChat
 from llmserve.server.openapi import document
 from llmserve.server.registry import EMBED, GENERATE, TRANSCRIBE, ServedModel
-
-
+from llmserve.structured import StructuredOutputs
 
 
 def context() -> ProtocolContext:
@@ -136,6 +135,7 @@ __all__ = [
     "SamplingParams",
     "Section",
     "ServedModel",
+    "StructuredOutputs",
     "TokenLogprob",
     "ToolCall",
     "ToolCallDelta",

@@ -240,6 +240,18 @@ class Config(ServerFlags):
         description="A Python file that registers tool-call (or reasoning) parsers, loaded as a plugin: "
         "hook implementations, or module-level TOOL_PARSERS / REASONING_PARSERS dicts of name -> class.",
     )
+    structured_outputs_backend: Literal["auto", "xgrammar", "guidance"] = Field(
+        "auto",
+        json_schema_extra=CHAT,
+        description="Grammar backend of structured outputs: xgrammar, guidance (llguidance), or auto "
+        "(xgrammar, and guidance for what only it supports).",
+    )
+    structured_outputs_timeout: float = Field(
+        10.0,
+        gt=0,
+        json_schema_extra=CHAT,
+        description="Seconds a request's schema or grammar may take to compile before it is refused (400).",
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="Log level."
     )

@@ -22,12 +22,16 @@ def throughput(
     hf_batch_size: int = typer.Option(8, help="transformers static batch size (0 skips the comparison)."),
     prefix_len: int = typer.Option(0, help="Also measure TTFT of a request sharing a prefix this long."),
     backend: str = typer.Option("cpu", help="llmserve backend to benchmark (cpu, jax, ...)."),
+    structured: str | None = typer.Option(
+        None, help="'json': also run the workload under a JSON schema and report the per-token overhead."
+    ),
 ) -> None:
     """Run N requests through the engine, then the same workload through transformers generate."""
     import torch
 
     from llmserve.bench.throughput import (
         count_params,
+        cpu_summary,
         matmul_peak_flops,
         prefix_ttft,
         random_prompts,
@@ -56,6 +60,7 @@ def throughput(
     achieved = 2 * params * total_tok_s
     typer.echo(f"workload: {num_prompts} requests x {input_len} prompt / {output_len} output tokens, {dtype}, backend {backend}, "
                f"{torch.get_num_threads()} threads, model {llm.model_name}")  # fmt: skip
+    typer.echo(f"cpu: {cpu_summary()}")
     typer.echo(
         f"llmserve: {ours.output_tokens} tokens in {ours.seconds:.2f} s = {ours.tok_s:.1f} output tok/s "
         f"({total_tok_s:.1f} total tok/s)"
@@ -64,6 +69,18 @@ def throughput(
         f"roofline: {params / 1e6:.1f} M params, 2*params*total tok/s = {achieved / 1e9:.1f} GFLOP/s of "
         f"{peak / 1e9:.1f} GFLOP/s measured {dtype} matmul peak ({100 * achieved / peak:.0f}%)"
     )
+    if structured:
+        from llmserve.bench.throughput import run_structured
+
+        plain, constrained = run_structured(llm, prompts, output_len, structured)
+        per_plain, per_constrained = (
+            plain.seconds / plain.output_tokens,
+            constrained.seconds / constrained.output_tokens,
+        )
+        for r, per in ((plain, per_plain), (constrained, per_constrained)):
+            typer.echo(f"{r.name}: {r.output_tokens} tokens in {r.seconds:.2f} s = {r.tok_s:.1f} output tok/s, "
+                       f"{per * 1000:.2f} ms per token")  # fmt: skip
+        typer.echo(f"structured-output overhead per token: {100 * (per_constrained / per_plain - 1):+.1f}%")
     if prefix_len:
         first, second = prefix_ttft(llm, llm.tokenizer, prefix_len)
         typer.echo(

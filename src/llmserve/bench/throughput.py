@@ -19,6 +19,18 @@ class Result:
         return self.output_tokens / self.seconds
 
 
+def cpu_summary() -> str:
+    """The CPU model and whether it has AMX (results are comparable only on the same kind)."""
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        return "unknown CPU"
+    model = next(
+        (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?"
+    )
+    return f"{model}, AMX {'yes' if ' amx_tile' in info else 'no'}"
+
+
 def random_prompts(tokenizer, num: int, length: int, seed: int = 0) -> list[list[int]]:
     rng = random.Random(seed)
     special = set(tokenizer.all_special_ids)
@@ -103,3 +115,43 @@ def prefix_ttft(llm, tokenizer, prefix_len: int, suffix_len: int = 16) -> tuple[
         llm.generate([prefix + suffix], params)
         times.append(time.perf_counter() - start)
     return times[0], times[1]
+
+
+# A JSON schema no sequence can finish within a benchmark's output length: every row stays
+# constrained (and the batch full) for the whole run, like the unconstrained run it is compared to.
+BENCH_SCHEMA = {
+    "type": "object",
+    "properties": {"items": {"type": "array", "items": {"type": "string"}, "minItems": 256}},
+    "required": ["items"],
+}
+
+
+def run_structured(
+    llm, prompts: list[list[int]], output_len: int, kind: str, rounds: int = 2
+) -> tuple[Result, Result]:
+    """The same workload unconstrained and under a grammar, alternated ``rounds`` times in one
+    run (the machine is shared: the best round of each is kept). Returns (plain, constrained)."""
+    from llmserve.engine.sampling import SamplingParams
+    from llmserve.structured import StructuredOutputCompiler, StructuredOutputs
+
+    if kind != "json":
+        raise ValueError(f"--structured {kind!r}: only 'json' is measured")
+    info = llm.engine.model_info
+    compiler = StructuredOutputCompiler(
+        llm.tokenizer, info.vocab_size, info.eos_token_ids, backend="xgrammar"
+    )
+    spec = compiler.compile_now(StructuredOutputs(json=BENCH_SCHEMA))
+    plain = SamplingParams(max_tokens=output_len, ignore_eos=True, temperature=0.0)
+    constrained = SamplingParams(max_tokens=output_len, ignore_eos=True, temperature=0.0, constraint=spec)
+    llm.generate(prompts[:2], SamplingParams(max_tokens=4, ignore_eos=True, constraint=spec))  # warm-up
+    best: dict[str, Result] = {}
+    for _ in range(rounds):
+        for name, params in (("unconstrained", plain), (f"structured {kind}", constrained)):
+            start = time.perf_counter()
+            outputs = llm.generate(prompts, params)
+            seconds = time.perf_counter() - start
+            tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
+            result = Result(name, len(prompts), tokens, seconds)
+            if name not in best or result.tok_s > best[name].tok_s:
+                best[name] = result
+    return best["unconstrained"], best[f"structured {kind}"]

@@ -115,6 +115,7 @@ class ReasoningParser:
     """
 
     needs_special_tokens = False
+    end_marker: str | None = None  # the text that ends the reasoning; structured outputs start after it
 
     def __init__(self, tokenizer: Any = None, *, chat_template_kwargs: dict[str, Any] | None = None) -> None:
         self.tokenizer = tokenizer

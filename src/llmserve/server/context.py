@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from llmserve.engine.constraints import ConstraintSpec
 from llmserve.engine.sampling import SamplingParams
 from llmserve.engine.stream import GenerationStream, OutputKind
 from llmserve.errors import InvalidRequestError
@@ -16,6 +17,8 @@ from llmserve.protocols.shared import chat_template, sampling
 from llmserve.protocols.shared import prompts as prompt_parsing
 from llmserve.server.limits import ClientLimits
 from llmserve.server.registry import EMBED, GENERATE, TRANSCRIBE, ModelRegistry, ServedModel
+from llmserve.structured import StructuredOutputCompiler, StructuredOutputs, parse_request
+from llmserve.structured.reasoning import AfterMarker
 
 if TYPE_CHECKING:
     from llmserve.config import Config
@@ -49,6 +52,7 @@ class ProtocolContext:
         self.server_load = 0  # requests in flight on the inference routes
         self._placeholder_metrics = None
         self.limits = ClientLimits(config)
+        self._compilers: dict[str, StructuredOutputCompiler] = {}
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -105,6 +109,54 @@ class ProtocolContext:
         return sampling.to_sampling_params(
             request, model.generation_defaults, model.max_model_len, prompt_len, **overrides
         )
+
+    # --- structured outputs ----------------------------------------------------------------------
+
+    def structured_outputs(self, request: Any) -> StructuredOutputs | None:
+        """What a request's ``response_format`` / ``structured_outputs`` / ``guided_*`` fields ask
+        the output to follow (vLLM's names), or None; a malformed or ambiguous one is a 400."""
+        return parse_request(request)
+
+    async def compile_constraint(
+        self, model: ServedModel, spec: StructuredOutputs, *, after: str | None = None
+    ) -> ConstraintSpec:
+        """Compile ``spec`` for ``model`` (off the event loop, cached) into the ConstraintSpec to
+        set on ``SamplingParams.constraint``. An invalid schema, regex or grammar, a feature no
+        backend supports, or a compile past ``--structured-outputs-timeout`` is a 400.
+
+        ``after``: text ending the model's reasoning (a reasoning parser's ``end_marker``); the
+        output is free until it, and follows ``spec`` from there on."""
+        compiled = await self.structured_compiler(model).compile(spec)
+        if after:
+            marker = self.tokenize(model, after, add_special_tokens=False)
+            compiled = AfterMarker(compiled, marker)
+        return compiled
+
+    async def structured_constraint(self, model: ServedModel, request: Any) -> ConstraintSpec | None:
+        """``compile_constraint`` of what ``request`` asks for, or None when it asks for nothing."""
+        spec = self.structured_outputs(request)
+        return None if spec is None else await self.compile_constraint(model, spec)
+
+    def structured_compiler(self, model: ServedModel) -> StructuredOutputCompiler:
+        """The model's compiler (made on first use; its backends are built lazily too)."""
+        compiler = self._compilers.get(model.name)
+        if compiler is None:
+            engine = self._engine(model)
+            info = engine.model_info
+            compiler = self._compilers[model.name] = StructuredOutputCompiler(
+                model.tokenizer,
+                info.vocab_size,
+                info.eos_token_ids,
+                backend=self.config.structured_outputs_backend,
+                timeout=self.config.structured_outputs_timeout,
+            )
+        return compiler
+
+    def close(self) -> None:
+        """Release what the context started itself (the compilers' thread pools)."""
+        for compiler in self._compilers.values():
+            compiler.close()
+        self._compilers.clear()
 
     def generate(
         self,

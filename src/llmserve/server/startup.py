@@ -199,6 +199,7 @@ def run_server(config: Config, plugins: Plugins) -> int:
     try:
         asyncio.run(_serve(app, config))
     finally:
+        context.close()
         for backend in context.backends:
             backend.shutdown()
     log.info("stopped")

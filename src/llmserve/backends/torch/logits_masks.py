@@ -31,8 +31,16 @@ def apply_token_bitmask(
     work: torch.Tensor, items: list[BatchItem], rows: list[int], bitmask: np.ndarray
 ) -> None:
     """-inf where row ``items[i].bitmask_row`` of the packed int32 bitmask has a 0 bit (bit j of
-    word w: token 32w + j), for each i in ``rows``. Unpacked on the logits' device."""
+    word w: token 32w + j), for each i in ``rows``. On CPU xgrammar's kernel does it (about a
+    thousand times faster than unpacking with torch ops, measured); otherwise it is unpacked on
+    the logits' device."""
     picks = [items[i].bitmask_row for i in rows]
+    kernel = _xgrammar_kernel(work)
+    if kernel is not None:
+        aligned = np.full((work.shape[0], bitmask.shape[1]), -1, dtype=np.int32)  # row i masks work[i]
+        aligned[rows] = bitmask[picks]
+        kernel(work, torch.from_numpy(aligned), vocab_size=work.shape[1], indices=rows)
+        return
     words = bitmask if picks == list(range(len(bitmask))) else bitmask[picks]
     words = torch.from_numpy(np.ascontiguousarray(words, dtype=np.int32)).to(work.device)
     shifts = _SHIFTS.get(work.device)
@@ -40,6 +48,17 @@ def apply_token_bitmask(
         shifts = _SHIFTS[work.device] = torch.arange(32, dtype=torch.int32, device=work.device)
     bits = (words.unsqueeze(-1) >> shifts) & 1  # [rows, words, 32]
     _mask_rows(work, rows, (bits == 0).view(len(rows), -1)[:, : work.shape[1]])
+
+
+def _xgrammar_kernel(work: torch.Tensor):
+    """xgrammar's in-place bitmask kernel when it takes these logits (CPU, float32/bfloat16)."""
+    if work.device.type != "cpu" or work.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    try:
+        from xgrammar import apply_token_bitmask_inplace
+    except ImportError:
+        return None
+    return apply_token_bitmask_inplace
 
 
 def apply_allowed_token_ids(work: torch.Tensor, items: list[BatchItem], rows: list[int]) -> None:

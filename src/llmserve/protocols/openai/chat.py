@@ -33,7 +33,12 @@ from llmserve.protocols.openai.serving import (
     stream_flags,
     usage,
 )
-from llmserve.protocols.openai.tools import ToolCallStream, effective_tool_choice, extract_tool_calls
+from llmserve.protocols.openai.tools import (
+    ToolCallStream,
+    effective_tool_choice,
+    extract_tool_calls,
+    tool_constraint,
+)
 
 
 def prepare_chat(
@@ -70,9 +75,15 @@ async def create_chat_completion() -> Any:
     apply_server_defaults(req, ctx.config)
     include_usage, continuous = stream_flags(req, ctx.config)
     tool_choice = effective_tool_choice(req, ctx.config)
+    structured = tool_constraint(req, tool_choice) or ctx.structured_outputs(req)
     text, token_ids = prepare_chat(ctx, model, req)
     prompt = Prompt(token_ids, text)
-    params = ctx.sampling_params(model, req, len(token_ids))
+    constraint = None
+    if structured is not None:
+        reasoning = ctx.reasoning_parser(model=model)  # the grammar starts after its end marker
+        after = reasoning.end_marker if reasoning is not None else None
+        constraint = await ctx.compile_constraint(model, structured, after=after)
+    params = ctx.sampling_params(model, req, len(token_ids), constraint=constraint)
     request_id = f"chatcmpl-{req.request_id}" if req.request_id else random_id("chatcmpl")
     kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
     streams = start_requests(ctx, model, request_id, [prompt], [params], kind, req)

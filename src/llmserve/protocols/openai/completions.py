@@ -57,6 +57,9 @@ async def create_completion() -> Any:
         add_special_tokens=req.add_special_tokens,
         truncate_prompt_tokens=req.truncate_prompt_tokens,
     )
+    constraint = await ctx.structured_constraint(model, req)
+    if constraint is not None:
+        overrides["constraint"] = constraint
     params = [ctx.sampling_params(model, req, len(p.token_ids), **overrides) for p in prompts]
     request_id = f"cmpl-{req.request_id}" if req.request_id else random_id("cmpl")
     kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY

@@ -46,13 +46,18 @@ class VLLMSamplingFields(OpenAIModel):
     vllm_xargs: dict[str, Any] | None = Field(None, description="Arguments for custom logits processors.")
     use_beam_search: bool = False
     length_penalty: float = 1.0
-    # Structured outputs are a later feature; a request using them is refused, not ignored.
+    # Structured outputs (llmserve.structured reads them; malformed ones are a 400 there)
     response_format: dict[str, Any] | None = None
-    guided_json: Any = None
-    guided_regex: str | None = None
-    guided_choice: list[str] | None = None
-    guided_grammar: str | None = None
-    structured_outputs: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = Field(
+        None,
+        description="Exactly one of json, regex, choice, grammar, json_object, structural_tag; "
+        "plus disable_any_whitespace, disable_additional_properties, whitespace_pattern.",
+    )
+    guided_json: Any = Field(None, description="Deprecated: structured_outputs.json.")
+    guided_regex: str | None = Field(None, description="Deprecated: structured_outputs.regex.")
+    guided_choice: list[str] | None = Field(None, description="Deprecated: structured_outputs.choice.")
+    guided_grammar: str | None = Field(None, description="Deprecated: structured_outputs.grammar.")
+    guided_decoding_backend: str | None = Field(None, description="Deprecated: the request's backend.")
 
 
 class CompletionRequest(VLLMSamplingFields):

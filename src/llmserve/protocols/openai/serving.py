@@ -23,22 +23,13 @@ if TYPE_CHECKING:
 
 
 def check_supported(req: VLLMSamplingFields) -> None:
-    """Refuse (400) what this server does not do yet rather than silently ignoring it."""
+    """Refuse (400) what this server does not do rather than silently ignoring it."""
     if req.use_beam_search:
         raise UnsupportedError("Beam search is not supported.", param="use_beam_search")
     if req.length_penalty != 1.0:  # it only shapes beam search
         raise UnsupportedError(
             "length_penalty needs beam search, which is not supported.", param="length_penalty"
         )
-    fmt = req.response_format
-    if fmt is not None and fmt.get("type", "text") != "text":
-        raise UnsupportedError(
-            f"response_format of type {fmt.get('type')!r} is not supported yet (structured outputs).",
-            param="response_format",
-        )
-    for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"):
-        if getattr(req, name) is not None:
-            raise UnsupportedError(f"{name} is not supported yet (structured outputs).", param=name)
 
 
 def stream_flags(req: Any, config: Config) -> tuple[bool, bool]:

@@ -1,10 +1,12 @@
-"""tool_choice checks (vLLM's rules and messages) and the seam where tool calls are taken out of
-generated text.
+"""tool_choice checks (vLLM's rules and messages), the output constraint a tool choice implies,
+and the seam where tool calls are taken out of generated text.
 
-Parsing free-form model output for "auto" tool choice belongs to the tool-parser plugins
-(``--tool-call-parser``); ``extract_tool_calls`` and ``ToolCallStream`` are where they plug in.
-Until then: a named tool choice turns the whole output into that function's arguments, and
-"required" accepts output that is a JSON list of ``{"name", "parameters"}`` objects.
+A named tool choice constrains the output to that function's ``parameters`` schema and turns the
+whole output into its arguments; "required" constrains it to a JSON list of one or more
+``{"name", "parameters"}`` objects (``required_calls``). Parsing free-form output for "auto"
+belongs to the tool-parser plugins (``--tool-call-parser``); ``extract_tool_calls`` and
+``ToolCallStream`` are where they plug in. A parser whose format has begin/end markers would
+give "required" a structural tag in its own format instead of the JSON list (``tool_constraint``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import json
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from llmserve.api import InvalidRequestError
+from llmserve.api import InvalidRequestError, StructuredOutputs
+from llmserve.protocols.openai.required_calls import RequiredCallStream, required_schema
 
 if TYPE_CHECKING:
     from llmserve.api import Config
@@ -62,6 +65,37 @@ def effective_tool_choice(req: ChatCompletionRequest, config: Config) -> str | d
     return choice
 
 
+def tool_constraint(
+    req: ChatCompletionRequest, tool_choice: str | dict[str, Any]
+) -> StructuredOutputs | None:
+    """What the output must follow for ``tool_choice``: the named function's parameters, or for
+    "required" an array of calls; None for "none" and "auto". Combined with structured_outputs or
+    a response_format this is a 400, as in vLLM (both would constrain the same text)."""
+    if tool_choice in ("none", "auto"):
+        return None
+    fmt = req.response_format
+    for name, value in (("structured_outputs", req.structured_outputs), ("response_format", fmt)):
+        if value is not None and not (name == "response_format" and value.get("type", "text") == "text"):
+            raise InvalidRequestError(
+                f"{name} cannot be used with tool_choice {_choice_name(tool_choice)}: the tool's "
+                "parameters already constrain the output",
+                param=name,
+            )
+    functions = [tool.function.model_dump(exclude_none=True) for tool in req.tools or []]
+    if isinstance(tool_choice, dict):
+        name = tool_choice["function"]["name"]
+        function = next(f for f in functions if f["name"] == name)
+        return StructuredOutputs(json=function.get("parameters") or {"type": "object"})
+    try:
+        return StructuredOutputs(json=required_schema(functions, req.parallel_tool_calls))
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc), param="tools") from None
+
+
+def _choice_name(tool_choice: str | dict[str, Any]) -> str:
+    return f"{tool_choice['function']['name']!r}" if isinstance(tool_choice, dict) else f"{tool_choice!r}"
+
+
 def tool_call(name: str, arguments: str) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-tool-{uuid.uuid4().hex}",
@@ -96,13 +130,20 @@ def _json_calls(text: str) -> list[dict[str, Any]] | None:
 
 
 class ToolCallStream:
-    """Streaming counterpart of ``extract_tool_calls`` for one choice: text delta -> message delta."""
+    """Streaming counterpart of ``extract_tool_calls`` for one choice: text delta -> message delta.
+
+    A named function streams its name first, then the output as argument deltas; "required"
+    streams each call of the JSON list the same way."""
 
     def __init__(self, tool_choice: str | dict[str, Any]) -> None:
         self.name = tool_choice["function"]["name"] if isinstance(tool_choice, dict) else None
+        self.required = RequiredCallStream(tool_call) if tool_choice == "required" else None
         self.started = False
 
     def delta(self, text: str) -> dict[str, Any]:
+        if self.required is not None:
+            calls = self.required.feed(text)
+            return {"tool_calls": calls} if calls else {}
         if self.name is None:
             return {"content": text} if text else {}
         if not text:

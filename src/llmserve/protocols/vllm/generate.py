@@ -3,7 +3,8 @@
 Request: ``{"prompt": "..."}`` or ``{"prompt_token_ids": [...]}``, plus ``"stream": bool`` and any
 vLLM SamplingParams field (``n``, ``temperature``, ``top_p``, ``top_k``, ``min_p``, penalties,
 ``seed``, ``stop``, ``stop_token_ids``, ``ignore_eos``, ``max_tokens`` (default 16, as in vLLM),
-``min_tokens``, ``logprobs``, ``logit_bias``, ``allowed_token_ids``, ``skip_special_tokens``, ...).
+``min_tokens``, ``logprobs``, ``logit_bias``, ``allowed_token_ids``, ``skip_special_tokens``, ...),
+and structured outputs as on the OpenAI routes (``structured_outputs``, ``response_format``, ``guided_*``).
 Fields left out take the model's generation_config defaults.
 
 Response (GenerateResponse)::
@@ -90,7 +91,8 @@ async def generate() -> Response:
         prompt_ids, prefix = ctx.tokenize(model, req.prompt), req.prompt
     else:
         prompt_ids, prefix = list(req.prompt_token_ids or []), ""
-    params = ctx.sampling_params(model, req, len(prompt_ids))
+    constraint = await ctx.structured_constraint(model, req)
+    params = ctx.sampling_params(model, req, len(prompt_ids), constraint=constraint)
     kind = OutputKind.CUMULATIVE if req.stream else OutputKind.FINAL_ONLY
     stream = ctx.generate(
         model, prompt_ids, params, request_id=random_id("generate"), kind=kind, priority=req.priority

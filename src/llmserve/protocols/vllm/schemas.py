@@ -130,6 +130,16 @@ class GenerateRequest(SamplingFields):
     stream: bool = False
     max_tokens: int | None = 16  # vLLM's SamplingParams default
     logprobs: int | None = Field(None, description="Return this many top logprobs per generated token.")
+    structured_outputs: dict[str, Any] | None = Field(
+        None,
+        description="Constrain the output: exactly one of json, regex, choice, grammar, json_object, structural_tag.",
+    )
+    response_format: dict[str, Any] | None = None
+    guided_json: Any = Field(None, description="Deprecated: structured_outputs.json.")
+    guided_regex: str | None = Field(None, description="Deprecated: structured_outputs.regex.")
+    guided_choice: list[str] | None = Field(None, description="Deprecated: structured_outputs.choice.")
+    guided_grammar: str | None = Field(None, description="Deprecated: structured_outputs.grammar.")
+    guided_decoding_backend: str | None = Field(None, description="Deprecated: the request's backend.")
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerateRequest:
