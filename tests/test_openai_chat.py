@@ -260,10 +260,10 @@ def test_required_tool_choice_is_allowed_without_auto_tool_flags(client, model):
 
 
 def test_parallel_tool_calls_false_keeps_one_call():
-    from llmserve.protocols.openai.tools import extract_tool_calls
+    from llmserve.api import ParserPipeline
 
     text = '[{"name": "a", "parameters": {"x": 1}}, {"name": "b", "parameters": {}}]'
-    _, both = extract_tool_calls(text, "required")
-    _, one = extract_tool_calls(text, "required", parallel_tool_calls=False)
-    assert [c["function"]["name"] for c in both] == ["a", "b"]
-    assert [c["function"]["name"] for c in one] == ["a"] and one[0]["function"]["arguments"] == '{"x": 1}'
+    both = ParserPipeline(tool_choice="required").extract(text).tool_calls
+    one = ParserPipeline(tool_choice="required", parallel_tool_calls=False).extract(text).tool_calls
+    assert [c.name for c in both] == ["a", "b"]
+    assert [c.name for c in one] == ["a"] and one[0].arguments == '{"x": 1}'

@@ -12,10 +12,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from llmserve.api import Constraint, ConstraintSpec, InvalidRequestError, StructuredOutputs
+from llmserve.api import Constraint, ConstraintSpec, InvalidRequestError, ParserPipeline, StructuredOutputs
 from llmserve.engine.constraints import allowed_token_ids
-from llmserve.protocols.openai.required_calls import RequiredCallStream, required_schema
-from llmserve.protocols.openai.tools import tool_call
+from llmserve.protocols.openai.required_calls import required_schema
 from llmserve.structured import StructuredOutputCompiler, parse_request
 from llmserve.structured.reasoning import AfterMarker
 from llmserve.structured.schema import check_schema, without_additional_properties
@@ -165,10 +164,11 @@ CALLS = '[{"name": "f", "parameters": {"s": "a\\"}", "n": [1, {}]}}, {"name":"g"
 
 @pytest.mark.parametrize("size", [1, 3, len(CALLS)])
 def test_required_calls_stream_name_first_in_any_chunking(size):
-    stream = RequiredCallStream(tool_call)
+    pipeline = ParserPipeline(tool_choice="required")
     calls: dict[int, list] = {}
-    for i in range(0, len(CALLS), size):
-        for delta in stream.feed(CALLS[i : i + size]):
+    pieces = [pipeline.feed(CALLS[i : i + size]) for i in range(0, len(CALLS), size)] + [pipeline.finish()]
+    for parsed in pieces:
+        for delta in (d.to_dict() for d in parsed.tool_calls):
             entry = calls.setdefault(delta["index"], [None, ""])
             if "name" in delta["function"]:
                 assert entry == [None, ""] and delta["id"].startswith("chatcmpl-tool-")

@@ -156,7 +156,7 @@ class ToolParser:
         self._scans: dict[int, JsonScan] = {}
         self._calls: list[tuple[int, PartialCall, int]] = []  # (index, call, arguments sent) this section
         self._count = 0
-        self._ids = f"call_{secrets.token_hex(6)}"
+        self._ids = f"chatcmpl-tool-{secrets.token_hex(8)}"  # vLLM's id prefix
         self._started = False  # any non-whitespace content or section seen
         self._after_section = False  # whitespace after a section is dropped unless text follows
         self.calls: list[ToolCall] = []  # every call completed so far, in order

@@ -265,21 +265,30 @@ class ProtocolContext:
 
     # --- parsers ---------------------------------------------------------------------------------
 
-    def tool_parser(self, name: str | None = None, model: ServedModel | None = None):
-        """A new tool-call parser instance (``--tool-call-parser`` unless ``name``), or None."""
+    def tool_parser(
+        self, name: str | None = None, model: ServedModel | None = None, tools: list[dict] | None = None
+    ):
+        """A new tool-call parser for one response (``--tool-call-parser`` unless ``name``), given
+        the request's tools, or None."""
         name = name or self.config.tool_call_parser
         if not name:
             return None
         cls = self.plugins.tool_parsers()[name].obj
-        return cls(model.tokenizer if model is not None else None)
+        return cls(model.tokenizer if model is not None else None, tools=tools)
 
-    def reasoning_parser(self, name: str | None = None, model: ServedModel | None = None):
-        """A new reasoning parser instance (``--reasoning-parser`` unless ``name``), or None."""
+    def reasoning_parser(
+        self,
+        name: str | None = None,
+        model: ServedModel | None = None,
+        chat_template_kwargs: dict | None = None,
+    ):
+        """A new reasoning parser for one response (``--reasoning-parser`` unless ``name``), given
+        the template kwargs (``enable_thinking``, ``thinking``), or None."""
         name = name or self.config.reasoning_parser
         if not name:
             return None
         cls = self.plugins.reasoning_parsers()[name].obj
-        return cls(model.tokenizer if model is not None else None)
+        return cls(model.tokenizer if model is not None else None, chat_template_kwargs=chat_template_kwargs)
 
     def metrics(self) -> tuple[bytes, str]:
         """Prometheus text exposition of every engine, and its content type."""

@@ -9,6 +9,8 @@ from llmserve.api import (
     SSE_DONE,
     Config,
     OutputKind,
+    ParsedDelta,
+    ParserPipeline,
     Prompt,
     ProtocolContext,
     RequestOutput,
@@ -33,12 +35,21 @@ from llmserve.protocols.openai.serving import (
     stream_flags,
     usage,
 )
-from llmserve.protocols.openai.tools import (
-    ToolCallStream,
-    effective_tool_choice,
-    extract_tool_calls,
-    tool_constraint,
-)
+from llmserve.protocols.openai.tools import effective_tool_choice, tool_constraint
+
+
+def make_pipeline(
+    ctx: ProtocolContext, model: ServedModel, req: ChatCompletionRequest, tool_choice: str | dict
+) -> ParserPipeline:
+    """One choice's reasoning -> tools parsing: the server's parsers, and tool_choice's rules."""
+    kwargs = dict(req.chat_template_kwargs or {})
+    reasoning = ctx.reasoning_parser(model=model, chat_template_kwargs=kwargs)
+    tools = [tool.model_dump(exclude_none=True) for tool in req.tools] if req.tools else None
+    parser = ctx.tool_parser(model=model, tools=tools) if tool_choice == "auto" else None
+    return ParserPipeline(
+        reasoning, parser, tool_choice=tool_choice, parallel_tool_calls=req.parallel_tool_calls is not False,
+        request_tools=tools,
+    )  # fmt: skip
 
 
 def prepare_chat(
@@ -83,11 +94,15 @@ async def create_chat_completion() -> Any:
         reasoning = ctx.reasoning_parser(model=model)  # the grammar starts after its end marker
         after = reasoning.end_marker if reasoning is not None else None
         constraint = await ctx.compile_constraint(model, structured, after=after)
-    params = ctx.sampling_params(model, req, len(token_ids), constraint=constraint)
+    pipelines = [make_pipeline(ctx, model, req, tool_choice) for _ in range(req.n)]
+    overrides = {"constraint": constraint}
+    if pipelines[0].needs_special_tokens and req.skip_special_tokens is None:
+        overrides["skip_special_tokens"] = False  # the parsers read special-token markers
+    params = ctx.sampling_params(model, req, len(token_ids), **overrides)
     request_id = f"chatcmpl-{req.request_id}" if req.request_id else random_id("chatcmpl")
     kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
     streams = start_requests(ctx, model, request_id, [prompt], [params], kind, req)
-    view = _View(model, req, request_id, prompt, tool_choice, ctx.config)
+    view = _View(model, req, request_id, prompt, tool_choice, ctx.config, pipelines)
     if req.stream:
         return sse_response(view.events(merge_streams(streams), include_usage, continuous))
     return json_response(view.response((await results(streams))[0]))
@@ -114,8 +129,10 @@ class _View:
         prompt: Prompt,
         tool_choice: str | dict,
         config: Config,
+        pipelines: list[ParserPipeline],
     ) -> None:
         self.req, self.id, self.prompt, self.tool_choice = req, request_id, prompt, tool_choice
+        self.pipelines = pipelines
         self.model = model.answer_name(req.model)
         self.token_text = token_text(model)
         self.role = config.response_role if req.add_generation_prompt else req.messages[-1].role
@@ -140,12 +157,19 @@ class _View:
             return "tool_calls"
         return reason
 
+    def reasoning(self, text: str | None) -> dict[str, Any]:
+        """Both names clients read: ``reasoning`` (vLLM) and ``reasoning_content``."""
+        text = text if self.req.include_reasoning else None
+        return {"reasoning": text, "reasoning_content": text}
+
     # --- non-streaming ---------------------------------------------------------------------------
 
     def response(self, result: RequestOutput) -> dict[str, Any]:
         choices = []
         for choice in result.outputs:
-            content, calls = extract_tool_calls(choice.text, self.tool_choice, self.req.parallel_tool_calls)
+            parsed = self.pipelines[choice.index].extract(choice.text)
+            calls = [call.to_dict() for call in parsed.tool_calls]
+            content = parsed.content if parsed.content is not None or calls else ""
             if self.echo:
                 content = self.echo + (content or "")
             message = {
@@ -156,7 +180,7 @@ class _View:
                 "audio": None,
                 "function_call": None,
                 "tool_calls": calls,
-                "reasoning_content": None,
+                **self.reasoning(parsed.reasoning),
             }
             item = {
                 "index": choice.index,
@@ -187,6 +211,16 @@ class _View:
 
     # --- streaming -------------------------------------------------------------------------------
 
+    def delta(self, parsed: ParsedDelta) -> dict[str, Any]:
+        delta: dict[str, Any] = {}
+        if parsed.reasoning and self.req.include_reasoning:
+            delta.update(reasoning=parsed.reasoning, reasoning_content=parsed.reasoning)
+        if parsed.content:
+            delta["content"] = parsed.content
+        if parsed.tool_calls:
+            delta["tool_calls"] = [d.to_dict() for d in parsed.tool_calls]
+        return delta
+
     def chunk(self, choices: list[dict], usage_info: dict | None = None, **extra: Any) -> str:
         body: dict[str, Any] = {
             "id": self.id,
@@ -205,7 +239,6 @@ class _View:
     ) -> AsyncIterator[str]:
         n = self.req.n
         counts = [0] * n
-        tools = [ToolCallStream(self.tool_choice) for _ in range(n)]
         called = [False] * n
 
         def choice_usage(i: int) -> dict | None:
@@ -233,7 +266,13 @@ class _View:
                     logprobs = self.logprobs(c.logprobs) if c.logprobs else None
                     if not c.text and not c.finished and logprobs is None:
                         continue
-                    delta = tools[i].delta(c.text)
+                    pipeline = self.pipelines[i]
+                    parsed = pipeline.feed(c.text)
+                    if c.finished:
+                        parsed.add(pipeline.finish())
+                    delta = self.delta(parsed)
+                    if not delta and not c.finished and logprobs is None:
+                        continue  # the parsers hold this text back (a possible tag)
                     called[i] = called[i] or "tool_calls" in delta
                     choice = {
                         "index": i,

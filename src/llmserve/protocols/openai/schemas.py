@@ -136,6 +136,7 @@ class ChatCompletionRequest(VLLMSamplingFields):
     parallel_tool_calls: bool | None = None
     user: Any = None  # a string for OpenAI; some clients send an object
     reasoning_effort: str | None = None
+    include_reasoning: bool = Field(True, description="Return the reasoning (with a reasoning parser).")
     # vLLM chat extras
     echo: bool = False
     add_generation_prompt: bool = True

@@ -11,12 +11,10 @@ give "required" a structural tag in its own format instead of the JSON list (``t
 
 from __future__ import annotations
 
-import json
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from llmserve.api import InvalidRequestError, StructuredOutputs
-from llmserve.protocols.openai.required_calls import RequiredCallStream, required_schema
+from llmserve.protocols.openai.required_calls import required_schema
 
 if TYPE_CHECKING:
     from llmserve.api import Config
@@ -94,62 +92,3 @@ def tool_constraint(
 
 def _choice_name(tool_choice: str | dict[str, Any]) -> str:
     return f"{tool_choice['function']['name']!r}" if isinstance(tool_choice, dict) else f"{tool_choice!r}"
-
-
-def tool_call(name: str, arguments: str) -> dict[str, Any]:
-    return {
-        "id": f"chatcmpl-tool-{uuid.uuid4().hex}",
-        "type": "function",
-        "function": {"name": name, "arguments": arguments},
-    }
-
-
-def extract_tool_calls(
-    text: str, tool_choice: str | dict[str, Any], parallel_tool_calls: bool | None = None
-) -> tuple[str | None, list[dict[str, Any]]]:
-    """Generated text -> (content, tool_calls). ``parallel_tool_calls=False`` keeps the first call."""
-    if isinstance(tool_choice, dict):
-        return "", [tool_call(tool_choice["function"]["name"], text)]
-    if tool_choice == "required":
-        calls = _json_calls(text)
-        if calls is not None:
-            return "", calls[:1] if parallel_tool_calls is False else calls
-    return text, []
-
-
-def _json_calls(text: str) -> list[dict[str, Any]] | None:
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(items, list) or not all(
-        isinstance(i, dict) and isinstance(i.get("name"), str) for i in items
-    ):
-        return None
-    return [tool_call(i["name"], json.dumps(i.get("parameters", i.get("arguments", {})))) for i in items]
-
-
-class ToolCallStream:
-    """Streaming counterpart of ``extract_tool_calls`` for one choice: text delta -> message delta.
-
-    A named function streams its name first, then the output as argument deltas; "required"
-    streams each call of the JSON list the same way."""
-
-    def __init__(self, tool_choice: str | dict[str, Any]) -> None:
-        self.name = tool_choice["function"]["name"] if isinstance(tool_choice, dict) else None
-        self.required = RequiredCallStream(tool_call) if tool_choice == "required" else None
-        self.started = False
-
-    def delta(self, text: str) -> dict[str, Any]:
-        if self.required is not None:
-            calls = self.required.feed(text)
-            return {"tool_calls": calls} if calls else {}
-        if self.name is None:
-            return {"content": text} if text else {}
-        if not text:
-            return {}
-        if self.started:
-            return {"tool_calls": [{"index": 0, "function": {"arguments": text}}]}
-        self.started = True
-        call = tool_call(self.name, text)
-        return {"tool_calls": [{"index": 0, **call}]}
