@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 
-
 def required_schema(tools: list[dict[str, Any]], parallel_tool_calls: bool | None) -> dict[str, Any]:
     """The JSON schema of one or more calls of ``tools`` (OpenAI function dicts), as vLLM builds it:
     an array of ``{"name": one tool's name, "parameters": that tool's parameters}``. Each tool's
