@@ -238,6 +238,7 @@ class ChatResponseMessage(ResponseModel):
     audio: Any = None
     function_call: Any = None
     tool_calls: list[ToolCall] = Field(default_factory=list)
+    reasoning: str | None = None
     reasoning_content: str | None = None
 
 
