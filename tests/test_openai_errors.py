@@ -129,7 +129,7 @@ class _DyingStream:
 class _DyingEngine:
     is_dead = False
 
-    def add_request(self, request_id, prompt_token_ids, params, kind=None, priority=0):
+    def add_request(self, request_id, prompt_token_ids, params, **options):
         return _DyingStream(request_id, prompt_token_ids)
 
     async def start(self) -> None:

@@ -163,3 +163,24 @@ async def test_merge_streams_interleaves_and_closing_closes_every_stream():
     assert await merged.__anext__() == (0, "a0")
     await merged.aclose()  # what a client disconnect does
     assert sorted(closed) == ["a", "b"]
+
+
+async def test_heartbeat_fills_silence_and_closes_the_stream():
+    from llmserve.protocols.shared.sse import HEARTBEAT, with_heartbeat
+
+    closed = []
+
+    async def events():
+        try:
+            yield "data: 1\n\n"
+            await asyncio.sleep(0.35)
+            yield "data: 2\n\n"
+            await asyncio.sleep(10)
+        finally:
+            closed.append(True)
+
+    beat = with_heartbeat(events(), 0.1)
+    got = [await beat.__anext__() for _ in range(5)]
+    assert got[0] == "data: 1\n\n" and got.count(HEARTBEAT) >= 2 and "data: 2\n\n" in got
+    await beat.aclose()
+    assert closed == [True]
