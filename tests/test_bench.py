@@ -35,3 +35,13 @@ def test_bench_throughput_reports_ratio(smollm2_dir):
     assert result.returncode == 0, result.stderr
     assert "llmserve: 8 tokens" in result.stdout
     assert "ratio llmserve / transformers" in result.stdout and "prefix caching: TTFT" in result.stdout
+
+
+def test_bench_throughput_structured_reports_the_overhead(smollm2_dir):
+    result = run(
+        "throughput", "--model", str(smollm2_dir), "--num-prompts", "2", "--input-len", "8", "--output-len", "8",
+        "--hf-batch-size", "0", "--structured", "json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "structured json: 16 tokens" in result.stdout and "unconstrained: 16 tokens" in result.stdout
+    assert "structured-output overhead per token:" in result.stdout and "cpu: " in result.stdout

@@ -127,7 +127,7 @@ BENCH_SCHEMA = {
 
 
 def run_structured(
-    llm, prompts: list[list[int]], output_len: int, kind: str, rounds: int = 2
+    llm, prompts: list[list[int]], output_len: int, kind: str, rounds: int = 3
 ) -> tuple[Result, Result]:
     """The same workload unconstrained and under a grammar, alternated ``rounds`` times in one
     run (the machine is shared: the best round of each is kept). Returns (plain, constrained)."""
