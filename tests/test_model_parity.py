@@ -180,6 +180,26 @@ def test_smollm2_matches_transformers(smollm2_dir):
     check_against(model, runner, seqs, [[(0, 9), (1, 12)], [(1, 1), (0, 12)]])
 
 
+def test_qwen2_5_coder_gguf_matches_transformers():
+    """Our first real Qwen2 checkpoint (converted from a Q4_K_M GGUF): the same logits as
+    transformers on the same converted weights."""
+    from llmserve.sources import packs
+
+    qwen_dir = packs.ensure_model("qwen2.5-coder-0.5b")
+    model = AutoModelForCausalLM.from_pretrained(qwen_dir, dtype=torch.float32).eval()
+    runner = TorchModelRunner(str(qwen_dir), "float32")
+    info = runner.load()
+    assert (info.num_layers, info.num_kv_heads, info.head_dim, info.architecture) == (
+        24,
+        2,
+        64,
+        "Qwen2ForCausalLM",
+    )
+    runner.allocate_kv_cache(24, BLOCK)
+    seqs = sequences(24, [17, 12], info.vocab_size, seed=5)
+    check_against(model, runner, seqs, [[(0, 9), (1, 11)], [(1, 1), (0, 8)]])
+
+
 def test_auto_dtype_runs_bf16_on_cpu(smollm2_dir):
     runner = TorchModelRunner(str(smollm2_dir), "auto")
     info = runner.load()

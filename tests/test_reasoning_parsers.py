@@ -38,3 +38,10 @@ def test_reasoning_streams_as_it_is_written():
     assert parser.feed(" done.\n</thi").reasoning == " done."  # whitespace and a partial tag wait
     delta = parser.feed("nk>\n\nAnswer")
     assert (delta.reasoning, delta.content) == ("", "Answer")
+
+
+def test_end_marker_tells_structured_outputs_where_to_start():
+    from llmserve.parsers.reasoning.think import DeepSeekR1ReasoningParser, Qwen3ReasoningParser
+
+    assert DeepSeekR1ReasoningParser().end_marker == "</think>"
+    assert Qwen3ReasoningParser(chat_template_kwargs={"enable_thinking": False}).end_marker is None

@@ -37,6 +37,11 @@ class ThinkingReasoningParser(ReasoningParser):
         self._buffer = ""
         self._trim = False  # drop whitespace until the next non-whitespace text
 
+    @property
+    def end_marker(self) -> str | None:
+        """Where the reasoning ends (structured outputs start after it); None when it is off."""
+        return self.ends[0] if self.enabled and self.ends else None
+
     def feed(self, delta: str) -> ParsedDelta:
         """Consume streamed text; hold back only a possible partial marker (and whitespace)."""
         self._buffer += delta

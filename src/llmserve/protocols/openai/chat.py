@@ -91,7 +91,8 @@ async def create_chat_completion() -> Any:
     prompt = Prompt(token_ids, text)
     constraint = None
     if structured is not None:
-        reasoning = ctx.reasoning_parser(model=model)  # the grammar starts after its end marker
+        # the grammar starts after the reasoning's end marker
+        reasoning = ctx.reasoning_parser(model=model, chat_template_kwargs=req.chat_template_kwargs)
         after = reasoning.end_marker if reasoning is not None else None
         constraint = await ctx.compile_constraint(model, structured, after=after)
     pipelines = [make_pipeline(ctx, model, req, tool_choice) for _ in range(req.n)]
