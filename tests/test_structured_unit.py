@@ -185,3 +185,20 @@ def test_required_schema_moves_defs_up():
     schema = required_schema([tool], parallel_tool_calls=False)
     assert schema["$defs"] == {"x": {"type": "integer"}} and schema["maxItems"] == 1
     check_schema(schema)
+
+
+def test_a_forced_backend_refuses_what_it_cannot_follow(tok):
+    xgr = StructuredOutputCompiler(tok, 49152, [tok.eos_token_id], backend="xgrammar")
+    with pytest.raises(
+        InvalidRequestError, match="xgrammar backend does not support the JSON schema keyword 'not'"
+    ):
+        xgr.compile_now(StructuredOutputs(json={"type": "integer", "not": {"const": 1}}))
+    with pytest.raises(
+        InvalidRequestError, match="whitespace_pattern is supported by the guidance backend only"
+    ):
+        xgr.compile_now(StructuredOutputs(json_object=True, whitespace_pattern=" "))
+    guidance = StructuredOutputCompiler(tok, 49152, [tok.eos_token_id], backend="guidance")
+    assert guidance.choose(StructuredOutputs(regex="a")) == "guidance"
+    assert type(guidance.compile_now(StructuredOutputs(choice=("a", "b")))).__name__ == "GuidanceSpec"
+    with pytest.raises(InvalidRequestError, match="structural_tag is supported by the xgrammar backend only"):
+        guidance.compile_now(StructuredOutputs(structural_tag='{"type": "structural_tag", "format": {}}'))

@@ -72,9 +72,8 @@ def prepare_chat(
     )
     token_ids = rendered.token_ids
     if req.truncate_prompt_tokens is not None:
-        token_ids = ctx.prompts(model, token_ids, truncate_prompt_tokens=req.truncate_prompt_tokens)[
-            0
-        ].token_ids
+        truncated = ctx.prompts(model, token_ids, truncate_prompt_tokens=req.truncate_prompt_tokens)
+        token_ids = truncated[0].token_ids
     return rendered.text, token_ids
 
 
