@@ -47,7 +47,8 @@ def multi(smollm2_dir, minilm_dir, tmp_path_factory):
         str(smollm2_dir), f"tiny={tiny}", f"mini={minilm_dir}", "--served-model-name", SMOL,
         "--embedding-model", "none", "--api-key", KEY, "--enable-sleep-mode",
         "--scheduling-policy", "priority", "--max-model-len", "512", "--kv-cache-space", "0.5",
-        "--trust-request-chat-template",
+        "--trust-request-chat-template", "--default-chat-template-kwargs", '{"greeting": "bonjour"}',
+        "--exclude-tools-when-tool-choice-none",
     )  # fmt: skip
     try:
         yield proc
@@ -144,3 +145,23 @@ def test_sleep_needs_the_key_and_frees_then_restores(multi, client):
         assert client.completions.create(**ask).choices[0].text == before
     bad = httpx.post(url + "/sleep", params={"level": 3}, headers=auth)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "level"
+
+
+def test_default_template_kwargs_and_tools_left_out_for_tool_choice_none(multi):
+    template = (
+        "{{ greeting }}{% if tools %} TOOLS{% endif %}{% for m in messages %} {{ m.content }}{% endfor %}"
+    )
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "chat_template": template,
+            "tools": [tool], "max_tokens": 1, "return_token_ids": True}  # fmt: skip
+    prompts = {}
+    for choice in ("none", "required"):
+        out = httpx.post(multi.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                         json={**body, "tool_choice": choice}, timeout=60)  # fmt: skip
+        assert out.status_code == 200, out.text
+        ids = out.json()["prompt_token_ids"]
+        text = httpx.post(multi.url + "/detokenize", headers={"Authorization": f"Bearer {KEY}"},
+                          json={"model": "tiny", "tokens": ids}).json()["prompt"]  # fmt: skip
+        prompts[choice] = text
+    assert prompts["none"].startswith("bonjour") and "TOOLS" not in prompts["none"]
+    assert "TOOLS" in prompts["required"]

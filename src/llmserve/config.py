@@ -215,6 +215,17 @@ class Config(ServerFlags):
     chat_template_content_format: Literal["auto", "string", "openai"] = Field(
         "auto", description="How message content reaches the template.", json_schema_extra=CHAT
     )
+    default_chat_template_kwargs: str | None = Field(
+        None,
+        json_schema_extra=CHAT,
+        description="Chat-template kwargs every request gets unless it sets them, as a JSON object "
+        "(e.g. '{\"enable_thinking\": false}').",
+    )
+    exclude_tools_when_tool_choice_none: bool = Field(
+        False,
+        json_schema_extra=CHAT,
+        description="Leave the tools out of the prompt when tool_choice is none.",
+    )
     trust_request_chat_template: bool = Field(
         False,
         json_schema_extra=CHAT,
@@ -275,6 +286,23 @@ class Config(ServerFlags):
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return split_list(value)
+
+    @field_validator("default_chat_template_kwargs")
+    @classmethod
+    def _template_kwargs(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON: {exc}") from None
+            if not isinstance(parsed, dict):
+                raise ValueError("must be a JSON object")
+        return value
+
+    @property
+    def chat_template_defaults(self) -> dict[str, Any]:
+        """--default-chat-template-kwargs as a dict."""
+        return json.loads(self.default_chat_template_kwargs) if self.default_chat_template_kwargs else {}
 
     @field_validator("dtype")
     @classmethod

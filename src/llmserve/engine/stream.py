@@ -68,13 +68,7 @@ class _ChoiceState:
         if not (out.token_ids or out.text or out.finish_reason):
             return None
         if self.keep:
-            total = self.total
-            total.text += out.text
-            total.token_ids.extend(out.token_ids)
-            if out.logprobs:
-                total.logprobs = (total.logprobs or []) + out.logprobs
-            total.finish_reason, total.stop_reason = out.finish_reason, out.stop_reason
-            total.num_output_tokens = out.num_output_tokens
+            _merge(self.total, out)
         return out
 
     def _record_token(self, now: float) -> None:

@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from llmserve.errors import LLMServeError, PluginError, UnauthorizedError
 from llmserve.plugins import Plugins, load_plugins
+from llmserve.protocols.shared.sse import release_after_body
 from llmserve.server.context import ProtocolContext
 
 log = logging.getLogger("llmserve")
@@ -143,7 +144,7 @@ def _install_middleware(app: Quart, config) -> None:
     async def _release_slot(response: Response) -> Response:
         slot = _take_slot()  # a --max-concurrent-requests slot: held until sent
         if slot is not None:
-            response.response = _ReleasedWhenSent(response.response, slot.release)
+            release_after_body(response, slot.release)
         return response
 
     @app.teardown_request
@@ -169,22 +170,6 @@ def _take_slot():
     slot = getattr(current, "llmserve_slot", None)
     current.llmserve_slot = None
     return slot
-
-
-class _ReleasedWhenSent:
-    """A response body that calls ``release`` once it has been sent (or the send failed)."""
-
-    def __init__(self, body, release) -> None:
-        self.body, self.release = body, release
-
-    async def __aenter__(self):
-        return await self.body.__aenter__()
-
-    async def __aexit__(self, *exc) -> None:
-        try:
-            await self.body.__aexit__(*exc)
-        finally:
-            self.release()
 
 
 def _install_error_handlers(app: Quart) -> None:

@@ -89,6 +89,10 @@ class ProtocolContext:
         options.setdefault("max_model_len", model.max_model_len)
         return prompt_parsing.parse_prompts(prompt, model.tokenizer, **options)
 
+    def template_kwargs(self, given: dict[str, Any] | None) -> dict[str, Any]:
+        """A request's chat_template_kwargs over --default-chat-template-kwargs."""
+        return {**self.config.chat_template_defaults, **(given or {})}
+
     def render_chat(self, model: ServedModel, messages: Sequence[Any], **options: Any) -> RenderedChat:
         """Render OpenAI-style messages with the chat template and tokenize them.
 
@@ -96,6 +100,7 @@ class ProtocolContext:
         unless --trust-request-chat-template), chat_template_kwargs, documents, add_special_tokens,
         reasoning_effort (reaches the template as a kwarg, as in vLLM).
         """
+        options["chat_template_kwargs"] = self.template_kwargs(options.get("chat_template_kwargs"))
         text, token_ids = chat_template.render_chat(model, self.config, messages, **options)
         return RenderedChat(text, token_ids)
 
@@ -288,7 +293,8 @@ class ProtocolContext:
         if not name:
             return None
         cls = self.plugins.reasoning_parsers()[name].obj
-        return cls(model.tokenizer if model is not None else None, chat_template_kwargs=chat_template_kwargs)
+        kwargs = self.template_kwargs(chat_template_kwargs)
+        return cls(model.tokenizer if model is not None else None, chat_template_kwargs=kwargs)
 
     def metrics(self) -> tuple[bytes, str]:
         """Prometheus text exposition of every engine, and its content type."""

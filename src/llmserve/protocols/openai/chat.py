@@ -57,11 +57,14 @@ def prepare_chat(
 ) -> tuple[str, list[int]]:
     """Everything /v1/chat/completions does before generating: tool_choice checks, the chat
     template, tokenization and truncate_prompt_tokens. Returns (prompt_text, token_ids)."""
-    effective_tool_choice(req, ctx.config)
+    tool_choice = effective_tool_choice(req, ctx.config)
+    hide_tools = tool_choice == "none" and ctx.config.exclude_tools_when_tool_choice_none
     rendered = ctx.render_chat(
         model,
         req.messages,
-        tools=[tool.model_dump(exclude_none=True) for tool in req.tools] if req.tools else None,
+        tools=[tool.model_dump(exclude_none=True) for tool in req.tools]
+        if req.tools and not hide_tools
+        else None,
         add_generation_prompt=req.add_generation_prompt,
         continue_final_message=req.continue_final_message,
         chat_template=req.chat_template,

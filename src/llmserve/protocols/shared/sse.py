@@ -100,3 +100,23 @@ async def with_heartbeat(events: AsyncIterator[str], interval: float) -> AsyncIt
             except BaseException:  # noqa: BLE001 - the stream's own cancellation is done with
                 pass
         await events.aclose()
+
+
+def release_after_body(response: Any, release) -> None:
+    """Call ``release()`` once ``response``'s body has been sent, or sending it failed (a client
+    gone mid-stream): for counters that must cover a streamed answer to its end."""
+    response.response = _ReleasedWhenSent(response.response, release)
+
+
+class _ReleasedWhenSent:
+    def __init__(self, body, release) -> None:
+        self.body, self.release = body, release
+
+    async def __aenter__(self):
+        return await self.body.__aenter__()
+
+    async def __aexit__(self, *exc) -> None:
+        try:
+            await self.body.__aexit__(*exc)
+        finally:
+            self.release()

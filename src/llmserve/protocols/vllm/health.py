@@ -12,7 +12,15 @@ from __future__ import annotations
 from quart import Blueprint, Response, jsonify, request
 
 import llmserve
-from llmserve.api import GENERATE, InvalidRequestError, ProtocolContext, UnsupportedError, context, document
+from llmserve.api import (
+    GENERATE,
+    InvalidRequestError,
+    ProtocolContext,
+    UnsupportedError,
+    context,
+    document,
+    release_after_body,
+)
 from llmserve.protocols.vllm import schemas
 
 bp = Blueprint("vllm_health", __name__)
@@ -54,23 +62,6 @@ class _LoadSlot:
         self.release()
 
 
-class _CountedBody:
-    """Wraps a response body so the request stays counted until the body is fully sent."""
-
-    def __init__(self, body, slot: _LoadSlot) -> None:
-        self.body = body
-        self.slot = slot
-
-    async def __aenter__(self):
-        return await self.body.__aenter__()
-
-    async def __aexit__(self, *exc) -> None:
-        try:
-            await self.body.__aexit__(*exc)
-        finally:
-            self.slot.release()
-
-
 @bp.before_app_request
 async def _count_request() -> None:
     ctx = context()
@@ -84,7 +75,7 @@ async def _defer_release(response: Response) -> Response:
     slot = _take()
     if slot is not None:
         if isinstance(response, Response):
-            response.response = _CountedBody(response.response, slot)
+            release_after_body(response, slot.release)
         else:
             slot.release()
     return response
