@@ -68,9 +68,9 @@ class ServerProcess:
             args = (*args, "--uds", uds)
         cmd = [sys.executable, "-m", "llmserve", "serve", *args, "--port", str(self.port)]
         self.log = open(Path(os.environ.get("PYTEST_TMPDIR", "/tmp")) / f"llmserve-{self.port}.log", "w+")
-        self.proc = subprocess.Popen(
-            cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
+        # 1 GiB of KV cache unless a test asks for more: several servers share this machine's memory
+        base = {"LLMSERVE_KV_CACHE_SPACE": "1", **os.environ}
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**base, **(env or {})})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
