@@ -1,0 +1,237 @@
+"""/v1/responses through a real server (SmolLM2) with the official openai SDK, and its store."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import openai
+import pytest
+from conftest import ServerProcess
+
+from llmserve.protocols.responses.items import normalize_input, to_messages
+from llmserve.protocols.responses.store import MemoryStore, ResponseNotFoundError, SQLiteStore, StoredResponse
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def _start(store: str) -> ServerProcess:
+    return ServerProcess("--max-model-len", "2048", "--embedding-model", "none", "--responses-store", store)
+
+
+@pytest.fixture(scope="module")
+def store_url(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('responses') / 'store.sqlite'}"
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_dir, store_url):
+    proc = _start(store_url)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def model(client) -> str:
+    return client.models.list().data[0].id
+
+
+def test_string_input_and_instructions(client, model):
+    plain = client.responses.create(model=model, input="Say hi.", max_output_tokens=4, temperature=0)
+    told = client.responses.create(
+        model=model, input="Say hi.", instructions="Answer in French.", max_output_tokens=4, temperature=0
+    )
+    for r in (plain, told):
+        assert r.id.startswith("resp_") and r.object == "response"
+        assert [item.type for item in r.output] == ["message"]
+        assert r.output_text == r.output[0].content[0].text
+        assert r.usage.output_tokens <= 4
+        assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
+    assert told.instructions == "Answer in French."
+    assert told.usage.input_tokens > plain.usage.input_tokens  # the system message was rendered
+
+
+def test_items_input_and_max_output_tokens(client, model):
+    items = [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "My name is Ada."}]},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hello Ada!"}]},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    r = client.responses.create(model=model, input=items, max_output_tokens=2, metadata={"k": "v"})
+    assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+    assert r.usage.output_tokens == 2
+    assert r.metadata == {"k": "v"}
+    listed = client.responses.input_items.list(r.id, order="asc").data
+    assert [item.role for item in listed] == ["user", "assistant", "user"]
+
+
+def test_streaming_events(client, model):
+    events = list(
+        client.responses.create(model=model, input="Count to three.", max_output_tokens=6, stream=True)
+    )
+    types = [e.type for e in events]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert types[:4] == [
+        "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"
+    ]  # fmt: skip
+    assert types[-4:-1] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ]
+    assert types[-1] in ("response.completed", "response.incomplete")
+    assert set(types[4:-4]) == {"response.output_text.delta"}
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    final = events[-1].response
+    assert events[-4].text == text == final.output_text
+    assert events[0].response.status == "in_progress" and final.usage.output_tokens <= 6
+    assert client.responses.retrieve(final.id).output_text == text  # stored once finished
+
+
+def test_function_tool_loop(client, model):
+    first = client.responses.create(
+        model=model, input="What is the weather in Paris?", tools=[WEATHER], tool_choice="required",
+        parallel_tool_calls=False, max_output_tokens=40,
+    )  # fmt: skip
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert len(calls) == 1 and calls[0].name == "get_weather" and calls[0].call_id
+    assert isinstance(json.loads(calls[0].arguments)["city"], str)
+    answer = client.responses.create(
+        model=model, previous_response_id=first.id, tools=[WEATHER], max_output_tokens=20,
+        input=[{"type": "function_call_output", "call_id": calls[0].call_id, "output": "Sunny, 22 C"}],
+    )  # fmt: skip
+    assert answer.previous_response_id == first.id
+    assert [item.type for item in answer.output] == ["message"]
+    # the whole exchange (question, call, its output) was replayed to the model
+    assert answer.usage.input_tokens > first.usage.input_tokens + 5
+    listed = client.responses.input_items.list(answer.id).data
+    assert [item.type for item in listed] == ["function_call_output"]
+
+
+def test_json_schema_output(client, model):
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    }
+    r = client.responses.create(
+        model=model, input="Describe a person as JSON.", max_output_tokens=60,
+        text={"format": {"type": "json_schema", "name": "person", "schema": schema}},
+    )  # fmt: skip
+    jsonschema.validate(json.loads(r.output_text), schema)
+    assert r.text.format.type == "json_schema"
+
+
+def test_retrieve_delete_and_store_false(client, model):
+    r = client.responses.create(model=model, input="Hi", max_output_tokens=2)
+    assert client.responses.retrieve(r.id).model_dump() == r.model_dump()
+    client.responses.delete(r.id)
+    for call in (client.responses.retrieve, client.responses.delete, client.responses.input_items.list):
+        with pytest.raises(openai.NotFoundError):
+            call(r.id)
+    unstored = client.responses.create(model=model, input="Hi", max_output_tokens=2, store=False)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(unstored.id)
+
+
+@pytest.mark.parametrize(
+    "fields, status, param",
+    [
+        ({"previous_response_id": "resp_unknown"}, 404, "response_id"),
+        ({"tools": [{"type": "web_search"}]}, 400, "tools"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "name": "nope"}}, 400, "tool_choice"),
+        (
+            {"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "nonsense"}}}},
+            400,
+            None,
+        ),
+        (
+            {"input": [{"type": "message", "role": "user", "content": [{"type": "input_image"}]}]},
+            400,
+            "input",
+        ),
+        ({"input": [{"type": "function_call", "call_id": 3}]}, 400, "input"),
+        ({"temperature": 5}, 400, "temperature"),
+    ],
+)
+def test_bad_input_is_an_openai_error(server, model, fields, status, param):
+    body = {"model": model, "input": "Hi", "max_output_tokens": 2, **fields}
+    with server.http(timeout=120) as http:
+        answer = http.post("/v1/responses", json=body)
+    assert answer.status_code == status, answer.text
+    error = answer.json()["error"]
+    assert error["message"] and (param is None or error["param"] == param)
+
+
+def test_conversation_survives_a_restart(server, store_url, model):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=180)
+    first = client.responses.create(model=model, input="My favourite colour is teal.", max_output_tokens=3)
+    server.stop()
+    again = _start(store_url)
+    try:
+        client = openai.OpenAI(base_url=again.url + "/v1", api_key="unused", max_retries=0, timeout=180)
+        assert client.responses.retrieve(first.id).output_text == first.output_text
+        follow = client.responses.create(
+            model=model,
+            input="What is my favourite colour?",
+            previous_response_id=first.id,
+            max_output_tokens=3,
+        )
+        assert follow.usage.input_tokens > first.usage.input_tokens
+    finally:
+        again.stop()
+
+
+# --- without a server -----------------------------------------------------------------------------
+
+
+def test_items_become_chat_messages():
+    items = normalize_input([
+        {"role": "user", "content": "Weather?"},
+        {"type": "reasoning", "summary": [{"type": "summary_text", "text": "look it up"}]},
+        {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+        {"type": "function_call", "call_id": "c2", "name": "get_weather", "arguments": '{"city": "Rome"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+        {"role": "developer", "content": [{"type": "input_text", "text": "Be brief."}]},
+    ])  # fmt: skip
+    assert all(item["id"] for item in items)
+    messages = to_messages(items, "sys")
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "system"]
+    assistant = messages[2]
+    assert assistant["reasoning_content"] == "look it up"
+    assert [c["id"] for c in assistant["tool_calls"]] == ["c1", "c2"]
+    assert assistant["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_store_keeps_the_newest(kind, tmp_path):
+    def make():
+        return MemoryStore(2) if kind == "memory" else SQLiteStore(tmp_path / "s.sqlite", 2)
+
+    store = make()
+    for i in range(3):
+        store.put(StoredResponse({"id": f"r{i}", "output": [{"type": "message"}]}, [{"id": f"i{i}"}], []))
+    with pytest.raises(ResponseNotFoundError):
+        store.get("r0")
+    assert store.get("r2").conversation() == [{"id": "i2"}, {"type": "message"}]
+    store.delete("r1")
+    with pytest.raises(ResponseNotFoundError):
+        store.delete("r1")
+    if kind == "sqlite":
+        store.close()
+        store = make()
+        assert store.get("r2").input == [{"id": "i2"}]
+    store.close()
