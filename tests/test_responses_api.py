@@ -50,8 +50,9 @@ def model(client) -> str:
 
 def test_string_input_and_instructions(client, model):
     plain = client.responses.create(model=model, input="Say hi.", max_output_tokens=4, temperature=0)
+    instructions = "Answer in French. " * 8  # longer than the default system prompt SmolLM2 adds
     told = client.responses.create(
-        model=model, input="Say hi.", instructions="Answer in French.", max_output_tokens=4, temperature=0
+        model=model, input="Say hi.", instructions=instructions, max_output_tokens=4, temperature=0
     )
     for r in (plain, told):
         assert r.id.startswith("resp_") and r.object == "response"
@@ -59,7 +60,7 @@ def test_string_input_and_instructions(client, model):
         assert r.output_text == r.output[0].content[0].text
         assert r.usage.output_tokens <= 4
         assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
-    assert told.instructions == "Answer in French."
+    assert told.instructions == instructions
     assert told.usage.input_tokens > plain.usage.input_tokens  # the system message was rendered
 
 
