@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import jsonschema
 import openai
@@ -148,6 +149,27 @@ def test_retrieve_delete_and_store_false(client, model):
         client.responses.retrieve(unstored.id)
 
 
+def test_background_poll_and_cancel(client, model):
+    queued = client.responses.create(model=model, input="Say hi.", max_output_tokens=4, background=True)
+    assert queued.status == "queued" and queued.background
+    deadline = time.monotonic() + 120
+    while (polled := client.responses.retrieve(queued.id)).status in ("queued", "in_progress"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert polled.status in ("completed", "incomplete") and polled.output_text
+    long = client.responses.create(
+        model=model, input="Write a long story.", max_output_tokens=1500, background=True
+    )
+    cancelled = client.responses.cancel(long.id)
+    assert cancelled.status == "cancelled"
+    assert client.responses.retrieve(long.id).status == "cancelled"
+    with pytest.raises(openai.NotFoundError):
+        client.responses.cancel("resp_unknown")
+    plain = client.responses.create(model=model, input="Hi", max_output_tokens=2)
+    with pytest.raises(openai.BadRequestError):
+        client.responses.cancel(plain.id)
+
+
 @pytest.mark.parametrize(
     "fields, status, param",
     [
@@ -166,6 +188,8 @@ def test_retrieve_delete_and_store_false(client, model):
         ),
         ({"input": [{"type": "function_call", "call_id": 3}]}, 400, "input"),
         ({"temperature": 5}, 400, "temperature"),
+        ({"background": True, "stream": True}, 400, "stream"),
+        ({"background": True, "store": False}, 400, "store"),
     ],
 )
 def test_bad_input_is_an_openai_error(server, model, fields, status, param):

@@ -12,11 +12,13 @@ from llmserve.api import (
     ParserPipeline,
     ProtocolContext,
     ServedModel,
+    UnsupportedError,
     context,
     json_response,
     parse_body,
     sse_response,
 )
+from llmserve.protocols.responses import background
 from llmserve.protocols.responses import items as item_rules
 from llmserve.protocols.responses import tools as tool_rules
 from llmserve.protocols.responses.events import EventWriter
@@ -51,8 +53,10 @@ class Prepared:
 
 async def prepare(ctx: ProtocolContext, req: ResponseRequest) -> Prepared:
     """Every check and the prompt, before anything generates; bad input is a 400 or 404 here."""
-    if req.background:
-        raise InvalidRequestError("background responses are not supported yet", param="background")
+    if req.background and req.stream:
+        raise UnsupportedError("background responses cannot stream (yet): poll with GET", param="stream")
+    if req.background and not req.store:
+        raise InvalidRequestError("background responses must be stored (store: true)", param="store")
     if req.include and set(req.include) - {"message.output_text.logprobs", "reasoning.encrypted_content"}:
         raise InvalidRequestError(f"unsupported include values: {req.include}", param="include")
     model = ctx.model_for(req.model)
@@ -126,20 +130,32 @@ async def create_response() -> Any:
         return sse_response(
             writer.events(stream, lambda body: _store(store, prepared, body), ctx, prepared.model)
         )
+    if req.background:
+        queued = StoredResponse(prepared.shell.body("queued"), prepared.input, prepared.context)
+        return json_response(
+            background.start(queued, lambda: _finish(ctx, prepared, stream), prepared.shell.body)
+        )
+    body = await _finish(ctx, prepared, stream)
+    _store(store, prepared, body)
+    return json_response(body)
+
+
+async def _finish(ctx: ProtocolContext, prepared: Prepared, stream: Any) -> dict[str, Any]:
+    """The response object of a whole (not streamed) generation."""
     try:
         result = await stream.result()
     finally:
         await stream.aclose()
     choice = result.outputs[0]
     parsed = prepared.pipeline(ctx).extract(choice.text)
-    output = output_items(parsed.reasoning, parsed.content, parsed.tool_calls, req.max_tool_calls)
+    output = output_items(
+        parsed.reasoning, parsed.content, parsed.tool_calls, prepared.shell.req.max_tool_calls
+    )
     usage = Usage(
         len(prepared.token_ids), result.num_cached_tokens, len(choice.token_ids),
         reasoning_tokens(ctx, prepared.model, parsed.reasoning),
     )  # fmt: skip
-    body = prepared.shell.body("completed", output, usage, choice.finish_reason)
-    _store(store, prepared, body)
-    return json_response(body)
+    return prepared.shell.body("completed", output, usage, choice.finish_reason)
 
 
 def reasoning_tokens(ctx: ProtocolContext, model: ServedModel, text: str | None) -> int:

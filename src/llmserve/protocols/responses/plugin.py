@@ -5,7 +5,7 @@ from __future__ import annotations
 from quart import Blueprint, current_app
 
 from llmserve.api import GENERATE, document, hookimpl
-from llmserve.protocols.responses import create, retrieve
+from llmserve.protocols.responses import background, create, retrieve
 from llmserve.protocols.responses import schemas as s
 
 _TAGS = ["responses"]
@@ -28,9 +28,13 @@ def make_blueprint() -> Blueprint:
            response=s.DeletedResponse)  # fmt: skip
     _route(bp, "/v1/responses/<response_id>/input_items", retrieve.list_input_items, "GET",
            "The input items of a stored response.", response=s.InputItemList)  # fmt: skip
+    _route(bp, "/v1/responses/<response_id>/cancel", background.cancel_response, "POST",
+           "Cancel a background response.", s.CancelRequest, s.ResponseObject)  # fmt: skip
 
     @bp.after_app_serving
     async def _close_store() -> None:
+        for task in list(current_app.extensions.get("llmserve.responses.tasks", {}).values()):
+            task.cancel()
         store = current_app.extensions.pop("llmserve.responses", None)
         if store is not None:
             store.close()

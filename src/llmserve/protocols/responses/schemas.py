@@ -116,3 +116,7 @@ class DeletedResponse(_Model):
     id: str
     object: Literal["response"] = "response"
     deleted: bool = True
+
+
+class CancelRequest(_Model):
+    """POST /v1/responses/{id}/cancel takes no fields (an empty body is fine)."""
