@@ -21,6 +21,16 @@ WEATHER = {
 }
 
 
+def _running(server: ServerProcess) -> float:
+    with server.http(timeout=30) as http:
+        text = http.get("/metrics").text
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("llmserve:num_requests_running{")
+    )
+
+
 def _start(store: str) -> ServerProcess:
     return ServerProcess("--max-model-len", "2048", "--embedding-model", "none", "--responses-store", store)
 
@@ -149,7 +159,7 @@ def test_retrieve_delete_and_store_false(client, model):
         client.responses.retrieve(unstored.id)
 
 
-def test_background_poll_and_cancel(client, model):
+def test_background_poll_and_cancel(server, client, model):
     queued = client.responses.create(model=model, input="Say hi.", max_output_tokens=4, background=True)
     assert queued.status == "queued" and queued.background
     deadline = time.monotonic() + 120
@@ -163,6 +173,7 @@ def test_background_poll_and_cancel(client, model):
     cancelled = client.responses.cancel(long.id)
     assert cancelled.status == "cancelled"
     assert client.responses.retrieve(long.id).status == "cancelled"
+    assert _running(server) == 0  # the engine request was aborted, not left generating
     with pytest.raises(openai.NotFoundError):
         client.responses.cancel("resp_unknown")
     plain = client.responses.create(model=model, input="Hi", max_output_tokens=2)
