@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import json
 import time
+from types import SimpleNamespace
 
 import jsonschema
 import openai
 import pytest
 from conftest import ServerProcess
+from openai.types.responses import ResponseStreamEvent
+from pydantic import TypeAdapter
 
+from llmserve.api import CompletionOutput, ParserPipeline, RequestOutput
+from llmserve.protocols.responses.events import EventWriter
 from llmserve.protocols.responses.items import normalize_input, to_messages
+from llmserve.protocols.responses.output import ResponseShell
+from llmserve.protocols.responses.schemas import ResponseRequest
 from llmserve.protocols.responses.store import MemoryStore, ResponseNotFoundError, SQLiteStore, StoredResponse
 
 WEATHER = {
@@ -102,6 +109,7 @@ def test_streaming_events(client, model):
         "response.output_text.done",
         "response.content_part.done",
         "response.output_item.done",
+        "response.output_item.added",
     ]
     assert types[-1] in ("response.completed", "response.incomplete")
     assert set(types[4:-4]) == {"response.output_text.delta"}
@@ -110,6 +118,43 @@ def test_streaming_events(client, model):
     assert events[-4].text == text == final.output_text
     assert events[0].response.status == "in_progress" and final.usage.output_tokens <= 6
     assert client.responses.retrieve(final.id).output_text == text  # stored once finished
+
+
+def test_sdk_stream_helper(client, model):
+    # responses.stream rebuilds the response from the events: their shapes must fit the SDK's
+    with client.responses.stream(model=model, input="Say hi.", max_output_tokens=30) as stream:
+        types = [event.type for event in stream]
+        if types[-1] == "response.completed":
+            final = stream.get_final_response()
+            assert final.output_text and final.status == "completed"
+    assert types[0] == "response.created" and "response.output_text.delta" in types
+
+
+def test_streamed_function_call(client, model):
+    events = list(
+        client.responses.create(
+            model=model, input="Weather in Rome?", tools=[WEATHER], tool_choice="required",
+            parallel_tool_calls=False, max_output_tokens=40, stream=True,
+        )
+    )  # fmt: skip
+    added = [e.item for e in events if e.type == "response.output_item.added"]
+    assert [item.type for item in added] == ["function_call"] and added[0].name == "get_weather"
+    done = next(e for e in events if e.type == "response.function_call_arguments.done")
+    deltas = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert done.arguments == deltas and json.loads(deltas)["city"]
+    final = events[-1].response
+    assert final.output[0].call_id == added[0].call_id and final.output[0].arguments == deltas
+
+
+def test_three_turn_chain(client, model):
+    turn, sizes = None, []
+    for text in ("I have a cat called Tom.", "I also have a dog.", "What are my pets called?"):
+        turn = client.responses.create(
+            model=model, input=text, previous_response_id=turn.id if turn else None, max_output_tokens=8
+        )
+        sizes.append(turn.usage.input_tokens)
+    assert sizes[0] < sizes[1] < sizes[2]
+    assert sizes[2] > sizes[1] + 8  # the second turn's question and answer were replayed too
 
 
 def test_function_tool_loop(client, model):
@@ -271,3 +316,51 @@ def test_store_keeps_the_newest(kind, tmp_path):
         store = make()
         assert store.get("r2").input == [{"id": "i2"}]
     store.close()
+
+
+class _FakeStream:
+    """Engine outputs of one choice, one text piece each."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = pieces
+
+    async def __aiter__(self):
+        for i, text in enumerate(self.pieces):
+            reason = "stop" if i == len(self.pieces) - 1 else None
+            yield RequestOutput(
+                "r", [1], [CompletionOutput(0, text, [1], finish_reason=reason)], reason is not None
+            )
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_reasoning_is_streamed_as_its_own_item():
+    from llmserve.parsers.reasoning.think import Qwen3ReasoningParser
+
+    pipeline = ParserPipeline(Qwen3ReasoningParser(None), None, tool_choice="none")
+    shell = ResponseShell(ResponseRequest(input="x"), "m", "auto")
+    writer = EventWriter(shell, pipeline, None, input_tokens=3)
+    ctx = SimpleNamespace(tokenize=lambda model, text, add_special_tokens: text.split())
+    stored = []
+    pieces = ["<think>", "let me ", "think</think>", "The answer", " is 4."]
+    raw = [event async for event in writer.events(_FakeStream(pieces), stored.append, ctx, None)]
+    events = [
+        TypeAdapter(ResponseStreamEvent).validate_python(json.loads(e.split("data: ", 1)[1])) for e in raw
+    ]
+    types = [e.type for e in events]
+    assert types[2:4] == ["response.output_item.added", "response.reasoning_text.delta"]
+    first_message = types.index("response.content_part.added")
+    assert types[first_message - 3 : first_message] == [
+        "response.reasoning_text.done",
+        "response.output_item.done",
+        "response.output_item.added",
+    ]
+    reasoning = "".join(e.delta for e in events if e.type == "response.reasoning_text.delta")
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert (reasoning.strip(), text) == ("let me think", "The answer is 4.")
+    final = events[-1].response
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+    assert final.output[0].summary[0].text.strip() == "let me think"
+    assert final.usage.output_tokens_details.reasoning_tokens == 3 and final.usage.output_tokens == 5
+    assert stored[0]["id"] == final.id

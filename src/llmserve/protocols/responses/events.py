@@ -65,14 +65,14 @@ class EventWriter:
         try:
             async for out in stream:
                 self.usage.cached_tokens = max(self.usage.cached_tokens, out.num_cached_tokens)
-                choice = out.outputs[0]
-                self.usage.output_tokens += len(choice.token_ids)
-                parsed = self.pipeline.feed(choice.text) if choice.text else ParsedDelta()
-                if choice.finished:
-                    parsed.add(self.pipeline.finish())
-                    finish_reason = choice.finish_reason
-                for event in self.deltas(parsed):
-                    yield event
+                for choice in out.outputs:  # one choice, present when it changed
+                    self.usage.output_tokens += len(choice.token_ids)
+                    parsed = self.pipeline.feed(choice.text) if choice.text else ParsedDelta()
+                    if choice.finished:
+                        parsed.add(self.pipeline.finish())
+                        finish_reason = choice.finish_reason
+                    for event in self.deltas(parsed):
+                        yield event
             for event in self.finish():
                 yield event
         except Exception as exc:  # CancelledError (client gone) is not an Exception: it propagates
