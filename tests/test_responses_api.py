@@ -109,7 +109,6 @@ def test_streaming_events(client, model):
         "response.output_text.done",
         "response.content_part.done",
         "response.output_item.done",
-        "response.output_item.added",
     ]
     assert types[-1] in ("response.completed", "response.incomplete")
     assert set(types[4:-4]) == {"response.output_text.delta"}
