@@ -7,6 +7,7 @@ from quart import Blueprint, current_app
 from llmserve.api import GENERATE, document, hookimpl
 from llmserve.protocols.responses import background, create, retrieve
 from llmserve.protocols.responses import schemas as s
+from llmserve.protocols.responses.store import current_store
 
 _TAGS = ["responses"]
 
@@ -30,6 +31,10 @@ def make_blueprint() -> Blueprint:
            "The input items of a stored response.", response=s.InputItemList)  # fmt: skip
     _route(bp, "/v1/responses/<response_id>/cancel", background.cancel_response, "POST",
            "Cancel a background response.", s.CancelRequest, s.ResponseObject)  # fmt: skip
+
+    @bp.before_app_serving
+    async def _open_store() -> None:
+        current_store()  # a store that cannot be opened fails the start, not the first request
 
     @bp.after_app_serving
     async def _close_store() -> None:
