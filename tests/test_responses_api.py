@@ -156,6 +156,25 @@ def test_three_turn_chain(client, model):
     assert sizes[2] > sizes[1] + 8  # the second turn's question and answer were replayed too
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_output_text_logprobs(client, model, stream):
+    fields = dict(model=model, input="Say hi.", max_output_tokens=5, top_logprobs=2)
+    answer = client.responses.create(**fields, include=["message.output_text.logprobs"], stream=stream)
+    if stream:
+        events = list(answer)
+        streamed = [lp for e in events if e.type == "response.output_text.delta" for lp in e.logprobs]
+        answer = events[-1].response
+        assert [lp.model_dump() for lp in streamed] == [
+            lp.model_dump() for lp in answer.output[0].content[0].logprobs
+        ]
+    logprobs = answer.output[0].content[0].logprobs
+    assert len(logprobs) == answer.usage.output_tokens
+    assert "".join(lp.token for lp in logprobs) == answer.output_text
+    assert all(len(lp.top_logprobs) == 2 and lp.logprob <= 0 for lp in logprobs)
+    plain = client.responses.create(**fields)
+    assert plain.output[0].content[0].logprobs == []
+
+
 def test_function_tool_loop(client, model):
     first = client.responses.create(
         model=model, input="What is the weather in Paris?", tools=[WEATHER], tool_choice="required",

@@ -22,6 +22,7 @@ from llmserve.protocols.responses import background
 from llmserve.protocols.responses import items as item_rules
 from llmserve.protocols.responses import tools as tool_rules
 from llmserve.protocols.responses.events import EventWriter
+from llmserve.protocols.responses.logprobs import LogprobWriter
 from llmserve.protocols.responses.output import ResponseShell, Usage, output_items
 from llmserve.protocols.responses.schemas import ResponseRequest
 from llmserve.protocols.responses.store import StoredResponse, current_store
@@ -40,6 +41,7 @@ class Prepared:
     input: list[dict[str, Any]]
     context: list[dict[str, Any]]
     reasoning_kwargs: dict[str, Any]
+    logprobs: Any = None  # a LogprobWriter when the request includes logprobs
 
     def pipeline(self, ctx: ProtocolContext) -> ParserPipeline:
         """One generation's reasoning -> tools parsing."""
@@ -77,12 +79,16 @@ async def prepare(ctx: ProtocolContext, req: ResponseRequest) -> Prepared:
         )
     shell = ResponseShell(req, model.answer_name(req.model), req.tool_choice or "auto")
     prepared = Prepared(model, shell, token_ids, None, tools, choice, new_items, earlier, {})
+    prepared.logprobs = True if "message.output_text.logprobs" in (req.include or ()) else None
     overrides: dict[str, Any] = {"constraint": constraint}
     if prepared.pipeline(ctx).needs_special_tokens:
         overrides["skip_special_tokens"] = False  # the parsers read special-token markers
+    if prepared.logprobs is not None:
+        prepared.logprobs = LogprobWriter(model, req.top_logprobs or 0)
     fields = SimpleNamespace(
-        temperature=req.temperature, top_p=req.top_p, max_tokens=req.max_output_tokens, seed=req.seed
-    )
+        temperature=req.temperature, top_p=req.top_p, max_tokens=req.max_output_tokens, seed=req.seed,
+        logprobs=prepared.logprobs is not None, top_logprobs=req.top_logprobs if prepared.logprobs else None,
+    )  # fmt: skip
     prepared.params = ctx.sampling_params(model, fields, len(token_ids), **overrides)
     return prepared
 
@@ -125,7 +131,11 @@ async def create_response() -> Any:
     )
     if req.stream:
         writer = EventWriter(
-            prepared.shell, prepared.pipeline(ctx), req.max_tool_calls, len(prepared.token_ids)
+            prepared.shell,
+            prepared.pipeline(ctx),
+            req.max_tool_calls,
+            len(prepared.token_ids),
+            prepared.logprobs,
         )
         return sse_response(
             writer.events(stream, lambda body: _store(store, prepared, body), ctx, prepared.model)
@@ -148,8 +158,9 @@ async def _finish(ctx: ProtocolContext, prepared: Prepared, stream: Any) -> dict
         await stream.aclose()
     choice = result.outputs[0]
     parsed = prepared.pipeline(ctx).extract(choice.text)
+    logprobs = prepared.logprobs(choice.logprobs or []) if prepared.logprobs is not None else None
     output = output_items(
-        parsed.reasoning, parsed.content, parsed.tool_calls, prepared.shell.req.max_tool_calls
+        parsed.reasoning, parsed.content, parsed.tool_calls, prepared.shell.req.max_tool_calls, logprobs
     )
     usage = Usage(
         len(prepared.token_ids), result.num_cached_tokens, len(choice.token_ids),

@@ -33,9 +33,16 @@ class EventWriter:
     """The event stream of one response."""
 
     def __init__(
-        self, shell: ResponseShell, pipeline: ParserPipeline, max_calls: int | None, input_tokens: int
+        self,
+        shell: ResponseShell,
+        pipeline: ParserPipeline,
+        max_calls: int | None,
+        input_tokens: int,
+        logprobs: Callable[[list], list[dict[str, Any]]] | None = None,
     ) -> None:
-        self.shell, self.pipeline, self.max_calls = shell, pipeline, max_calls
+        self.shell, self.pipeline, self.max_calls, self.logprobs = shell, pipeline, max_calls, logprobs
+        self.pending: list[dict[str, Any]] = []  # logprobs of tokens whose text is not sent yet
+        self.part_logprobs: list[dict[str, Any]] = []  # the open message's logprobs
         self.usage = Usage(input_tokens)
         self.seq = 0
         self.items: list[dict[str, Any]] = []  # every item added, finished ones completed
@@ -67,6 +74,8 @@ class EventWriter:
                 self.usage.cached_tokens = max(self.usage.cached_tokens, out.num_cached_tokens)
                 for choice in out.outputs:  # one choice, present when it changed
                     self.usage.output_tokens += len(choice.token_ids)
+                    if self.logprobs is not None and choice.logprobs:
+                        self.pending += self.logprobs(choice.logprobs)
                     parsed = self.pipeline.feed(choice.text) if choice.text else ParsedDelta()
                     if choice.finished:
                         parsed.add(self.pipeline.finish())
@@ -129,9 +138,12 @@ class EventWriter:
         item = self.open
         where = {"item_id": item["id"], "output_index": self.index(item), "content_index": 0}
         if kind == "reasoning":
+            self.pending = []  # reasoning tokens' logprobs are not the message's
             events.append(self.event("response.reasoning_text.delta", **where, delta=text))
         else:
-            events.append(self.event("response.output_text.delta", **where, delta=text, logprobs=[]))
+            logprobs, self.pending = self.pending, []
+            self.part_logprobs += logprobs
+            events.append(self.event("response.output_text.delta", **where, delta=text, logprobs=logprobs))
         return events
 
     def open_text(self, kind: str) -> list[str]:
@@ -140,7 +152,7 @@ class EventWriter:
             item = reasoning_item("", status="in_progress")
         else:
             item = message_item(None, status="in_progress")
-        self.open, self.text = item, ""
+        self.open, self.text, self.part_logprobs = item, "", []
         self.items.append(item)
         i = self.index(item)
         events = [self.event("response.output_item.added", output_index=i, item=item)]
@@ -163,10 +175,11 @@ class EventWriter:
             done = reasoning_item(self.text, item["id"])
             events = [self.event("response.reasoning_text.done", **where, text=self.text)]
         else:
-            done = message_item(self.text, item["id"])
+            logprobs, self.pending = self.part_logprobs + self.pending, []
+            done = message_item(self.text, item["id"], logprobs=logprobs)
             events = [
-                self.event("response.output_text.done", **where, text=self.text, logprobs=[]),
-                self.event("response.content_part.done", **where, part=text_part(self.text)),
+                self.event("response.output_text.done", **where, text=self.text, logprobs=logprobs),
+                self.event("response.content_part.done", **where, part=text_part(self.text, logprobs)),
             ]
         self.items[i] = done
         events.append(self.event("response.output_item.done", output_index=i, item=done))

@@ -26,19 +26,21 @@ def reasoning_item(text: str, item_id: str | None = None, status: str = "complet
     }
 
 
-def text_part(text: str) -> dict[str, Any]:
+def text_part(text: str, logprobs: list | None = None) -> dict[str, Any]:
     """An ``output_text`` content part."""
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
 
 
-def message_item(text: str | None, item_id: str | None = None, status: str = "completed") -> dict[str, Any]:
+def message_item(
+    text: str | None, item_id: str | None = None, status: str = "completed", logprobs: list | None = None
+) -> dict[str, Any]:
     """The assistant's message; an in-progress one has no parts yet."""
     return {
         "id": item_id or new_id("msg"),
         "type": "message",
         "role": "assistant",
         "status": status,
-        "content": [] if text is None else [text_part(text)],
+        "content": [] if text is None else [text_part(text, logprobs)],
     }
 
 
@@ -57,14 +59,18 @@ def call_item(
 
 
 def output_items(
-    reasoning: str | None, content: str | None, calls: list[ToolCall], max_calls: int | None
+    reasoning: str | None,
+    content: str | None,
+    calls: list[ToolCall],
+    max_calls: int | None,
+    logprobs: list | None = None,
 ) -> list[dict[str, Any]]:
     """The items of a whole generation, in the order they were written."""
     items = []
     if reasoning:
         items.append(reasoning_item(reasoning))
     if content or not calls:
-        items.append(message_item(content or ""))
+        items.append(message_item(content or "", logprobs=logprobs))
     for call in calls[:max_calls]:
         items.append(call_item(call.name, call.arguments, call.id or None))
     return items

@@ -51,6 +51,9 @@ class ResponseRequest(_Model):
     text: TextOptions | None = None
     reasoning: ReasoningOptions | None = None
     include: list[str] | None = None
+    top_logprobs: int | None = Field(
+        None, ge=0, le=20, description="With include message.output_text.logprobs."
+    )
     metadata: dict[str, str] | None = None
     store: bool = True
     background: bool = False
