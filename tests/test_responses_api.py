@@ -133,7 +133,7 @@ def test_streamed_function_call(client, model):
     events = list(
         client.responses.create(
             model=model, input="Weather in Rome?", tools=[WEATHER], tool_choice="required",
-            parallel_tool_calls=False, max_output_tokens=40, stream=True,
+            parallel_tool_calls=False, max_output_tokens=80, temperature=0, stream=True,
         )
     )  # fmt: skip
     added = [e.item for e in events if e.type == "response.output_item.added"]
@@ -178,7 +178,7 @@ def test_output_text_logprobs(client, model, stream):
 def test_function_tool_loop(client, model):
     first = client.responses.create(
         model=model, input="What is the weather in Paris?", tools=[WEATHER], tool_choice="required",
-        parallel_tool_calls=False, max_output_tokens=40,
+        parallel_tool_calls=False, max_output_tokens=80, temperature=0,
     )  # fmt: skip
     calls = [item for item in first.output if item.type == "function_call"]
     assert len(calls) == 1 and calls[0].name == "get_weather" and calls[0].call_id
@@ -203,7 +203,7 @@ def test_json_schema_output(client, model):
         "additionalProperties": False,
     }
     r = client.responses.create(
-        model=model, input="Describe a person as JSON.", max_output_tokens=60,
+        model=model, input="Describe a person as JSON.", max_output_tokens=100, temperature=0,
         text={"format": {"type": "json_schema", "name": "person", "schema": schema}},
     )  # fmt: skip
     jsonschema.validate(json.loads(r.output_text), schema)
