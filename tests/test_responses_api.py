@@ -278,11 +278,15 @@ def test_bad_input_is_an_openai_error(server, model, fields, status, param):
 def test_conversation_survives_a_restart(server, store_url, model):
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=180)
     first = client.responses.create(model=model, input="My favourite colour is teal.", max_output_tokens=3)
+    running = client.responses.create(
+        model=model, input="Tell a long story.", max_output_tokens=1500, background=True
+    )
     server.stop()
     again = _start(store_url)
     try:
         client = openai.OpenAI(base_url=again.url + "/v1", api_key="unused", max_retries=0, timeout=180)
         assert client.responses.retrieve(first.id).output_text == first.output_text
+        assert client.responses.retrieve(running.id).status == "cancelled"  # not left "in_progress"
         follow = client.responses.create(
             model=model,
             input="What is my favourite colour?",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from quart import Blueprint, current_app
 
 from llmserve.api import GENERATE, document, hookimpl
@@ -38,8 +40,10 @@ def make_blueprint() -> Blueprint:
 
     @bp.after_app_serving
     async def _close_store() -> None:
-        for task in list(current_app.extensions.get("llmserve.responses.tasks", {}).values()):
+        tasks = list(current_app.extensions.get("llmserve.responses.tasks", {}).values())
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # they store "cancelled" before the close
         store = current_app.extensions.pop("llmserve.responses", None)
         if store is not None:
             store.close()
