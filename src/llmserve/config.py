@@ -263,6 +263,18 @@ class Config(ServerFlags):
         json_schema_extra=CHAT,
         description="Seconds a request's schema or grammar may take to compile before it is refused (400).",
     )
+    responses_store: str | None = Field(
+        None,
+        json_schema_extra=CHAT,
+        description="Where /v1/responses keeps stored responses: sqlite:///PATH, or 'memory' (lost at "
+        "exit); default: responses.sqlite under the cache dir.",
+    )
+    responses_max_stored: int = Field(
+        10000,
+        ge=1,
+        json_schema_extra=CHAT,
+        description="Most responses kept by the /v1/responses store; the oldest are deleted first.",
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="Log level."
     )
@@ -319,6 +331,13 @@ class Config(ServerFlags):
             raise ValueError("no such file")
         return value
 
+    @field_validator("responses_store")
+    @classmethod
+    def _responses_store(cls, value: str | None) -> str | None:
+        if value is not None and value != "memory" and not value.startswith("sqlite:///"):
+            raise ValueError("must be sqlite:///PATH or memory")
+        return value
+
     @field_validator("block_size")
     @classmethod
     def _block_size(cls, value: int) -> int:
@@ -362,6 +381,11 @@ class Config(ServerFlags):
         """The names the first (default) model answers to; empty when it keeps its own name."""
         first = self.model_specs()[0]
         return [first.name, *first.aliases] if first.name else []
+
+    @property
+    def responses_store_url(self) -> str:
+        """``--responses-store``, or the SQLite file under the cache dir when it is not given."""
+        return self.responses_store or f"sqlite:///{packs.cache_dir() / 'responses.sqlite'}"
 
     def model_specs(self) -> list[ModelSpec]:
         """Every model to serve, in order: the positional models (the default one first, named by
