@@ -43,6 +43,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("openai", "llmserve.protocols.openai.plugin"),  # OpenAI routes
     ("vllm", "llmserve.protocols.vllm.plugin"),  # vLLM's own routes
     ("audio", "llmserve.protocols.audio.plugin"),  # OpenAI's speech-to-text routes
+    ("anthropic", "llmserve.protocols.anthropic.plugin"),  # Anthropic's Messages routes
     ("parsers", "llmserve.parsers.plugin"),  # tool-call and reasoning parsers
     ("bench", "llmserve.bench.plugin"),  # `llmserve bench`
 )
