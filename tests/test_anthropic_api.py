@@ -4,6 +4,7 @@ whole and streamed answers, tools, count_tokens, errors, and a request shaped li
 from __future__ import annotations
 
 import json
+import time
 
 import anthropic
 import httpx
@@ -338,12 +339,23 @@ def test_max_tokens_past_the_context_is_a_ceiling(http):
 
 
 class _Stream:
-    def __init__(self, request_id, prompt) -> None:
-        self.request_id, self.prompt = request_id, prompt
+    def __init__(self, request_id, prompt, pieces) -> None:
+        self.request_id, self.prompt, self.pieces = request_id, prompt, pieces
 
     async def __aiter__(self):
-        yield RequestOutput(self.request_id, self.prompt, [CompletionOutput(0, "Hel", [1])])
-        raise EngineDeadError("The engine stopped after an error: boom")
+        if self.pieces is None:
+            yield RequestOutput(self.request_id, self.prompt, [CompletionOutput(0, "Hel", [1])])
+            raise EngineDeadError("The engine stopped after an error: boom")
+        for i, piece in enumerate(self.pieces):
+            last = i == len(self.pieces) - 1
+            out = CompletionOutput(
+                0, piece, [i], finish_reason="stop" if last else None, num_output_tokens=i + 1
+            )
+            yield RequestOutput(self.request_id, self.prompt, [out], finished=last)
+
+    async def result(self):
+        out = CompletionOutput(0, "".join(self.pieces), list(range(len(self.pieces))), finish_reason="stop")
+        return RequestOutput(self.request_id, self.prompt, [out], finished=True)
 
     def close(self) -> None:
         pass
@@ -355,13 +367,13 @@ class _Stream:
 class _Engine:
     is_dead = False
 
-    def __init__(self, error: BaseException | None = None) -> None:
-        self.error = error
+    def __init__(self, error: BaseException | None = None, pieces: list[str] | None = None) -> None:
+        self.error, self.pieces = error, pieces
 
     def add_request(self, request_id, prompt_token_ids, params, **_):
         if self.error is not None:
             raise self.error
-        return _Stream(request_id, prompt_token_ids)
+        return _Stream(request_id, prompt_token_ids, self.pieces)
 
     async def start(self) -> None:
         pass
@@ -370,9 +382,9 @@ class _Engine:
         pass
 
 
-def _app(smollm2_dir, tok, engine):
-    config = build_config(model=str(smollm2_dir))
-    plugins = Plugins({"LLMSERVE_PLUGINS": "anthropic"}).load(extra=[("anthropic", anthropic_plugin)])
+def _app(smollm2_dir, tok, engine, **config):
+    config = build_config(model=str(smollm2_dir), **config)
+    plugins = Plugins({"LLMSERVE_PLUGINS": "anthropic,parsers"}).load(extra=[("anthropic", anthropic_plugin)])
     model = ServedModel("m", str(smollm2_dir), "generate", tok, 2048, engine=engine)
     return create_app(config, ProtocolContext(config, plugins, ModelRegistry([model])), plugins)
 
@@ -408,3 +420,63 @@ async def test_engine_refusals_take_anthropic_types(smollm2_dir, tok, error, sta
     body = await response.get_json()
     assert body["type"] == "error" and body["error"]["type"] == type_
     assert response.headers["request-id"].startswith("req_")
+
+
+THOUGHT = ["<think>", "Let me", " think.", "</think>", "Hi", " there."]
+
+
+async def test_reasoning_becomes_a_thinking_block_first(smollm2_dir, tok):
+    app = _app(smollm2_dir, tok, _Engine(pieces=THOUGHT), reasoning_parser="deepseek_r1")
+    client = app.test_client()
+    body = {
+        "max_tokens": 50,
+        "messages": HI,
+        "model": "m",
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+    }
+    whole = await (await client.post("/v1/messages", json=body)).get_json()
+    assert whole["content"] == [
+        {"type": "thinking", "thinking": "Let me think.", "signature": ""},
+        {"type": "text", "text": "Hi there."},
+    ]
+    response = await client.post("/v1/messages", json={**body, "stream": True})
+    events = [
+        (name.removeprefix("event: "), json.loads(data.removeprefix("data: ")))
+        for name, data in (c.split("\n") for c in (await response.get_data(as_text=True)).split("\n\n") if c)
+    ]
+    blocks = [(n, d["index"], d.get("delta", d.get("content_block", {})).get("type")) for n, d in events
+              if n.startswith("content_block")]  # fmt: skip
+    assert blocks == [
+        ("content_block_start", 0, "thinking"), ("content_block_delta", 0, "thinking_delta"),
+        ("content_block_delta", 0, "thinking_delta"), ("content_block_delta", 0, "signature_delta"),
+        ("content_block_stop", 0, None), ("content_block_start", 1, "text"),
+        ("content_block_delta", 1, "text_delta"), ("content_block_delta", 1, "text_delta"),
+        ("content_block_stop", 1, None),
+    ]  # fmt: skip
+    assert events[-2][1]["delta"]["stop_reason"] == "end_turn"
+    assert events[-2][1]["usage"]["output_tokens"] == len(THOUGHT)
+
+
+def _running(srv) -> float:
+    for line in httpx.get(srv.url + "/metrics").text.splitlines():
+        if line.startswith("llmserve:num_requests_running{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no num_requests_running metric")
+
+
+def _wait(srv, want: bool) -> bool:
+    deadline = time.monotonic() + 15
+    while (_running(srv) >= 1) != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return (_running(srv) >= 1) == want
+
+
+def test_disconnect_aborts_the_request(srv, http):
+    assert _wait(srv, False)
+    prompt = [{"role": "user", "content": "Write the word hello 500 times."}]
+    body = {"model": MODEL, "max_tokens": 1500, "messages": prompt, "stream": True, **GREEDY}
+    with http.stream("POST", "/v1/messages", json=body) as response:
+        lines = response.iter_lines()  # kept: a dropped iterator closes the response
+        assert next(lines) == "event: message_start"
+        assert _wait(srv, True)
+    assert _wait(srv, False)  # well before 1500 tokens could have been generated

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from llmserve.api import GenerationStream, ParsedDelta
+from llmserve.api import EngineDeadError, GenerationStream, ParsedDelta
 from llmserve.protocols.anthropic.errors import event, stream_error
 from llmserve.protocols.anthropic.response import Answer
 
@@ -105,6 +105,7 @@ async def events(stream: GenerationStream, answer: Answer) -> AsyncIterator[str]
                     )
                     yield event("message_stop", {"type": "message_stop"})
                     return
+        raise EngineDeadError("the request ended without a final output")
     except Exception as exc:  # CancelledError (client gone) is not an Exception: it propagates
         yield stream_error(exc)
     finally:
