@@ -123,6 +123,18 @@ def test_multi_turn(sdk):
     assert second.usage.input_tokens + second.usage.cache_read_input_tokens > first.usage.input_tokens + 10
 
 
+def test_a_final_assistant_turn_is_continued(sdk, tok):
+    prefill = [*HI, {"role": "assistant", "content": "Hello! My name"}]
+    count = sdk.messages.count_tokens(model=MODEL, messages=prefill).input_tokens
+    rendered = tok.apply_chat_template(
+        [{"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hello! My name"}],
+        tokenize=False, continue_final_message=True,
+    )  # fmt: skip
+    assert rendered.endswith("Hello! My name") and count == len(tok(rendered)["input_ids"])
+    answer = sdk.messages.create(model=MODEL, max_tokens=5, messages=prefill, extra_body=GREEDY)
+    assert answer.content[0].text
+
+
 def test_stream_text_matches_the_final_message(sdk):
     with sdk.messages.stream(model=MODEL, max_tokens=16, messages=HI, extra_body=GREEDY) as stream:
         text = "".join(stream.text_stream)

@@ -25,10 +25,14 @@ def prepare(ctx: ProtocolContext, model: ServedModel, req: s.CountTokensRequest)
     """Convert and render ``req``; every client mistake is a 400."""
     tools = convert.openai_tools(req)
     choice = convert.tool_choice(req, tools)
+    messages = convert.openai_messages(req)
+    prefill = messages[-1]["role"] == "assistant"  # the answer continues the client's last turn
     rendered = ctx.render_chat(
         model,
-        convert.openai_messages(req),
+        messages,
         tools=tools,
+        add_generation_prompt=not prefill,
+        continue_final_message=prefill,
         chat_template_kwargs=convert.template_kwargs(req),
         reasoning_effort=convert.reasoning_effort(req),
     )
