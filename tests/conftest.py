@@ -70,7 +70,9 @@ class ServerProcess:
         self.log = open(Path(os.environ.get("PYTEST_TMPDIR", "/tmp")) / f"llmserve-{self.port}.log", "w+")
         # 1 GiB of KV cache unless a test asks for more: several servers share this machine's memory
         base = {"LLMSERVE_KV_CACHE_SPACE": "1", **os.environ}
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**base, **(env or {})})
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**base, **(env or {})}
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

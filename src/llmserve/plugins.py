@@ -44,6 +44,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("vllm", "llmserve.protocols.vllm.plugin"),  # vLLM's own routes
     ("audio", "llmserve.protocols.audio.plugin"),  # OpenAI's speech-to-text routes
     ("responses", "llmserve.protocols.responses.plugin"),  # OpenAI's Responses API
+    ("anthropic", "llmserve.protocols.anthropic.plugin"),  # Anthropic's Messages routes
     ("parsers", "llmserve.parsers.plugin"),  # tool-call and reasoning parsers
     ("bench", "llmserve.bench.plugin"),  # `llmserve bench`
 )

@@ -66,8 +66,8 @@ def create_app(config, context: ProtocolContext | None = None, plugins: Plugins 
             )
         app.register_blueprint(blueprint)
         context.protocols.append(reg.name)
-    _install_middleware(app, config)
-    _install_error_handlers(app)
+    _install_middleware(app, config, context)
+    _install_error_handlers(app, context)
     from llmserve.server import asgi
 
     asgi.wrap(app, config)
@@ -97,7 +97,15 @@ def _blueprint(obj, context: ProtocolContext):
     return obj(context) if inspect.signature(obj).parameters else obj()
 
 
-def _install_middleware(app: Quart, config) -> None:
+def _render(context: ProtocolContext, status: int, message: str, type_: str, param=None, code=None):
+    """An error answer in the shape of the protocol owning the path (OpenAI's by default)."""
+    render = context.error_renderer(request.path)
+    if render is not None:
+        return render(status, message)
+    return error_response(status, message, type_, param, code)
+
+
+def _install_middleware(app: Quart, config, context: ProtocolContext) -> None:
     api_key = config.api_key.encode() if config.api_key else None
     origins = list(config.allowed_origins or [])
 
@@ -108,10 +116,13 @@ def _install_middleware(app: Quart, config) -> None:
         if api_key is None or request.path in OPEN_PATHS:
             return None
         header = request.headers.get("Authorization", "")
-        token = header[7:].encode() if header.lower().startswith("bearer ") else b""
-        if not hmac.compare_digest(token, api_key):
-            err = UnauthorizedError("Invalid or missing API key (expected 'Authorization: Bearer <key>').")
-            return error_response(401, err.message, err.type)
+        # Anthropic's clients send the key as x-api-key
+        token = header[7:] if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+        if not hmac.compare_digest(token.encode(), api_key):
+            err = UnauthorizedError(
+                "Invalid or missing API key (expected 'Authorization: Bearer <key>' or 'x-api-key: <key>')."
+            )
+            return _render(context, 401, err.message, err.type)
         return None
 
     def _allowed_origin() -> str | None:
@@ -172,10 +183,10 @@ def _take_slot():
     return slot
 
 
-def _install_error_handlers(app: Quart) -> None:
+def _install_error_handlers(app: Quart, context: ProtocolContext) -> None:
     @app.errorhandler(LLMServeError)
     async def _known(exc: LLMServeError):
-        response = error_response(exc.status, exc.message, exc.type, exc.param, exc.code)
+        response = _render(context, exc.status, exc.message, exc.type, exc.param, exc.code)
         response.headers.update(exc.headers)
         return response
 
@@ -188,9 +199,9 @@ def _install_error_handlers(app: Quart) -> None:
             message = f"Not found: {request.path}"
         else:
             message = exc.description or exc.name
-        return error_response(status, message, exc.name.replace(" ", "") + "Error")
+        return _render(context, status, message, exc.name.replace(" ", "") + "Error")
 
     @app.errorhandler(Exception)
     async def _unexpected(exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, f"Internal server error: {type(exc).__name__}", "InternalServerError")
+        return _render(context, 500, f"Internal server error: {type(exc).__name__}", "InternalServerError")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,7 @@ class ProtocolContext:
         self._placeholder_metrics = None
         self.limits = ClientLimits(config)
         self._compilers: dict[str, StructuredOutputCompiler] = {}
+        self._error_renderers: dict[str, Callable[[int, str], Any]] = {}
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -61,6 +62,24 @@ class ProtocolContext:
     def model_for(self, name: str | None, capability: str | None = GENERATE) -> ServedModel:
         """The served model a request names (see ``ModelRegistry.model_for``)."""
         return self.models.model_for(name, capability)
+
+    # --- errors ----------------------------------------------------------------------------------
+
+    def register_error_renderer(self, prefix: str, render: Callable[[int, str], Any]) -> None:
+        """Answer every error under the path ``prefix`` with ``render(status, message)`` (a Quart
+        Response) instead of OpenAI's shape: route errors, the API-key check's 401, unknown paths.
+        A protocol with its own error format calls it from its blueprint factory."""
+        self._error_renderers[prefix.rstrip("/")] = render
+
+    def error_renderer(self, path: str) -> Callable[[int, str], Any] | None:
+        """The renderer registered for the longest prefix of ``path``, or None."""
+        best = None
+        for prefix, render in self._error_renderers.items():
+            if (path == prefix or path.startswith(prefix + "/")) and (
+                best is None or len(prefix) > len(best[0])
+            ):
+                best = (prefix, render)
+        return best[1] if best else None
 
     # --- prompts ---------------------------------------------------------------------------------
 
