@@ -146,9 +146,10 @@ def test_rate_and_concurrency_limits(smollm2_dir):
     async def run():
         async with httpx.AsyncClient(base_url=proc.url, timeout=60) as http:
             async with http.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as held:
-                async for _ in held.aiter_lines():
-                    break
+                lines = held.aiter_lines()  # kept: a dropped line iterator closes the response
+                await lines.__anext__()
                 busy = await http.post("/v1/completions", json=hi)  # while the stream is open
+                await lines.aclose()
             await asyncio.sleep(0.5)  # the held stream's slot is released once its body ends
             ok = [await http.post("/v1/completions", json=hi) for _ in range(2)]
             over = await http.post("/v1/completions", json=hi)
