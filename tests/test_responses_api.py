@@ -6,6 +6,7 @@ import json
 import time
 from types import SimpleNamespace
 
+import httpx
 import jsonschema
 import openai
 import pytest
@@ -244,6 +245,25 @@ def test_background_poll_and_cancel(server, client, model):
         client.responses.cancel(plain.id)
 
 
+def test_background_stream_and_replay(server, client, model):
+    events = list(client.responses.create(model=model, input="Say hi.", max_output_tokens=6, background=True,
+                                          stream=True))  # fmt: skip
+    numbers = [e.sequence_number for e in events]
+    assert numbers == list(range(len(numbers))) and events[-1].type in (
+        "response.completed",
+        "response.incomplete",
+    )
+    response_id = events[0].response.id
+    replay = httpx.get(f"{server.url}/v1/responses/{response_id}", params={"stream": "true", "starting_after": 2},
+                       timeout=60)  # fmt: skip
+    replayed = [json.loads(line[6:]) for line in replay.text.splitlines() if line.startswith("data: ")]
+    assert [e["sequence_number"] for e in replayed] == numbers[3:]
+    assert client.responses.retrieve(response_id).status == events[-1].response.status
+    plain = client.responses.create(model=model, input="Hi", max_output_tokens=2)
+    refused = httpx.get(f"{server.url}/v1/responses/{plain.id}", params={"stream": "true"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "stream"
+
+
 @pytest.mark.parametrize(
     "fields, status, param",
     [
@@ -262,7 +282,6 @@ def test_background_poll_and_cancel(server, client, model):
         ),
         ({"input": [{"type": "function_call", "call_id": 3}]}, 400, "input"),
         ({"temperature": 5}, 400, "temperature"),
-        ({"background": True, "stream": True}, 400, "stream"),
         ({"background": True, "store": False}, 400, "store"),
     ],
 )

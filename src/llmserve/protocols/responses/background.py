@@ -1,5 +1,7 @@
-"""``background: true``: the response is stored as "queued" and answered at once; a task generates
-it (GET shows "in_progress", then the result) and POST /v1/responses/{id}/cancel stops it.
+"""``background: true``: the response is stored as "queued" and answered at once (or, with
+``stream: true``, followed as it runs); a task generates it (GET shows "in_progress", then the
+result; GET ``?stream=true&starting_after=N`` replays its events) and POST
+/v1/responses/{id}/cancel stops it.
 
 Cancelling the task closes its engine stream, which aborts the request and frees its KV blocks.
 """
@@ -7,41 +9,87 @@ Cancelling the task closes its engine stream, which aborts the request and frees
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from llmserve.api import InvalidRequestError, error_body, json_response
+from llmserve.api import InvalidRequestError, json_response
 from llmserve.protocols.responses.store import StoredResponse, current_store
 
 _TASKS = "llmserve.responses.tasks"
+_LOGS = "llmserve.responses.events"
+_KEPT_LOGS = 256  # finished background responses whose events stay replayable
+
+
+class EventLog:
+    """The events of one background response, kept while the server runs so that clients can
+    follow it (``stream: true``) or replay it (GET ``?stream=true&starting_after=N``)."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.done = False
+        self._changed = asyncio.Event()
+
+    def add(self, event: str) -> None:
+        self.events.append(event)
+        self._wake()
+
+    def close(self) -> None:
+        self.done = True
+        self._wake()
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def follow(self, after: int = -1) -> AsyncIterator[str]:
+        """Every event numbered after ``after`` (events are numbered from 0), then the new ones
+        as they come, until the response ends."""
+        index = after + 1
+        while True:
+            while index < len(self.events):
+                yield self.events[index]
+                index += 1
+            if self.done:
+                return
+            changed = self._changed
+            await changed.wait()
+
+
+def event_log(response_id: str) -> EventLog | None:
+    from quart import current_app
+
+    return current_app.extensions.get(_LOGS, {}).get(response_id)
 
 
 def start(
-    record: StoredResponse, run: Callable[[], Awaitable[dict[str, Any]]], shell_body: Callable[..., dict]
-) -> dict[str, Any]:
-    """Store ``record`` as queued and start ``run`` (which returns the final body) in a task."""
+    record: StoredResponse, events: Callable[[], AsyncIterator[str]], shell_body: Callable[..., dict]
+) -> EventLog:
+    """Store ``record`` as queued and run ``events`` (the response's stream, which stores the
+    final response itself) in a task; the events are kept in the returned log."""
     from quart import current_app
 
     store = current_store()
     store.put(record)
     tasks: dict[str, asyncio.Task] = current_app.extensions.setdefault(_TASKS, {})
+    logs: dict[str, EventLog] = current_app.extensions.setdefault(_LOGS, {})
     response_id = record.response["id"]
+    log = logs[response_id] = EventLog()
+    for old in [key for key, value in logs.items() if value.done][: max(len(logs) - _KEPT_LOGS, 0)]:
+        del logs[old]
 
     async def work() -> None:
         try:
             store.put(StoredResponse(shell_body("in_progress"), record.input, record.context))
-            body = await run()
+            async for event in events():
+                log.add(event)
         except asyncio.CancelledError:
-            body = shell_body("cancelled")
-        except Exception as exc:  # the failure is the response's result, shown by GET
-            error = error_body(exc)["error"]
-            body = shell_body("failed", error={"code": "server_error", "message": error["message"]})
+            store.put(StoredResponse(shell_body("cancelled"), record.input, record.context))
         finally:
             tasks.pop(response_id, None)
-        store.put(StoredResponse(body, record.input, record.context))
+            log.close()
 
     tasks[response_id] = asyncio.get_running_loop().create_task(work())
-    return record.response
+    return log
 
 
 async def cancel_response(response_id: str) -> Any:

@@ -12,7 +12,6 @@ from llmserve.api import (
     ParserPipeline,
     ProtocolContext,
     ServedModel,
-    UnsupportedError,
     context,
     json_response,
     parse_body,
@@ -55,8 +54,6 @@ class Prepared:
 
 async def prepare(ctx: ProtocolContext, req: ResponseRequest) -> Prepared:
     """Every check and the prompt, before anything generates; bad input is a 400 or 404 here."""
-    if req.background and req.stream:
-        raise UnsupportedError("background responses cannot stream (yet): poll with GET", param="stream")
     if req.background and not req.store:
         raise InvalidRequestError("background responses must be stored (store: true)", param="store")
     if req.include and set(req.include) - {"message.output_text.logprobs", "reasoning.encrypted_content"}:
@@ -125,11 +122,11 @@ async def create_response() -> Any:
     ctx = context()
     store = current_store()  # now: a streaming body runs outside the app context
     prepared = await prepare(ctx, req)
-    kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
+    kind = OutputKind.DELTA if req.stream or req.background else OutputKind.FINAL_ONLY
     stream = ctx.generate(
         prepared.model, prepared.token_ids, prepared.params, request_id=prepared.shell.id, kind=kind
     )
-    if req.stream:
+    if req.stream or req.background:
         writer = EventWriter(
             prepared.shell,
             prepared.pipeline(ctx),
@@ -137,14 +134,15 @@ async def create_response() -> Any:
             len(prepared.token_ids),
             prepared.logprobs,
         )
-        return sse_response(
-            writer.events(stream, lambda body: _store(store, prepared, body), ctx, prepared.model)
-        )
-    if req.background:
+
+        def events():
+            return writer.events(stream, lambda body: _store(store, prepared, body), ctx, prepared.model)
+
+        if not req.background:
+            return sse_response(events())
         queued = StoredResponse(prepared.shell.body("queued"), prepared.input, prepared.context)
-        return json_response(
-            background.start(queued, lambda: _finish(ctx, prepared, stream), prepared.shell.body)
-        )
+        log = background.start(queued, events, prepared.shell.body)
+        return sse_response(log.follow()) if req.stream else json_response(queued.response)
     body = await _finish(ctx, prepared, stream)
     _store(store, prepared, body)
     return json_response(body)

@@ -90,6 +90,7 @@ class EventWriter:
                 "code": "server_error" if error["code"] == 500 else "invalid_request",
                 "message": error["message"],
             })  # fmt: skip
+            store(failed)
             yield self.event("response.failed", response=failed)
             return
         finally:

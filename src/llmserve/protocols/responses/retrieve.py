@@ -4,13 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmserve.api import InvalidRequestError, json_response
+from llmserve.api import InvalidRequestError, json_response, sse_response
+from llmserve.protocols.responses import background
 from llmserve.protocols.responses.store import current_store
 
 
 async def get_response(response_id: str) -> Any:
-    """A stored response."""
-    return json_response(current_store().get(response_id).response)
+    """A stored response; with ``?stream=true`` a background response's events, those after
+    ``starting_after`` (a sequence number) first, then the rest as they come."""
+    from quart import request
+
+    record = current_store().get(response_id)
+    if request.args.get("stream", "false").lower() != "true":
+        return json_response(record.response)
+    log = background.event_log(response_id)
+    if log is None:
+        raise InvalidRequestError(
+            "Events are kept only for background responses, while the server runs.", param="stream"
+        )
+    try:
+        after = int(request.args.get("starting_after", -1))
+    except ValueError:
+        raise InvalidRequestError("starting_after must be an integer", param="starting_after") from None
+    return sse_response(log.follow(after))
 
 
 async def delete_response(response_id: str) -> Any:
