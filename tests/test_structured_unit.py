@@ -12,9 +12,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from llmserve.api import Constraint, ConstraintSpec, InvalidRequestError, ParserPipeline, StructuredOutputs
+from llmserve.api import (
+    Constraint,
+    ConstraintSpec,
+    InvalidRequestError,
+    ParserPipeline,
+    StructuredOutputs,
+    calls_schema,
+)
 from llmserve.engine.constraints import allowed_token_ids
-from llmserve.protocols.openai.required_calls import required_schema
 from llmserve.structured import StructuredOutputCompiler, parse_request
 from llmserve.structured.reasoning import AfterMarker
 from llmserve.structured.schema import check_schema, without_additional_properties
@@ -182,7 +188,7 @@ def test_required_schema_moves_defs_up():
         "name": "f",
         "parameters": {"$defs": {"x": {"type": "integer"}}, "properties": {"a": {"$ref": "#/$defs/x"}}},
     }
-    schema = required_schema([tool], parallel_tool_calls=False)
+    schema = calls_schema([tool], max_calls=1)
     assert schema["$defs"] == {"x": {"type": "integer"}} and schema["maxItems"] == 1
     check_schema(schema)
 

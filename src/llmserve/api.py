@@ -86,6 +86,7 @@ from llmserve.server.context import ProtocolContext, RenderedChat
 from llmserve.server.openapi import document
 from llmserve.server.registry import EMBED, GENERATE, TRANSCRIBE, ServedModel
 from llmserve.structured import StructuredOutputs
+from llmserve.structured.calls import calls_schema
 
 
 def context() -> ProtocolContext:
@@ -147,6 +148,7 @@ __all__ = [
     "document",
     "arguments_at",
     "bitmask_words",
+    "calls_schema",
     "call_sequence",
     "close_after",
     "error_body",

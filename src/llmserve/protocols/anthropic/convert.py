@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from llmserve.api import InvalidRequestError, StructuredOutputs, UnsupportedError
+from llmserve.api import InvalidRequestError, StructuredOutputs, UnsupportedError, calls_schema
 from llmserve.protocols.anthropic import schemas as s
 
 # Claude Code's first system block changes on every request; templating it defeats the prefix cache.
@@ -181,33 +181,7 @@ def constraint_spec(
     if isinstance(choice, dict):
         name = choice["function"]["name"]
         return StructuredOutputs(json=next(f["parameters"] for f in functions if f["name"] == name))
-    return StructuredOutputs(json=required_schema(functions, parallel_calls(req)))
-
-
-def required_schema(functions: list[dict[str, Any]], parallel: bool) -> dict[str, Any]:
-    """A JSON array of ``{"name", "parameters"}`` calls: the format the pipeline reads back for a
-    "required" choice. Each tool's ``$defs`` move to the top so its references still resolve."""
-    defs: dict[str, Any] = {}
-    options = []
-    for function in functions:
-        params = dict(function["parameters"])
-        for name, value in (params.pop("$defs", None) or {}).items():
-            if name in defs and defs[name] != value:
-                raise InvalidRequestError(f"tools define $defs/{name} differently", param="tools")
-            defs[name] = value
-        options.append(
-            {
-                "type": "object",
-                "properties": {"name": {"type": "string", "enum": [function["name"]]}, "parameters": params},
-                "required": ["name", "parameters"],
-            }
-        )
-    schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"type": "object", "anyOf": options}}
-    if not parallel:
-        schema["maxItems"] = 1
-    if defs:
-        schema["$defs"] = defs
-    return schema
+    return StructuredOutputs(json=calls_schema(functions, None if parallel_calls(req) else 1))
 
 
 def template_kwargs(req: s.CountTokensRequest) -> dict[str, Any]:

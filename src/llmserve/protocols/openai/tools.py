@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from llmserve.api import InvalidRequestError, StructuredOutputs
-from llmserve.protocols.openai.required_calls import required_schema
+from llmserve.api import InvalidRequestError, StructuredOutputs, calls_schema
 
 if TYPE_CHECKING:
     from llmserve.api import Config
@@ -84,10 +83,7 @@ def tool_constraint(
         name = tool_choice["function"]["name"]
         function = next(f for f in functions if f["name"] == name)
         return StructuredOutputs(json=function.get("parameters") or {"type": "object"})
-    try:
-        return StructuredOutputs(json=required_schema(functions, req.parallel_tool_calls))
-    except ValueError as exc:
-        raise InvalidRequestError(str(exc), param="tools") from None
+    return StructuredOutputs(json=calls_schema(functions, 1 if req.parallel_tool_calls is False else None))
 
 
 def _choice_name(tool_choice: str | dict[str, Any]) -> str:

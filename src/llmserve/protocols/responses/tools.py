@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmserve.api import Config, InvalidRequestError, StructuredOutputs, UnsupportedError
+from llmserve.api import Config, InvalidRequestError, StructuredOutputs, UnsupportedError, calls_schema
 from llmserve.protocols.responses.schemas import ResponseRequest
 
 
@@ -88,7 +88,7 @@ def constraint(
         name = choice["function"]["name"]
         return StructuredOutputs(json=next(f["parameters"] for f in functions if f["name"] == name))
     single = not req.parallel_tool_calls or req.max_tool_calls == 1
-    return StructuredOutputs(json=_calls_schema(functions, req.max_tool_calls or (1 if single else None)))
+    return StructuredOutputs(json=calls_schema(functions, req.max_tool_calls or (1 if single else None)))
 
 
 def _text_format(fmt) -> StructuredOutputs:
@@ -97,28 +97,3 @@ def _text_format(fmt) -> StructuredOutputs:
     if fmt.schema_ is None:
         raise InvalidRequestError("text.format json_schema needs a `schema`", param="text.format")
     return StructuredOutputs(json=fmt.schema_)
-
-
-def _calls_schema(functions: list[dict[str, Any]], most: int | None) -> dict[str, Any]:
-    """One or more calls of ``functions`` (at most ``most``), each tool's ``$defs`` moved to the top."""
-    defs: dict[str, Any] = {}
-    options = []
-    for function in functions:
-        params = dict(function["parameters"])
-        for name, value in (params.pop("$defs", None) or {}).items():
-            if name in defs and defs[name] != value:
-                raise InvalidRequestError(f"tools define $defs/{name} differently", param="tools")
-            defs[name] = value
-        options.append(
-            {
-                "type": "object",
-                "properties": {"name": {"type": "string", "enum": [function["name"]]}, "parameters": params},
-                "required": ["name", "parameters"],
-            }
-        )
-    schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"type": "object", "anyOf": options}}
-    if most is not None:
-        schema["maxItems"] = most
-    if defs:
-        schema["$defs"] = defs
-    return schema
