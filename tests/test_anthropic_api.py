@@ -444,7 +444,7 @@ async def test_reasoning_becomes_a_thinking_block_first(smollm2_dir, tok):
         "max_tokens": 50,
         "messages": HI,
         "model": "m",
-        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "thinking": {"type": "enabled", "budget_tokens": 20},
     }
     whole = await (await client.post("/v1/messages", json=body)).get_json()
     assert whole["content"] == [

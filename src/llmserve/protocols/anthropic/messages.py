@@ -80,11 +80,17 @@ async def _sampling_params(
     pipeline: ParserPipeline,
 ):
     spec = convert.constraint_spec(req, prepared.tools, prepared.tool_choice)
+    budget = convert.thinking_budget(req)
     overrides: dict[str, Any] = {}
-    if spec is not None:
+    if spec is not None or budget is not None:
         reasoning = ctx.reasoning_parser(model=model)  # the constraint starts after reasoning ends
         after = reasoning.end_marker if reasoning is not None else None
-        overrides["constraint"] = await ctx.compile_constraint(model, spec, after=after)
+        if not after:
+            budget = None  # no reasoning parser: the model writes no thinking to budget
+        if spec is not None:
+            overrides["constraint"] = await ctx.compile_constraint(model, spec, after=after, budget=budget)
+        elif budget is not None:
+            overrides["constraint"] = ctx.reasoning_budget(model, after, budget)
     if pipeline.needs_special_tokens:
         overrides["skip_special_tokens"] = False  # the parsers read special-token markers
     # max_tokens is a ceiling: Claude Code asks for more than a small model's context holds.
