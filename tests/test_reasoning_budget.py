@@ -89,3 +89,18 @@ def test_anthropic_budget_tokens(srv, oai):
         sdk.messages.create(
             model="default", max_tokens=40, messages=HI, thinking={"type": "enabled", "budget_tokens": 40}
         )
+
+
+def test_thinking_blocks_are_signed_and_checked_when_passed_back(srv):
+    sdk = anthropic.Anthropic(base_url=srv.url, api_key="x", max_retries=0, timeout=120)
+    thinking = {"type": "enabled", "budget_tokens": 4}
+    first = sdk.messages.create(model="default", max_tokens=12, messages=HI, thinking=thinking)
+    block = first.content[0]
+    assert block.type == "thinking" and len(block.signature) > 20
+    back = {"type": "thinking", "thinking": block.thinking, "signature": block.signature}
+    turns = [*HI, {"role": "assistant", "content": [back, {"type": "text", "text": "It is far."}]},
+             {"role": "user", "content": "How far?"}]  # fmt: skip
+    assert sdk.messages.count_tokens(model="default", messages=turns).input_tokens > 0
+    turns[1]["content"][0] = {**back, "thinking": block.thinking + " (edited)"}
+    with pytest.raises(anthropic.BadRequestError, match="signature"):
+        sdk.messages.count_tokens(model="default", messages=turns)

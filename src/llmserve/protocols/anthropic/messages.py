@@ -20,6 +20,7 @@ from llmserve.protocols.anthropic import schemas as s
 from llmserve.protocols.anthropic.errors import anthropic_id
 from llmserve.protocols.anthropic.prompt import PreparedPrompt, prepare
 from llmserve.protocols.anthropic.response import Answer
+from llmserve.protocols.anthropic.signature import key_for
 from llmserve.protocols.anthropic.streaming import events
 
 
@@ -43,8 +44,9 @@ async def create_message() -> Any:
     kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
     stream = ctx.generate(model, prepared.token_ids, params, request_id=message_id, kind=kind)
     answer = Answer(
-        message_id, model.answer_name(req.model), len(prepared.token_ids), pipeline, req.stop_sequences
-    )
+        message_id, model.answer_name(req.model), len(prepared.token_ids), pipeline, req.stop_sequences,
+        signing_key=key_for(ctx.config.api_key, model.name),
+    )  # fmt: skip
     if req.stream:
         return sse_response(events(stream, answer))
     try:
