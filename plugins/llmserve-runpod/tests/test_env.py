@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from llmserve_runpod.env import EnvError, config_from_env, settings_from_env
 
 

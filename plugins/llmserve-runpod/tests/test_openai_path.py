@@ -9,7 +9,9 @@ import openai
 def test_openai_sdk_on_the_runpod_path(server):
     client = openai.OpenAI(base_url=server + "/openai/v1", api_key="unused", max_retries=0, timeout=60)
     assert client.models.list().data[0].id == "smol"
-    chat = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+    chat = client.chat.completions.create(
+        model="smol", messages=[{"role": "user", "content": "Hi"}], max_tokens=3
+    )
     assert chat.choices[0].message.content and chat.usage.completion_tokens <= 3
     stream = client.completions.create(model="smol", prompt="Hello", max_tokens=3, stream=True)
     assert "".join(c.choices[0].text for c in stream if c.choices)

@@ -42,7 +42,9 @@ def test_openai_chat_whole(worker):
 def test_openai_chat_streamed_matches_whole(worker):
     body = {"messages": CHAT, **GREEDY}
     [whole] = runsync(worker, {"openai_route": "/v1/chat/completions", "openai_input": body})
-    chunks = runsync(worker, {"openai_route": "/v1/chat/completions", "openai_input": {**body, "stream": True}})
+    chunks = runsync(
+        worker, {"openai_route": "/v1/chat/completions", "openai_input": {**body, "stream": True}}
+    )
     # worker-vllm's batching: the first chunk alone, then groups growing threefold
     assert len(chunks) >= 2 and all(isinstance(c, str) for c in chunks)
     assert chunks[0].count("data: ") == 1
@@ -56,7 +58,9 @@ def test_openai_completion_run_and_stream(worker):
     body = {"prompt": "The sky is", "max_tokens": 5, "temperature": 0, "stream": True}
     streamed = run_and_stream(worker, {"openai_route": "/v1/completions", "openai_input": body})
     text = "".join(e["choices"][0]["text"] for e in sse_data(streamed) if e["choices"])
-    [whole] = run_and_stream(worker, {"openai_route": "/v1/completions", "openai_input": {**body, "stream": False}})
+    [whole] = run_and_stream(
+        worker, {"openai_route": "/v1/completions", "openai_input": {**body, "stream": False}}
+    )
     assert whole["object"] == "text_completion" and text == whole["choices"][0]["text"] != ""
 
 
@@ -76,7 +80,9 @@ def test_openai_models_embeddings_responses_messages(worker):
 def test_native_messages_match_the_openai_route(worker):
     params = {"temperature": 0, "max_tokens": 6, "ignore_eos": True}
     [native] = runsync(worker, {"messages": CHAT, "sampling_params": params})
-    [chat] = runsync(worker, {"openai_route": "/v1/chat/completions", "openai_input": {"messages": CHAT, **params}})
+    [chat] = runsync(
+        worker, {"openai_route": "/v1/chat/completions", "openai_input": {"messages": CHAT, **params}}
+    )
     assert native["choices"][0]["tokens"] == [chat["choices"][0]["message"]["content"]]
     assert native["usage"] == {"input": chat["usage"]["prompt_tokens"], "output": 6}
 
@@ -84,7 +90,9 @@ def test_native_messages_match_the_openai_route(worker):
 def test_native_prompt_streamed_in_growing_batches(worker):
     params = {"temperature": 0, "max_tokens": 8, "ignore_eos": True}
     [whole] = runsync(worker, {"prompt": "Once upon a time", "sampling_params": params})
-    batches = run_and_stream(worker, {"prompt": "Once upon a time", "sampling_params": params, "stream": True})
+    batches = run_and_stream(
+        worker, {"prompt": "Once upon a time", "sampling_params": params, "stream": True}
+    )
     assert "".join(batches[0]["choices"][0]["tokens"] + [t for b in batches[1:] for t in b["choices"][0]["tokens"]]) \
         == whole["choices"][0]["tokens"][0]  # fmt: skip
     # batches of 1, 3 and 4 tokens; usage counts the tokens so far

@@ -28,7 +28,11 @@ def main() -> int:
 
     worker = Worker(app, settings)
     runpod.serverless.start(
-        {"handler": worker.handler, "return_aggregate_stream": True, "concurrency_modifier": worker.concurrency}
+        {
+            "handler": worker.handler,
+            "return_aggregate_stream": True,
+            "concurrency_modifier": worker.concurrency,
+        }
     )
     return 0
 

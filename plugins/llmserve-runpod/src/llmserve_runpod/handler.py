@@ -28,6 +28,7 @@ from llmserve_runpod.env import WorkerSettings
 
 log = logging.getLogger("llmserve.runpod")
 
+
 class Worker:
     """The app (models loaded) and the worker's settings; ``handler`` is what RunPod runs."""
 

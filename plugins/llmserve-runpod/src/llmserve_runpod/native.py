@@ -107,8 +107,7 @@ async def run(worker: Worker, job: dict[str, Any]) -> AsyncIterator[dict[str, An
                 if len(text) > len(sent[i]):
                     pieces[i].append(text[len(sent[i]) :])
                     sent[i] = text
-            new_tokens = sum(len(ids) for ids in output["token_ids"])
-            pending += new_tokens - (_tokens(last) if last else 0)
+            pending += _tokens(output) - (_tokens(last) if last else 0)
             last = output
             if pending >= size.current:
                 yield {"choices": [{"tokens": p} for p in pieces], "usage": _usage(output)}
