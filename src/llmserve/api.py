@@ -15,6 +15,9 @@ plugin build on it, each registered through a hook of ``llmserve.hookspecs``:
 - protocols: Quart blueprints (``llmserve_protocols``) whose routes use ``context()``, a
   ``ProtocolContext``, to find models and generate, and ``document`` to declare their OpenAPI.
 
+A host that runs the whole server in its own process, without a listening socket (a serverless
+worker), builds the app with ``load_app(config)`` and calls it as an ASGI application.
+
 Anything else under ``llmserve`` is internal and may change without notice.
 """
 
@@ -85,6 +88,7 @@ from llmserve.server.app import error_response
 from llmserve.server.context import ProtocolContext, RenderedChat
 from llmserve.server.openapi import document
 from llmserve.server.registry import EMBED, GENERATE, TRANSCRIBE, ServedModel
+from llmserve.server.startup import load_app
 from llmserve.structured import StructuredOutputs
 from llmserve.structured.calls import calls_schema
 
@@ -155,6 +159,7 @@ __all__ = [
     "error_response",
     "hookimpl",
     "json_response",
+    "load_app",
     "locate",
     "merge_streams",
     "now",
