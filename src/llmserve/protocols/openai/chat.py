@@ -36,7 +36,7 @@ from llmserve.protocols.openai.serving import (
     stream_flags,
     usage,
 )
-from llmserve.protocols.openai.tools import effective_tool_choice, tool_constraint
+from llmserve.protocols.openai.tools import effective_tool_choice, strict_tools_constraint, tool_constraint
 
 
 def make_pipeline(
@@ -89,11 +89,14 @@ async def create_chat_completion() -> Any:
     apply_server_defaults(req, ctx.config)
     include_usage, continuous = stream_flags(req, ctx.config)
     tool_choice = effective_tool_choice(req, ctx.config)
-    structured = tool_constraint(req, tool_choice) or ctx.structured_outputs(req)
     text, token_ids = prepare_chat(ctx, model, req)
     prompt = Prompt(token_ids, text)
-    constraint = await _constraint(ctx, model, req, structured)
     pipelines = [make_pipeline(ctx, model, req, tool_choice) for _ in range(req.n)]
+    structured = tool_constraint(req, tool_choice)
+    if tool_choice == "auto":
+        structured = strict_tools_constraint(req, pipelines[0].tool_parser)
+    structured = structured or ctx.structured_outputs(req)
+    constraint = await _constraint(ctx, model, req, structured)
     overrides = {"constraint": constraint}
     if pipelines[0].needs_special_tokens and req.skip_special_tokens is None:
         overrides["skip_special_tokens"] = False  # the parsers read special-token markers
