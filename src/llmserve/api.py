@@ -13,7 +13,12 @@ plugin build on it, each registered through a hook of ``llmserve.hookspecs``:
 - logits processors and per-request constraints: ``LogitsProcessor`` (``llmserve_logits_processors``)
   and ``Constraint`` / ``ConstraintSpec`` set on ``SamplingParams.constraint``;
 - protocols: Quart blueprints (``llmserve_protocols``) whose routes use ``context()``, a
-  ``ProtocolContext``, to find models and generate, and ``document`` to declare their OpenAPI.
+  ``ProtocolContext``, to find models and generate, and ``document`` to declare their OpenAPI
+  (``request_models`` reads a route's declaration back).
+
+Commands and workers that run the models without the HTTP server build a ``Config`` with
+``build_config`` (``config_options`` gives a typer command every ``llmserve serve`` flag) and
+enter ``running_models(config)`` for a ProtocolContext.
 
 Anything else under ``llmserve`` is internal and may change without notice.
 """
@@ -31,7 +36,8 @@ from llmserve.backends.base import (
     SampleResult,
     TokenLogprob,
 )
-from llmserve.config import Config
+from llmserve.cli_options import with_config_options as config_options
+from llmserve.config import Config, build_config
 from llmserve.engine.constraints import (
     Constraint,
     ConstraintSpec,
@@ -83,7 +89,8 @@ from llmserve.protocols.shared.sse import (
 from llmserve.protocols.shared.streams import merge_streams
 from llmserve.server.app import error_response
 from llmserve.server.context import ProtocolContext, RenderedChat
-from llmserve.server.openapi import document
+from llmserve.server.in_process import running_models
+from llmserve.server.openapi import document, request_models
 from llmserve.server.registry import EMBED, GENERATE, TRANSCRIBE, ServedModel
 from llmserve.structured import StructuredOutputs
 from llmserve.structured.calls import calls_schema
@@ -144,6 +151,8 @@ __all__ = [
     "ToolParser",
     "UnauthorizedError",
     "UnsupportedError",
+    "build_config",
+    "config_options",
     "context",
     "document",
     "arguments_at",
@@ -162,6 +171,8 @@ __all__ = [
     "parse_json",
     "random_id",
     "release_after_body",
+    "request_models",
+    "running_models",
     "sse",
     "sse_error",
     "set_allowed_tokens",
