@@ -42,8 +42,20 @@ class Server:
         self.log = tempfile.NamedTemporaryFile("w+", prefix="llmserve-mcp-", suffix=".log")
         base = {**os.environ, "LLMSERVE_KV_CACHE_SPACE": "1"}
         base.pop("LLMSERVE_MCP_ALLOW_REMOTE", None)
-        cmd = [sys.executable, "-m", "llmserve", "serve", "--max-model-len", "1024", *args, "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**base, **(env or {})})
+        cmd = [
+            sys.executable,
+            "-m",
+            "llmserve",
+            "serve",
+            "--max-model-len",
+            "1024",
+            *args,
+            "--port",
+            str(self.port),
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**base, **(env or {})}
+        )
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -25,15 +25,17 @@ async def test_tools_have_typed_schemas(server, mode):
     assert chat["properties"]["messages"]["type"] == "array" and "system_prompt" in chat["properties"]
     for tool in tools.values():
         assert tool.description and tool.output_schema["type"] == "object"
-    assert "latency" in tools["monitor_metrics"].output_schema["properties"]["models"]["items"].get("$ref", "") or (
-        "ModelMetrics" in str(tools["monitor_metrics"].output_schema)
-    )
+    assert "latency" in tools["monitor_metrics"].output_schema["properties"]["models"]["items"].get(
+        "$ref", ""
+    ) or ("ModelMetrics" in str(tools["monitor_metrics"].output_schema))
 
 
 async def test_generate_completion_is_the_engine_answer(server):
     prompt = "The capital of France is"
     async with mcp_client(server.url) as client:
-        result = await client.call_tool("generate_completion", {"prompt": prompt, "max_tokens": 8, "temperature": 0})
+        result = await client.call_tool(
+            "generate_completion", {"prompt": prompt, "max_tokens": 8, "temperature": 0}
+        )
     assert not result.is_error, result.content
     out = result.structured_content
     reference = httpx.post(
@@ -65,7 +67,10 @@ async def test_chat_takes_a_system_prompt_and_turns(server):
     ).json()  # fmt: skip
     assert result.structured_content["content"] == reference["choices"][0]["message"]["content"]
     assert result.structured_content["usage"]["prompt_tokens"] == reference["usage"]["prompt_tokens"]
-    assert other.structured_content["usage"]["prompt_tokens"] > result.structured_content["usage"]["prompt_tokens"]
+    assert (
+        other.structured_content["usage"]["prompt_tokens"]
+        > result.structured_content["usage"]["prompt_tokens"]
+    )
 
 
 async def test_get_embeddings(server):
@@ -82,7 +87,9 @@ async def test_get_embeddings(server):
         return sum(x * y for x, y in zip(a, b, strict=True))
 
     assert cos(vectors[0], vectors[1]) > cos(vectors[0], vectors[2])
-    reference = httpx.post(server.url + "/v1/embeddings", headers=AUTH, json={"input": texts[0]}, timeout=60).json()
+    reference = httpx.post(
+        server.url + "/v1/embeddings", headers=AUTH, json={"input": texts[0]}, timeout=60
+    ).json()
     assert cos(single.structured_content["embeddings"][0], reference["data"][0]["embedding"]) > 0.9999
 
 
@@ -97,7 +104,9 @@ async def test_list_models(server):
 async def test_monitor_metrics_sees_the_work(server):
     async with mcp_client(server.url) as client:
         before = (await client.call_tool("monitor_metrics", {})).structured_content["models"][0]
-        done = await client.call_tool("generate_completion", {"prompt": "Count: one, two,", "max_tokens": 12, "temperature": 0})
+        done = await client.call_tool(
+            "generate_completion", {"prompt": "Count: one, two,", "max_tokens": 12, "temperature": 0}
+        )
         after = (await client.call_tool("monitor_metrics", {})).structured_content
     generated = done.structured_content["usage"]["completion_tokens"]
     model = after["models"][0]
@@ -113,9 +122,13 @@ async def test_monitor_metrics_sees_the_work(server):
 async def test_bad_calls_are_tool_errors_and_the_engine_carries_on(server):
     async with mcp_client(server.url) as client:
         zero = await client.call_tool("generate_completion", {"prompt": "Hi", "max_tokens": 0})
-        unknown = await client.call_tool("chat", {"messages": [{"role": "user", "content": "Hi"}], "model": "nope"})
+        unknown = await client.call_tool(
+            "chat", {"messages": [{"role": "user", "content": "Hi"}], "model": "nope"}
+        )
         too_long = await client.call_tool("generate_completion", {"prompt": "word " * 1500, "max_tokens": 4})
-        wrong_kind = await client.call_tool("get_embeddings", {"input": "x", "model": (await _first_name(client))})
+        wrong_kind = await client.call_tool(
+            "get_embeddings", {"input": "x", "model": (await _first_name(client))}
+        )
         ok = await client.call_tool("generate_completion", {"prompt": "Hi", "max_tokens": 2})
     assert zero.is_error and "greater than or equal to 1" in zero.content[0].text
     assert unknown.is_error and "does not exist" in unknown.content[0].text

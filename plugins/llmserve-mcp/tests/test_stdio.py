@@ -35,14 +35,20 @@ async def test_stdio_serves_the_tools():
     assert not chat.is_error and chat.structured_content["content"].strip()
     assert chat.structured_content["content"] == again.structured_content["content"]  # greedy
     assert chat.structured_content["usage"]["completion_tokens"] <= 6
-    assert len(embedded.structured_content["embeddings"]) == 2 and embedded.structured_content["dimensions"] == 384
+    assert (
+        len(embedded.structured_content["embeddings"]) == 2
+        and embedded.structured_content["dimensions"] == 384
+    )
     assert metrics["requests_finished"] == 2
     assert metrics["generation_tokens_total"] == 2 * chat.structured_content["usage"]["completion_tokens"]
 
 
 def test_http_flags_are_refused():
     result = subprocess.run(
-        [sys.executable, "-m", "llmserve", "mcp", "--port", "9000"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "llmserve", "mcp", "--port", "9000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2 and "--port: not used by `llmserve mcp`" in result.stderr
     assert result.stdout == ""

@@ -24,9 +24,7 @@ def free_port() -> int:
 
 def sagemaker_free_env() -> dict[str, str]:
     """This process's environment without SageMaker's variables (each test sets its own)."""
-    return {
-        k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_", "LLMSERVE_PORT"))
-    }
+    return {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_", "LLMSERVE_PORT"))}
 
 
 class Server:
@@ -40,7 +38,9 @@ class Server:
         cmd = [sys.executable, "-m", "llmserve", "serve", *args]
         if port is None:
             cmd += ["--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**base, **(env or {})})
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**base, **(env or {})}
+        )
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -85,7 +85,14 @@ def sagemaker_server():
 def chat_only_server():
     """SmolLM2 alone, on a backend whose step fails for a request with seed 666 (the engine dies)."""
     server = Server(
-        "--max-model-len", "512", "--embedding-model", "none", "--backend", "flaky", "--tool-parser-plugin", str(HERE / "flaky_backend.py")
+        "--max-model-len",
+        "512",
+        "--embedding-model",
+        "none",
+        "--backend",
+        "flaky",
+        "--tool-parser-plugin",
+        str(HERE / "flaky_backend.py"),
     )
     try:
         yield server.url

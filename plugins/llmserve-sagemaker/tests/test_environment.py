@@ -8,9 +8,9 @@ import sys
 import httpx
 import pytest
 from conftest import Server, free_port, sagemaker_free_env
+from llmserve_sagemaker.environment import settings
 
 from llmserve.api import ConfigError
-from llmserve_sagemaker.environment import settings
 
 
 def test_outside_sagemaker_nothing_changes():
@@ -38,9 +38,15 @@ def test_variables_become_flags_and_the_port_is_8080():
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"SM_VLLM_TRUST_REMOTE_CODE": "true"}, "SM_VLLM_TRUST_REMOTE_CODE: llmserve serve has no --trust-remote-code"),
+        (
+            {"SM_VLLM_TRUST_REMOTE_CODE": "true"},
+            "SM_VLLM_TRUST_REMOTE_CODE: llmserve serve has no --trust-remote-code",
+        ),
         ({"SM_VLLM_MAX_MODEL_LEN": "lots"}, "SM_VLLM_MAX_MODEL_LEN: Input should be a valid integer"),
-        ({"SM_LLMSERVE_GPU_MEMORY_UTILIZATION": "1.5"}, "SM_LLMSERVE_GPU_MEMORY_UTILIZATION: Input should be less"),
+        (
+            {"SM_LLMSERVE_GPU_MEMORY_UTILIZATION": "1.5"},
+            "SM_LLMSERVE_GPU_MEMORY_UTILIZATION: Input should be less",
+        ),
         ({"SM_VLLM_ENFORCE_EAGER": "maybe"}, "SM_VLLM_ENFORCE_EAGER: expected true or false"),
         ({"SM_VLLM_SEED": ""}, "SM_VLLM_SEED: needs a value"),
         ({"SAGEMAKER_BIND_TO_PORT": "http"}, "SAGEMAKER_BIND_TO_PORT: not a port number"),
@@ -62,7 +68,11 @@ def test_serve_fails_at_start_naming_the_variable():
 
 def test_serve_under_sagemaker_takes_the_variables_and_its_port():
     port = free_port()
-    env = {"SAGEMAKER_BIND_TO_PORT": str(port), "SM_VLLM_MAX_MODEL_LEN": "256", "SM_VLLM_EMBEDDING_MODEL": "none"}
+    env = {
+        "SAGEMAKER_BIND_TO_PORT": str(port),
+        "SM_VLLM_MAX_MODEL_LEN": "256",
+        "SM_VLLM_EMBEDDING_MODEL": "none",
+    }
     server = Server(env=env, port=port)  # no --port: the environment decides
     try:
         models = httpx.get(server.url + "/v1/models").json()["data"]

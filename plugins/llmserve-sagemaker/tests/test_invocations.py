@@ -31,7 +31,9 @@ def test_the_body_picks_the_route(sagemaker_server):
 
 
 def test_a_body_with_both_chat_and_prompt_is_chat_first(sagemaker_server):
-    both = invoke(sagemaker_server, {"messages": [{"role": "user", "content": "Hi"}], "prompt": "x", "max_tokens": 2})
+    both = invoke(
+        sagemaker_server, {"messages": [{"role": "user", "content": "Hi"}], "prompt": "x", "max_tokens": 2}
+    )
     assert both.status_code == 200 and both.json()["object"] == "chat.completion"
 
 
@@ -59,7 +61,9 @@ def test_a_body_no_route_takes_is_a_400_naming_the_candidates(sagemaker_server):
     bad = invoke(sagemaker_server, {"nothing": 1})
     assert bad.status_code == 400
     message = bad.json()["error"]["message"]
-    assert message.startswith("Cannot find suitable handler for request. Expected one of: ChatCompletionRequest")
+    assert message.startswith(
+        "Cannot find suitable handler for request. Expected one of: ChatCompletionRequest"
+    )
     assert "RerankRequest" in message and "PoolingRequest" in message
     near = invoke(sagemaker_server, {"messages": "not a list", "max_tokens": 3})
     assert near.status_code == 400 and "as ChatCompletionRequest, messages" in near.json()["error"]["message"]

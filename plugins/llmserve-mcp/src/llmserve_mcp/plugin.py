@@ -29,7 +29,9 @@ def make_blueprint(ctx: ProtocolContext) -> Blueprint:
     server's start to its stop."""
     remote = allow_remote(os.environ)
     if remote and not ctx.config.api_key:
-        log.warning("%s is on without --api-key: anyone who can reach the server can use the MCP tools", ALLOW_REMOTE)
+        log.warning(
+            "%s is on without --api-key: anyone who can reach the server can use the MCP tools", ALLOW_REMOTE
+        )
     server = build_server(lambda: ctx)
     app = server.streamable_http_app(streamable_http_path=PATH, transport_security=transport_security(remote))
     mount = AsgiMount(app)
@@ -45,7 +47,9 @@ def make_blueprint(ctx: ProtocolContext) -> Blueprint:
     )
     async def mcp():
         if not remote and not is_local(request.remote_addr):
-            return _jsonrpc_error(403, f"MCP is served to local clients only (set {ALLOW_REMOTE}=true to allow others).")
+            return _jsonrpc_error(
+                403, f"MCP is served to local clients only (set {ALLOW_REMOTE}=true to allow others)."
+            )
         return await mount.handle()
 
     bp.add_url_rule(PATH, view_func=mcp, methods=["GET", "POST", "DELETE"])
@@ -62,5 +66,3 @@ def llmserve_cli(app):
     from llmserve_mcp.stdio import add_command
 
     add_command(app)
-
-

@@ -27,12 +27,16 @@ def serve_stdio(given: dict[str, Any]) -> None:
     try:
         for field in HTTP_ONLY:
             if given.get(field) not in (None, []):
-                raise LLMServeError(f"--{field.replace('_', '-')}: not used by `llmserve mcp` (stdio has no HTTP server)")
+                raise LLMServeError(
+                    f"--{field.replace('_', '-')}: not used by `llmserve mcp` (stdio has no HTTP server)"
+                )
         config = build_config(**given)
     except LLMServeError as exc:
         typer.secho(f"error: {exc.message}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
-    logging.basicConfig(stream=sys.stderr, level=config.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr, level=config.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
     current: dict[str, ProtocolContext] = {}
 
     @asynccontextmanager

@@ -6,19 +6,21 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Annotated, Literal
 
+from mcp.server.mcpserver.exceptions import ToolError  # reported to the client as a failed call
 from pydantic import BaseModel, Field
 
 from llmserve.api import EMBED, GENERATE, LLMServeError, OutputKind, ProtocolContext
 from llmserve_mcp.metrics import MetricsResult, MetricsWatch
 
-from mcp.server.mcpserver.exceptions import ToolError  # reported to the client as a failed call
-
 ModelName = Annotated[
-    str | None, Field(description="A served model's name (see list_models); default: the first that can do it.")
+    str | None,
+    Field(description="A served model's name (see list_models); default: the first that can do it."),
 ]
 MaxTokens = Annotated[int, Field(ge=1, description="Most tokens to generate.")]
 Temperature = Annotated[float, Field(ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy.")]
-TopP = Annotated[float, Field(gt=0.0, le=1.0, description="Nucleus sampling: keep this much probability mass.")]
+TopP = Annotated[
+    float, Field(gt=0.0, le=1.0, description="Nucleus sampling: keep this much probability mass.")
+]
 Stop = Annotated[list[str] | None, Field(description="Strings that end the output (not included).")]
 Seed = Annotated[int | None, Field(ge=0, description="Seed for reproducible sampling.")]
 
@@ -99,7 +101,9 @@ class Tools:
         choice = output.outputs[0]
         prompt_tokens = len(output.prompt_token_ids)
         completion = len(choice.token_ids)
-        usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion)
+        usage = Usage(
+            prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion
+        )
         return choice, usage
 
     async def generate_completion(
@@ -117,16 +121,24 @@ class Tools:
         try:
             served = ctx.model_for(model, GENERATE)
             token_ids = ctx.prompts(served, prompt)[0].token_ids
-            request = SimpleNamespace(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=seed)
+            request = SimpleNamespace(
+                max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=seed
+            )
             choice, usage = await self._generate(served, token_ids, request)
         except LLMServeError as exc:
             raise _failed(exc) from None
-        return CompletionResult(model=served.name, text=choice.text, finish_reason=choice.finish_reason, usage=usage)
+        return CompletionResult(
+            model=served.name, text=choice.text, finish_reason=choice.finish_reason, usage=usage
+        )
 
     async def chat(
         self,
-        messages: Annotated[list[Message], Field(min_length=1, description="The conversation so far, oldest first.")],
-        system_prompt: Annotated[str | None, Field(description="Instructions put first as a system message.")] = None,
+        messages: Annotated[
+            list[Message], Field(min_length=1, description="The conversation so far, oldest first.")
+        ],
+        system_prompt: Annotated[
+            str | None, Field(description="Instructions put first as a system message.")
+        ] = None,
         max_tokens: MaxTokens = 256,
         temperature: Temperature = 0.7,
         top_p: TopP = 1.0,
@@ -142,11 +154,15 @@ class Tools:
         try:
             served = ctx.model_for(model, GENERATE)
             rendered = ctx.render_chat(served, turns, add_generation_prompt=True)
-            request = SimpleNamespace(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=seed)
+            request = SimpleNamespace(
+                max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=seed
+            )
             choice, usage = await self._generate(served, rendered.token_ids, request)
         except LLMServeError as exc:
             raise _failed(exc) from None
-        return ChatResult(model=served.name, content=choice.text, finish_reason=choice.finish_reason, usage=usage)
+        return ChatResult(
+            model=served.name, content=choice.text, finish_reason=choice.finish_reason, usage=usage
+        )
 
     async def get_embeddings(
         self,
@@ -176,7 +192,9 @@ class Tools:
         """The models this server runs: names, kind and context length."""
         return ModelsResult(
             models=[
-                ServedModelInfo(id=m.name, aliases=list(m.aliases), kind=m.kind, max_model_len=m.max_model_len)
+                ServedModelInfo(
+                    id=m.name, aliases=list(m.aliases), kind=m.kind, max_model_len=m.max_model_len
+                )
                 for m in self.context().models
             ]
         )
@@ -187,4 +205,10 @@ class Tools:
         return self.watch.read(self.context())
 
     def all(self) -> list[Callable]:
-        return [self.generate_completion, self.chat, self.get_embeddings, self.list_models, self.monitor_metrics]
+        return [
+            self.generate_completion,
+            self.chat,
+            self.get_embeddings,
+            self.list_models,
+            self.monitor_metrics,
+        ]

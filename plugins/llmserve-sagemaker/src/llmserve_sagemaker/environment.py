@@ -25,9 +25,7 @@ RENAMED = {"model": "models"}
 
 def under_sagemaker(environ: Mapping[str, str]) -> bool:
     """Whether the process runs as a SageMaker serving container (see the module docstring)."""
-    return "SAGEMAKER_BIND_TO_PORT" in environ or any(
-        key.startswith(PREFIXES) for key in environ
-    )
+    return "SAGEMAKER_BIND_TO_PORT" in environ or any(key.startswith(PREFIXES) for key in environ)
 
 
 def settings(environ: Mapping[str, str]) -> dict[str, Any]:
