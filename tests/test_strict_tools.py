@@ -101,3 +101,27 @@ def test_strict_tools_need_a_parser_with_a_frame():
     assert (
         strict_tools_constraint(ChatCompletionRequest(messages=MESSAGES, tools=[_tool(False)]), None) is None
     )
+
+
+def test_required_calls_are_written_in_the_parsers_format(oai):
+    answer = oai.chat.completions.create(
+        model="default", messages=MESSAGES, tools=[_tool(False)], tool_choice="required", temperature=0,
+        max_tokens=60, logprobs=True,
+    )  # fmt: skip
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) >= 1
+    for call in choice.message.tool_calls:
+        assert call.function.name == "get_weather"
+        jsonschema.validate(json.loads(call.function.arguments), PARAMS)
+    raw = "".join(t.token for t in choice.logprobs.content)
+    assert raw.startswith('<tool_call>\n{"name": "get_weather", "arguments": '), raw
+
+
+def test_required_single_call_without_parallel_calls(oai):
+    answer = oai.chat.completions.create(
+        model="default", messages=MESSAGES, tools=[_tool(False)], tool_choice="required", temperature=0,
+        max_tokens=120, parallel_tool_calls=False, logprobs=True,
+    )  # fmt: skip
+    choice = answer.choices[0]
+    assert len(choice.message.tool_calls) == 1
+    assert "".join(t.token for t in choice.logprobs.content).count("<tool_call>") == 1

@@ -36,7 +36,12 @@ from llmserve.protocols.openai.serving import (
     stream_flags,
     usage,
 )
-from llmserve.protocols.openai.tools import effective_tool_choice, strict_tools_constraint, tool_constraint
+from llmserve.protocols.openai.tools import (
+    effective_tool_choice,
+    framed_calls_constraint,
+    strict_tools_constraint,
+    tool_constraint,
+)
 
 
 def make_pipeline(
@@ -91,8 +96,12 @@ async def create_chat_completion() -> Any:
     tool_choice = effective_tool_choice(req, ctx.config)
     text, token_ids = prepare_chat(ctx, model, req)
     prompt = Prompt(token_ids, text)
-    pipelines = [make_pipeline(ctx, model, req, tool_choice) for _ in range(req.n)]
     structured = tool_constraint(req, tool_choice)
+    parsing = tool_choice
+    if tool_choice == "required":  # in the tool parser's own format when it has one
+        framed = framed_calls_constraint(req, make_pipeline(ctx, model, req, "auto").tool_parser)
+        structured, parsing = (framed, "auto") if framed is not None else (structured, tool_choice)
+    pipelines = [make_pipeline(ctx, model, req, parsing) for _ in range(req.n)]
     if tool_choice == "auto":
         structured = strict_tools_constraint(req, pipelines[0].tool_parser)
     structured = structured or ctx.structured_outputs(req)

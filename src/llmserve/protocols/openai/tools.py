@@ -87,6 +87,24 @@ def tool_constraint(
     return StructuredOutputs(json=calls_schema(functions, 1 if req.parallel_tool_calls is False else None))
 
 
+def framed_calls_constraint(req: ChatCompletionRequest, parser: Any) -> StructuredOutputs | None:
+    """For "required": one or more calls written in the tool parser's own format (each call's
+    arguments following its tool's schema), when the parser has a frame for every tool; None
+    otherwise (the calls are then a JSON list, ``tool_constraint``)."""
+    tools = req.tools or []
+    frames = [parser.call_frame(tool.function.name) for tool in tools] if parser is not None else []
+    if not frames or any(frame is None for frame in frames):
+        return None
+    tags = [
+        {"type": "tag", "begin": begin, "end": end,
+         "content": {"type": "json_schema", "json_schema": tool.function.parameters or {"type": "object"}}}
+        for tool, (_, begin, end) in zip(tools, frames, strict=True)
+    ]  # fmt: skip
+    calls = {"type": "tags_with_separator", "tags": tags, "separator": "\n", "at_least_one": True,
+             "stop_after_first": req.parallel_tool_calls is False}  # fmt: skip
+    return StructuredOutputs(structural_tag=json.dumps({"type": "structural_tag", "format": calls}))
+
+
 def strict_tools_constraint(req: ChatCompletionRequest, parser: Any) -> StructuredOutputs | None:
     """For "auto" with a ``strict: true`` tool: once the model opens a call in the tool parser's
     format, its arguments follow that tool's schema (other tools' arguments: any object). None
