@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["lint", "tests"]
@@ -29,6 +35,82 @@ def serve(session: nox.Session) -> None:
 
 
 @nox.session
-def bench(session: nox.Session) -> None:
+def bench_throughput(session: nox.Session) -> None:
+    """The offline engine: `llmserve bench throughput` against transformers generate."""
     session.install(TORCH, "-e", ".[test]")
     session.run("llmserve", "bench", "throughput", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """`llmserve bench serve` against llama-server and `transformers serve --continuous-batching`.
+
+    Each peer runs from its own environment, built once under $LLMSERVE_BENCH_CACHE (default
+    .nox/_bench): llama-server from the llama.cpp sources vendored in the llama-cpp-python sdist,
+    transformers in a venv of its own. Extra arguments go to `llmserve bench serve`
+    (e.g. `nox -s bench -- --concurrency 1,8 --num-prompts 8 --output-len 64 --json out.json`).
+    """
+    session.install(TORCH, "-e", ".")
+    cache = Path(os.environ.get("LLMSERVE_BENCH_CACHE", ".nox/_bench")).resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    paths = session.run(
+        "python", "-c", "from llmserve.sources import packs; "
+        "print(packs.ensure_gguf('smollm2')); print(packs.ensure_model('smollm2'))",
+        silent=True,
+    )  # fmt: skip
+    gguf, model_dir = paths.strip().splitlines()[-2:]
+    server = _llama_server(session, cache)
+    args = ["--start-peer", f"llama-server={server} -m {gguf} --host 127.0.0.1 --port {{port}} "
+            "-t 2 -np 64 -cb -c 32768"]  # fmt: skip
+    transformers = _transformers_serve(session, cache)
+    if transformers:
+        # the dtype llmserve's "auto" picks on this CPU, so both run the same arithmetic
+        flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+        dtype = "bfloat16" if (" avx512_bf16" in flags or " amx_bf16" in flags) else "float32"
+        args += ["--start-peer", f"transformers={transformers} serve {model_dir} --continuous-batching "
+                 f"--device cpu --dtype {dtype} --host 127.0.0.1 --port {{port}}"]  # fmt: skip
+    session.run("llmserve", "bench", "serve", "--model", "smollm2", *args, *session.posargs)
+
+
+def _llama_server(session: nox.Session, cache: Path) -> Path:
+    """llama-server built once from the llama.cpp sources in the llama-cpp-python sdist."""
+    binary = cache / "llama.cpp" / "build" / "bin" / "llama-server"
+    if binary.exists():
+        return binary
+    sdist = cache / "sdist"
+    session.run("python", "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "llama-cpp-python",
+                "-d", str(sdist))  # fmt: skip
+    archive = sorted(sdist.glob("llama_cpp_python-*.tar.gz"))[-1]
+    with tarfile.open(archive) as tar:
+        tar.extractall(sdist, filter="data")
+    source = sdist / archive.name.removesuffix(".tar.gz") / "vendor" / "llama.cpp"
+    if (cache / "llama.cpp").exists():
+        shutil.rmtree(cache / "llama.cpp")
+    shutil.move(source, cache / "llama.cpp")
+    with session.chdir(cache / "llama.cpp"):
+        session.run("cmake", "-B", "build", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_CURL=OFF",
+                    "-DCMAKE_BUILD_TYPE=Release", external=True)  # fmt: skip
+        session.run("cmake", "--build", "build", "--target", "llama-server", "-j2", external=True)
+    return binary
+
+
+def _transformers_serve(session: nox.Session, cache: Path) -> Path | None:
+    """`transformers` in a venv of its own; None (with the reason) when it lacks `serve --continuous-batching`."""
+    venv = cache / "transformers-venv"
+    cli = venv / "bin" / "transformers"
+    if not cli.exists():
+        session.run("python", "-m", "venv", str(venv))
+        session.run(str(venv / "bin" / "python"), "-m", "pip", "install", "-q", TORCH, "transformers[serving]",
+                    external=True)  # fmt: skip
+    try:
+        usage = subprocess.run([str(cli), "serve", "--help"], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as exc:
+        session.warn(f"skipping transformers serve: it does not start ({exc})")
+        return None
+    if usage.returncode != 0 or "--continuous-batching" not in usage.stdout:
+        tail = (usage.stderr or usage.stdout).strip().splitlines()[-1:]
+        session.warn(
+            f"skipping transformers serve: no `serve --continuous-batching` in this version ({tail})"
+        )
+        return None
+    return cli

@@ -98,50 +98,132 @@ def throughput(
 
 @bench_app.command("serve")
 def serve_bench(
-    base_url: str = typer.Option("http://127.0.0.1:8000", help="Server to benchmark (OpenAI-compatible)."),
-    model: str = typer.Option(..., help="Model name to send."),
-    num_prompts: int = typer.Option(64, help="Number of requests."),
-    input_len: int = typer.Option(128, help="Prompt length in (approximate) tokens."),
-    output_len: int = typer.Option(128, help="Output tokens per request (ignore_eos)."),
-    max_concurrency: int = typer.Option(32, help="Requests in flight at once (0: unlimited)."),
-    request_rate: float = typer.Option(0.0, help="Poisson arrival rate in req/s (0: all at once)."),
-    endpoint: str = typer.Option("completions", help="completions or chat."),
-    api_key: str | None = typer.Option(None, help="Bearer token."),
-    ignore_eos: bool = typer.Option(False, help="Send vLLM's ignore_eos (OpenAI-only servers reject it)."),
-    compare_url: str | None = typer.Option(None, help="Run the same workload against this second server."),
-    compare_model: str | None = typer.Option(None, help="Model name for --compare-url (default: --model)."),
-    result_file: str | None = typer.Option(None, help="Write the summary (or both) as JSON here."),
+    url: str | None = typer.Option(
+        None,
+        "--url",
+        "--base-url",
+        help="A running llmserve (or any OpenAI-compatible) server; "
+        "without it the benchmark starts `llmserve serve --model MODEL` itself.",
+    ),
+    model: str | None = typer.Option(
+        None,
+        help="With --url: the model name to send (default: the first of /v1/models). "
+        "Without: the model to serve (default smollm2).",
+    ),
+    serve_args: str = typer.Option(
+        "--embedding-model none --max-model-len 2048",
+        help="Extra `llmserve serve` options when it is started here.",
+    ),
+    compare_url: list[str] = typer.Option(
+        [], help="NAME=URL of a peer (OpenAI-compatible: llama-server, transformers serve, vLLM); repeatable."
+    ),
+    compare_model: list[str] = typer.Option(
+        [], help="NAME=MODEL: the model name to send to that peer (default: the first of its /v1/models)."
+    ),
+    start_peer: list[str] = typer.Option(
+        [],
+        help="NAME=COMMAND: start this peer (its command has {port} in it), benchmark it, stop it; repeatable.",
+    ),
+    start_timeout: float = typer.Option(900.0, help="Seconds a started server has to answer /v1/models."),
+    concurrency: str = typer.Option(
+        "1,8,32,64",
+        "--concurrency",
+        "--max-concurrency",
+        help="Requests in flight at once, one level per value.",
+    ),
+    num_prompts: int = typer.Option(64, help="Requests per level (at least the level's concurrency)."),
+    input_len: str = typer.Option(
+        "100-250", help="Prompt length in words (~tokens): N or LOW-HIGH, uniform."
+    ),
+    output_len: int = typer.Option(
+        128, help="Output tokens per request (ignore_eos where the server takes it)."
+    ),
+    ignore_eos: bool = typer.Option(
+        True, help="Ask every server for exactly --output-len tokens where it can."
+    ),
+    endpoint: str = typer.Option("chat", help="chat or completions."),
+    request_rate: float = typer.Option(
+        0.0, help="Poisson arrival rate in req/s (0: as fast as the level allows)."
+    ),
+    seed: int = typer.Option(0, help="Seed of the prompts."),
+    api_key: str | None = typer.Option(None, help="Bearer token (sent to every server)."),
+    json_path: str | None = typer.Option(None, "--json", "--result-file", help="Write the raw figures here."),
 ) -> None:
-    """Benchmark a running server: request/s, output tok/s, TTFT/TPOT/ITL mean/median/p99."""
-    import asyncio
+    """Sweep concurrency over llmserve and its peers: output tok/s, TTFT, ITL, errors, ratios."""
     import json
 
-    from llmserve.bench import serve as bench
+    import httpx
 
-    prompts = bench.random_text_prompts(num_prompts, input_len)
-    targets = [(base_url, model)] + ([(compare_url, compare_model or model)] if compare_url else [])
+    from llmserve.bench import servers as srv
+    from llmserve.bench.sweep import format_table, sweep
+
+    if endpoint not in ("chat", "completions"):
+        raise typer.BadParameter("--endpoint takes chat or completions")
+    try:
+        levels = [int(v) for v in concurrency.split(",") if v.strip()]
+        low, _, high = input_len.partition("-")
+        lengths = (int(low), int(high or low))
+        peers = srv.parse_pairs(compare_url, "--compare-url")
+        started_peers = srv.parse_pairs(start_peer, "--start-peer")
+        peer_models = dict(srv.parse_pairs(compare_model, "--compare-model"))
+        for _, peer_url in peers:
+            if not peer_url.startswith(("http://", "https://")):
+                raise ValueError(f"--compare-url takes NAME=URL with an http(s) URL, got {peer_url!r}")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if not levels or min(levels) < 1 or lengths[0] < 1 or lengths[1] < lengths[0]:
+        raise typer.BadParameter("--concurrency needs positive integers and --input-len N or LOW-HIGH")
     chat = endpoint == "chat"
-    summaries = []
-    for url, name in targets:
-        run = bench.run(
-            url,
-            name,
-            prompts,
-            output_len,
-            max_concurrency,
-            request_rate,
-            chat,
-            api_key,
-            ignore_eos=ignore_eos,
-        )
-        summaries.append(asyncio.run(run))
-        typer.echo(f"== {url} ({name})")
-        typer.echo(bench.format_summary(summaries[-1]))
-    if len(summaries) == 2:
-        first, second = summaries
-        ratio = first["output_throughput"] / max(second["output_throughput"], 1e-9)
-        ttft = f"{first['ttft_ms']['median']:.0f} ms vs {second['ttft_ms']['median']:.0f} ms"
-        typer.echo(f"output throughput ratio: {ratio:.2f}x; median TTFT {ttft}")
-    if result_file:
-        with open(result_file, "w") as fh:
-            json.dump(summaries if len(summaries) > 1 else summaries[0], fh, indent=2)
+    servers: list[srv.Server] = []
+    try:
+        if url:
+            servers.append(srv.Server("llmserve", url, model))
+        else:
+            typer.echo(f"starting llmserve serve {model or 'smollm2'} {serve_args}")
+            started = srv.Started(
+                "llmserve", srv.llmserve_command(model or "smollm2", serve_args), start_timeout
+            )
+            servers.append(srv.Server("llmserve", started.url, started=started))
+        for name, command in started_peers:
+            typer.echo(f"starting {name}: {command}")
+            started = srv.Started(name or "peer", command, start_timeout)
+            servers.append(srv.Server(name or "peer", started.url, peer_models.get(name), started=started))
+        for name, peer_url in peers:
+            servers.append(srv.Server(name or peer_url.split("://")[-1], peer_url, peer_models.get(name)))
+        names = [s.name for s in servers]
+        if len(set(names)) < len(names):
+            raise RuntimeError(f"server names must differ (NAME=URL): {', '.join(names)}")
+        for server in servers:
+            srv.probe(server, output_len, chat, api_key, ignore_eos)
+            length = (
+                f"fixed by {', '.join(sorted(server.extra_body))}" if server.fixed_length else "not fixed"
+            )
+            typer.echo(
+                f"{server.name}: {server.url} model {server.model} ({server.kind}; output length {length})"
+            )
+        results = sweep(servers, levels, num_prompts, lengths, output_len, chat, api_key, seed, request_rate,
+                        echo=typer.echo)  # fmt: skip
+    except (RuntimeError, OSError, httpx.HTTPError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        for server in servers:
+            if server.started:
+                server.started.stop()
+    cpu = srv.cpu_info()
+    workload = (
+        f"streaming {endpoint}, greedy, {output_len} output tokens per request, prompts of "
+        f"{lengths[0]}-{lengths[1]} words (seed {seed}), max({num_prompts}, concurrency) requests per level; "
+        "tokens counted from the server's usage (counted=usage) or one per streamed delta (counted=deltas)"
+    )
+    typer.echo("")
+    typer.echo(format_table(results, cpu, workload))
+    if json_path:
+        servers_json = [{"name": s.name, "url": s.url, "model": s.model, "kind": s.kind,
+                         "extra_body": s.extra_body} for s in servers]  # fmt: skip
+        with open(json_path, "w") as fh:
+            json.dump(
+                {"cpu": cpu, "workload": workload, "servers": servers_json, "results": results}, fh, indent=2
+            )
+    if any(r["failed"] for r in results):
+        raise typer.Exit(1)

