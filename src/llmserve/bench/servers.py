@@ -40,7 +40,9 @@ class Started:
         self.url = f"http://127.0.0.1:{self.port}"
         self.argv = shlex.split(command.replace("{port}", str(self.port)))
         self.log = tempfile.NamedTemporaryFile("w+", prefix=f"bench-{name}-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            self.argv, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -69,6 +71,15 @@ class Started:
                 self.proc.wait()
         self.log.close()
         os.unlink(self.log.name)
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the benchmark dies, so a killed benchmark leaves no server behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
