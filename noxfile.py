@@ -50,7 +50,7 @@ def bench(session: nox.Session) -> None:
     transformers in a venv of its own. Extra arguments go to `llmserve bench serve`
     (e.g. `nox -s bench -- --concurrency 1,8 --num-prompts 8 --output-len 64 --json out.json`).
     """
-    session.install(TORCH, "-e", ".")
+    session.install(TORCH, "-e", ".", "httpx")  # httpx: the benchmark's client
     cache = Path(os.environ.get("LLMSERVE_BENCH_CACHE", ".nox/_bench")).resolve()
     cache.mkdir(parents=True, exist_ok=True)
     paths = session.run(
@@ -58,6 +58,8 @@ def bench(session: nox.Session) -> None:
         "print(packs.ensure_gguf('smollm2')); print(packs.ensure_model('smollm2'))",
         silent=True,
     )  # fmt: skip
+    if paths is None:  # nox --install-only
+        return
     gguf, model_dir = paths.strip().splitlines()[-2:]
     server = _llama_server(session, cache)
     args = ["--start-peer", f"llama-server={server} -m {gguf} --host 127.0.0.1 --port {{port}} "
