@@ -116,11 +116,13 @@ async def run(
 ) -> dict:
     """Send every prompt; return the summary dict (what ``--json`` holds per server and level)."""
     url = endpoint_url(base_url, chat)
+    # A connection per request: llama-server closes a kept-alive connection after a few requests,
+    # and a request sent on it then fails before any response (httpx does not retry it).
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     rng = random.Random(seed)
     limit = asyncio.Semaphore(concurrency if concurrency > 0 else len(prompts))
     async with httpx.AsyncClient(timeout=httpx.Timeout(900.0), headers=headers,
-                                 limits=httpx.Limits(max_connections=1000)) as client:  # fmt: skip
+                                 limits=httpx.Limits(max_connections=1000, max_keepalive_connections=0)) as client:  # fmt: skip
 
         async def limited(prompt: str) -> RequestResult:
             async with limit:
