@@ -228,10 +228,10 @@ async function send(text) {
     busy(false);
   }
   const completion = usage ? usage.completion_tokens : pieces;
-  msg.stats = { completion_tokens: completion, approx: !usage };
-  if (usage) msg.stats.prompt_tokens = usage.prompt_tokens;
-  if (first !== null) msg.stats.ttft_s = (first - start) / 1000;
-  if (first !== null && last > first && completion > 1) msg.stats.tokens_per_second = (completion - 1) / ((last - first) / 1000);
+  if (!msg.error || completion) msg.stats = { completion_tokens: completion, approx: !usage };
+  if (msg.stats && usage) msg.stats.prompt_tokens = usage.prompt_tokens;
+  if (msg.stats && first !== null) msg.stats.ttft_s = (first - start) / 1000;
+  if (msg.stats && first !== null && last > first && completion > 1) msg.stats.tokens_per_second = (completion - 1) / ((last - first) / 1000);
   save();
   redraw();
   $("chat-input").focus();
