@@ -8,6 +8,7 @@ LLMSERVE_UPDATE_SCREENSHOTS=1 they are also written to docs/images/ for the READ
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,7 +21,9 @@ import pytest
 from conftest import ServerProcess
 from test_multi_model import make_tiny_qwen2
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+)
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 KEY = "sk-webui"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -59,7 +62,9 @@ def ui_server(smollm2_dir, minilm_dir, tmp_path_factory):
 def browser():
     binary = chromium_path()
     if binary is None:
-        pytest.skip("no Chromium on this machine (apt-get install -y chromium); set LLMSERVE_CHROMIUM to its path")
+        pytest.skip(
+            "no Chromium on this machine (apt-get install -y chromium); set LLMSERVE_CHROMIUM to its path"
+        )
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=binary, args=["--no-sandbox", "--disable-gpu"])
         try:
@@ -79,7 +84,9 @@ def artifacts(tmp_path_factory) -> Path:
 def page(browser, ui_server):
     """A fresh browser context (empty local storage) with the API key saved, on the chat view."""
     context = browser.new_context(viewport={"width": 1280, "height": 820})
-    context.add_init_script(f"localStorage.getItem('llmserve.apiKey') || localStorage.setItem('llmserve.apiKey', '{KEY}')")
+    context.add_init_script(
+        f"localStorage.getItem('llmserve.apiKey') || localStorage.setItem('llmserve.apiKey', '{KEY}')"
+    )
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -156,7 +163,9 @@ def test_chat_streams_multi_turn_and_is_kept(page, ui_server, artifacts):
         page.wait_for_timeout(30)
     assert len({n for n in seen if n > 0}) >= 3, seen
     first = STATS.search(last_stats(page))
-    assert re.search(r"completion tokens · [\d.]+ tok/s · TTFT [\d.]+ s · finish: (stop|length)", last_stats(page))
+    assert re.search(
+        r"completion tokens · [\d.]+ tok/s · TTFT [\d.]+ s · finish: (stop|length)", last_stats(page)
+    )
     prompt1, completion1 = int(first.group(1)), int(first.group(2))
     assert metric(ui_server, "generation_tokens_total", SMOL) - before == completion1
     assert "Paris" in answer.inner_text()
@@ -253,7 +262,9 @@ def test_dashboard_plots_follow_the_load(page, ui_server, artifacts):
         shoot(page, artifacts, "dashboard")
         points = int(throughput.get_attribute("data-points"))
         page.wait_for_function(  # it keeps sampling
-            "([el, n]) => Number(el.dataset.points) > n", arg=[throughput.element_handle(), points], timeout=30_000
+            "([el, n]) => Number(el.dataset.points) > n",
+            arg=[throughput.element_handle(), points],
+            timeout=30_000,
         )
         assert panel.locator('[data-key="done"]').inner_text() != "0"
     finally:
@@ -274,7 +285,9 @@ def test_playground_embeddings_tokenize_and_transcription(page, ui_server, artif
     cells = page.locator(".heatmap td.heat")
     sync_api.expect(cells).to_have_count(9)
     shown = np.array([float(c) for c in cells.evaluate_all("cs => cs.map(c => c.dataset.sim)")]).reshape(3, 3)
-    data = httpx.post(ui_server.url + "/v1/embeddings", headers=AUTH, json={"model": "mini", "input": texts}).json()
+    data = httpx.post(
+        ui_server.url + "/v1/embeddings", headers=AUTH, json={"model": "mini", "input": texts}
+    ).json()
     vectors = np.array([d["embedding"] for d in data["data"]])
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     np.testing.assert_allclose(shown, vectors @ vectors.T, atol=1e-3)
@@ -285,7 +298,11 @@ def test_playground_embeddings_tokenize_and_transcription(page, ui_server, artif
     page.get_by_role("button", name="Tokenize").click()
     tokens = page.locator(".tokens .tok")
     tokens.first.wait_for()
-    expected = httpx.post(ui_server.url + "/tokenize", headers=AUTH, json={"model": SMOL, "prompt": text, "add_special_tokens": False}).json()
+    expected = httpx.post(
+        ui_server.url + "/tokenize",
+        headers=AUTH,
+        json={"model": SMOL, "prompt": text, "add_special_tokens": False},
+    ).json()
     assert tokens.count() == expected["count"]
     assert "".join(tokens.all_text_contents()) == text  # the pieces cover the text exactly
     assert [int(i) for i in tokens.evaluate_all("ts => ts.map(t => t.dataset.id)")] == expected["tokens"]
@@ -306,7 +323,9 @@ def test_playground_embeddings_tokenize_and_transcription(page, ui_server, artif
 def _axe_violations(page) -> list[str]:
     from axe_playwright_python.sync_playwright import Axe
 
-    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21aa"]}})
+    results = Axe().run(
+        page, options={"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21aa"]}}
+    )
     return [f"{v['id']}: {[n['target'] for n in v['nodes']]}" for v in results.response["violations"]]
 
 
@@ -334,3 +353,53 @@ def test_accessibility(page, ui_server):
     page.get_by_role("button", name="Compare").click()
     page.locator(".heatmap").wait_for()
     assert _axe_violations(page) == []
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}}}  # fmt: skip
+
+
+def test_markdown_reasoning_and_tool_calls(page, ui_server):
+    html = page.evaluate(
+        """async () => (await import("./ui/markdown.js")).renderMarkdown(
+            "# Title\\n**bold** <img src=x onerror=alert(1)>\\n```python\\nprint(1 < 2)\\n```\\n- a\\n- b")"""
+    )
+    assert '<pre><code class="language-python" data-lang="python">print(1 &lt; 2)</code></pre>' in html
+    assert "<strong>bold</strong>" in html and "<li>a</li><li>b</li>" in html and "<img" not in html
+
+    # Tool calls for real: tool_choice "required" makes the server constrain SmolLM2 to a call.
+    page.get_by_label("Tools (JSON list of OpenAI function tools, optional)").fill(json.dumps([WEATHER]))
+    page.get_by_role("combobox", name="Tool choice").select_option("required")
+    page.fill("#max-tokens", "60")
+    send(page, "What is the weather in Paris?")
+    assert "finish: tool_calls" in last_stats(page)
+    (call,) = json.loads(page.locator(".tool-calls").inner_text())
+    assert call["function"]["name"] == "get_weather" and isinstance(
+        call["function"]["arguments"]["city"], str
+    )
+
+    # Reasoning: no reasoning model is available, so the server's stream with a reasoning parser
+    # (both reasoning fields, as llmserve sends them) is replayed to the page.
+    def chunk(delta, finish=None):
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return (
+            "data: "
+            + json.dumps({"object": "chat.completion.chunk", "model": SMOL, "choices": [choice]})
+            + "\n\n"
+        )
+
+    events = [chunk({"role": "assistant", "content": ""})]
+    events += [chunk({"reasoning": t, "reasoning_content": t}) for t in ("The user ", "says hi.")]
+    events += [chunk({"content": t}) for t in ("Hello", "!")] + [chunk({}, "stop")]
+    usage = {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15}
+    events.append("data: " + json.dumps({"choices": [], "usage": usage}) + "\n\ndata: [DONE]\n\n")
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"}, body="".join(events)))  # fmt: skip
+    page.get_by_label("Tools (JSON list of OpenAI function tools, optional)").fill("")
+    send(page, "hi")
+    assert "9 prompt · 6 completion tokens" in last_stats(page)
+    reasoning = page.locator(".msg.assistant").last.locator("details.reasoning")
+    assert reasoning.get_attribute("open") is None  # folded
+    reasoning.locator("summary").click()
+    assert reasoning.locator(".reasoning-text").inner_text() == "The user says hi."
+    assert page.locator(".msg.assistant .content").last.inner_text() == "Hello!"

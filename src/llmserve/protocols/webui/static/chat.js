@@ -126,7 +126,7 @@ function renderAll() {
 
 function settings() {
   const num = (id) => ($(id).value === "" ? undefined : Number($(id).value));
-  return { temperature: num("temperature"), top_p: num("top-p"), max_tokens: num("max-tokens"), seed: num("seed"), tools: $("tools").value.trim() };
+  return { temperature: num("temperature"), top_p: num("top-p"), max_tokens: num("max-tokens"), seed: num("seed"), tools: $("tools").value.trim(), tool_choice: $("tool-choice").value };
 }
 
 function requestBody(conv, model) {
@@ -141,7 +141,10 @@ function requestBody(conv, model) {
   }
   const body = { model, messages, stream: true, stream_options: { include_usage: true } };
   for (const key of ["temperature", "top_p", "max_tokens", "seed"]) if (s[key] !== undefined) body[key] = s[key];
-  if (s.tools) body.tools = JSON.parse(s.tools);
+  if (s.tools) {
+    body.tools = JSON.parse(s.tools);
+    body.tool_choice = s.tool_choice;
+  }
   return body;
 }
 
@@ -250,7 +253,7 @@ export function setChatModels(models) {
 
 export function initChat() {
   const stored = load(SETTINGS, {});
-  for (const [id, key] of [["temperature", "temperature"], ["top-p", "top_p"], ["max-tokens", "max_tokens"], ["seed", "seed"], ["tools", "tools"]]) {
+  for (const [id, key] of [["temperature", "temperature"], ["top-p", "top_p"], ["max-tokens", "max_tokens"], ["seed", "seed"], ["tools", "tools"], ["tool-choice", "tool_choice"]]) {
     if (stored[key] !== undefined) $(id).value = stored[key];
     $(id).addEventListener("change", () => {
       const now = load(SETTINGS, {});
