@@ -28,7 +28,6 @@ SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 KEY = "sk-webui"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 DOCS_IMAGES = Path(__file__).parent.parent / "docs" / "images"
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
 def chromium_path() -> str | None:
@@ -125,7 +124,7 @@ def send(page, text: str) -> None:
 
 
 def last_stats(page) -> str:
-    """The statistics line of the last answer, once it is complete (or the error it got)."""
+    """The statistics line of the last answer, once complete; fails on an error shown instead."""
     last = f".msg.assistant:nth-child({page.locator('.msg').count()})"
     page.wait_for_selector(f"{last} .stats, {last} .error", timeout=90_000)
     error = page.locator(f"{last} .error")
