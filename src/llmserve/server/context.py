@@ -54,6 +54,7 @@ class ProtocolContext:
         self.limits = ClientLimits(config)
         self._compilers: dict[str, StructuredOutputCompiler] = {}
         self._error_renderers: dict[str, Callable[[int, str], Any]] = {}
+        self._open_paths: dict[str, bool] = {}  # path -> whether everything under it is open too
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -80,6 +81,17 @@ class ProtocolContext:
             ):
                 best = (prefix, render)
         return best[1] if best else None
+
+    def register_open_path(self, path: str, subtree: bool = False) -> None:
+        """Let ``path`` (with ``subtree``, everything under it too) be reached without the API key:
+        a page or its assets, never a route that generates or reveals data."""
+        self._open_paths[path.rstrip("/") or "/"] = subtree
+
+    def is_open_path(self, path: str) -> bool:
+        """Whether ``path`` was opened with ``register_open_path``."""
+        if path in self._open_paths:
+            return True
+        return any(sub and path.startswith(p + "/") for p, sub in self._open_paths.items() if p != "/")
 
     # --- prompts ---------------------------------------------------------------------------------
 
