@@ -189,6 +189,19 @@ class GenerationStream:
             raise EngineDeadError("the request produced no output")
         return last
 
+    async def ready(self) -> None:
+        """Wait for the request's output constraint (a grammar compiling while the prompt is
+        computed); if it fails, the request is aborted and the error (a 400) raised. Protocols
+        await it before answering, so that a stream does not start with an error."""
+        spec = self.params.constraint
+        if spec is None:
+            return
+        try:
+            await spec.ready()
+        except BaseException:
+            self.close()  # aborts it in the engine, blocks freed
+            raise
+
     def close(self) -> None:
         """Stop consuming; an unfinished request is aborted and its blocks freed."""
         if not self._closed:

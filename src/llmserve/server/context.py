@@ -161,14 +161,16 @@ class ProtocolContext:
         after: str | None = None,
         budget: int | None = None,
     ) -> ConstraintSpec:
-        """Compile ``spec`` for ``model`` (off the event loop, cached) into the ConstraintSpec to
-        set on ``SamplingParams.constraint``. An invalid schema, regex or grammar, a feature no
-        backend supports, or a compile past ``--structured-outputs-timeout`` is a 400.
+        """Compile ``spec`` for ``model`` (on the compilers' pool, cached) into the ConstraintSpec
+        to set on ``SamplingParams.constraint``. An uncached spec is still compiling when this
+        returns: the engine computes the prompt meanwhile, and ``GenerationStream.ready()``
+        (await it before answering) raises the 400 for an invalid schema, regex or grammar, a
+        feature no backend supports, or a compile past ``--structured-outputs-timeout``.
 
         ``after``: text ending the model's reasoning (a reasoning parser's ``end_marker``); the
         output is free until it, and follows ``spec`` from there on. ``budget``: see
         ``reasoning_budget``."""
-        compiled = await self.structured_compiler(model).compile(spec)
+        compiled = self.structured_compiler(model).start(spec)
         if after:
             marker = self.tokenize(model, after, add_special_tokens=False)
             compiled = AfterMarker(compiled, marker, budget)
