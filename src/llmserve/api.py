@@ -15,6 +15,10 @@ plugin build on it, each registered through a hook of ``llmserve.hookspecs``:
 - protocols: Quart blueprints (``llmserve_protocols``) whose routes use ``context()``, a
   ``ProtocolContext``, to find models and generate, and ``document`` to declare their OpenAPI.
 
+Packs that host the server elsewhere (Ray Serve) build a ``Config`` with ``build_config``, take
+``llmserve serve``'s options for a command of their own with ``with_config_options``, and get the
+whole app, models loaded, from ``load_app``.
+
 Anything else under ``llmserve`` is internal and may change without notice.
 """
 
@@ -31,7 +35,8 @@ from llmserve.backends.base import (
     SampleResult,
     TokenLogprob,
 )
-from llmserve.config import Config
+from llmserve.cli_options import with_config_options
+from llmserve.config import Config, build_config
 from llmserve.engine.constraints import (
     Constraint,
     ConstraintSpec,
@@ -85,6 +90,7 @@ from llmserve.server.app import error_response
 from llmserve.server.context import ProtocolContext, RenderedChat
 from llmserve.server.openapi import document
 from llmserve.server.registry import EMBED, GENERATE, TRANSCRIBE, ServedModel
+from llmserve.server.startup import load_app
 from llmserve.structured import StructuredOutputs
 from llmserve.structured.calls import calls_schema
 
@@ -147,6 +153,7 @@ __all__ = [
     "context",
     "document",
     "arguments_at",
+    "build_config",
     "bitmask_words",
     "calls_schema",
     "call_sequence",
@@ -155,6 +162,7 @@ __all__ = [
     "error_response",
     "hookimpl",
     "json_response",
+    "load_app",
     "locate",
     "merge_streams",
     "now",
@@ -167,4 +175,5 @@ __all__ = [
     "set_allowed_tokens",
     "sse_response",
     "validate_model",
+    "with_config_options",
 ]

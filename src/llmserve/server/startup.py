@@ -171,6 +171,26 @@ def _load_transcriber(backend, path: Path, names: list[str]) -> ServedModel:
     )
 
 
+def load_app(config: Config, plugins: Plugins | None = None):
+    """Check ``config``, load every model it names and assemble the app, for an ASGI server that
+    runs the lifespan (Ray Serve, uvicorn): startup starts the engines, shutdown stops them and
+    releases the models. Returns ``(app, context)``."""
+    from llmserve.server.app import create_app
+
+    plugins = check_config(config, plugins or load_plugins(config=config))
+    logging.getLogger("llmserve").setLevel(config.log_level.upper())  # the host owns the handlers
+    context = build_context(config, plugins)
+    app = create_app(config, context)
+
+    @app.after_serving
+    async def _release() -> None:  # after create_app's own, which stops the engines
+        context.close()
+        for backend in context.backends:
+            backend.shutdown()
+
+    return app, context
+
+
 def run_server(config: Config, plugins: Plugins) -> int:
     """Load everything, serve until SIGINT/SIGTERM, and return the exit code."""
     from llmserve.server.logs import setup_logging
