@@ -32,7 +32,7 @@ RAY_OPTIONS: dict[str, tuple[Any, str, str]] = {
     "placement_group_strategy": (str, "--placement-group-strategy", "Placement strategy (default STRICT_PACK)."),
     "health_check_period_s": (float, "--health-check-period-s", "Seconds between health checks (default 10)."),
     "metrics_interval_s": (float, "--metrics-interval-s", "Seconds between engine metric copies (default 5)."),
-    "prefix_routing": (bool, "--prefix-routing", "Route equal X-Prefix-Key headers to one replica."),
+    "router": (str, "--router", "prefix (same X-Prefix-Key -> same replica; default) or ray (Serve's own)."),
     "name": (str, "--name", "Serve application name (default llmserve)."),
     "route_prefix": (str, "--route-prefix", "Route prefix on the proxy (default /)."),
 }
@@ -43,7 +43,7 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def run(given: dict[str, Any], ray_given: dict[str, Any], address: str | None) -> None:
+def run(given: dict[str, Any], ray_given: dict[str, Any], address: str | None, proxy_location: str) -> None:
     """Deploy the application and block until interrupted."""
     import ray
     from ray import serve
@@ -59,7 +59,7 @@ def run(given: dict[str, Any], ray_given: dict[str, Any], address: str | None) -
         _fail(exc.message)
     local = address is None and not os.environ.get("RAY_ADDRESS")
     ray.init(address=address, **({"include_dashboard": False} if local else {}))
-    serve.start(http_options={"host": config.host, "port": config.port})
+    serve.start(http_options={"host": config.host, "port": config.port}, proxy_location=proxy_location)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -76,20 +76,21 @@ def _serve_command():
     base = with_config_options(lambda given: None)
     params = list(inspect.signature(base).parameters.values())
     for name, (kind, flag, help_text) in RAY_OPTIONS.items():
-        default = typer.Option(False if kind is bool else None, flag, help=help_text, rich_help_panel=PANEL,
-                               show_default=False)  # fmt: skip
-        annotation = bool if kind is bool else kind | None
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
+        default = typer.Option(None, flag, help=help_text, rich_help_panel=PANEL, show_default=False)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind | None))
     address = typer.Option(None, "--address", help="Ray cluster address (default RAY_ADDRESS or a new local one).",
                            rich_help_panel=PANEL, show_default=False)  # fmt: skip
     params.append(inspect.Parameter("address", inspect.Parameter.KEYWORD_ONLY, default=address, annotation=str | None))
+    proxy = typer.Option("EveryNode", "--proxy-location", help="Where Serve runs HTTP proxies: EveryNode, HeadOnly.",
+                         rich_help_panel=PANEL)  # fmt: skip
+    params.append(inspect.Parameter("proxy_location", inspect.Parameter.KEYWORD_ONLY, default=proxy, annotation=str))
 
     def command(**values: Any) -> None:
         ray_given = {name: values.pop(name) for name in RAY_OPTIONS}
-        address = values.pop("address")
+        address, proxy_location = values.pop("address"), values.pop("proxy_location")
         captured: dict[str, Any] = {}
         with_config_options(captured.update)(**values)  # the same conversions as `llmserve serve`
-        run(captured, ray_given, address)
+        run(captured, ray_given, address, proxy_location)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__doc__ = "Serve MODEL on Ray Serve: replicas of llmserve behind Ray's HTTP proxy."

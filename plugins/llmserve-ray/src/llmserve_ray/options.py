@@ -9,7 +9,7 @@ replica starts, and a bad one is refused naming its argument.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -50,8 +50,10 @@ class RayOptions(BaseModel):
     metrics_interval_s: float = Field(
         5.0, gt=0, description="Seconds between copies of the engine metrics into Ray's metrics."
     )
-    prefix_routing: bool = Field(
-        False, description="Send requests with the same X-Prefix-Key header to the same replica."
+    router: Literal["prefix", "ray"] = Field(
+        "prefix",
+        description="prefix: llmserve_ray.routing.PrefixKeyRouter (same X-Prefix-Key -> same replica, "
+        "else power of two choices over all replicas); ray: Serve's default (prefers the proxy's node).",
     )
 
     @field_validator("autoscaling", "placement_group_bundles", mode="before")
@@ -149,7 +151,7 @@ def deployment_options(options: RayOptions, config: Config) -> dict[str, Any]:
         result["autoscaling_config"] = options.autoscaling
     else:
         result["num_replicas"] = options.num_replicas or 1
-    if options.prefix_routing:
+    if options.router == "prefix":
         from ray.serve.config import RequestRouterConfig
 
         result["request_router_config"] = RequestRouterConfig(

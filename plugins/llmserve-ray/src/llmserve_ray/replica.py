@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 from quart import Blueprint, jsonify
+import ray
 from ray import serve
 
 from llmserve.api import build_config, load_app
@@ -36,6 +37,7 @@ class LLMServeReplica:
             "replica": replica.replica_tag,
             "deployment": replica.deployment,
             "application": replica.app_name,
+            "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
         }
         app.register_blueprint(_replica_blueprint(identity))
