@@ -20,7 +20,8 @@ from llmserve.sources import packs
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 OBJECT_STORE = str(300 * 1024 * 1024)
 # What every replica gets: 1 GiB of KV cache, the machine is shared.
-ENV = {"LLMSERVE_KV_CACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
+ENV = {"LLMSERVE_KV_CACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0",
+       "RAY_metrics_report_interval_ms": "2000"}  # metrics reach the export in 2 s (default 10)
 
 
 def free_port() -> int:

@@ -9,12 +9,14 @@ all of them; unlike Serve's default router it has no preference for replicas on 
 node, which behind one proxy would fill that node's replica before any other took a request.
 
 The prompt itself cannot be hashed here: Ray's proxy routes an HTTP request before its body is
-read (the replica pulls the body afterwards), so the router sees only the path and headers.
+read (the replica pulls the body afterwards), so the router sees only the ASGI scope: path and
+headers (the proxy hands it over pickled, as it sends it to the replica).
 """
 
 from __future__ import annotations
 
 import hashlib
+import pickle
 import random
 
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
@@ -26,7 +28,13 @@ def prefix_key(pending_request: PendingRequest | None) -> bytes | None:
     """The request's X-Prefix-Key header, or None (also for non-HTTP requests)."""
     if pending_request is None or not pending_request.args:
         return None
-    scope = getattr(pending_request.args[0], "asgi_scope", None)
+    request = pending_request.args[0]
+    if isinstance(request, bytes):  # the proxy's request as it pickled it for the replica
+        try:
+            request = pickle.loads(request)
+        except Exception:
+            return None
+    scope = getattr(request, "asgi_scope", None)
     if not isinstance(scope, dict):
         return None
     for name, value in scope.get("headers", ()):
