@@ -46,7 +46,9 @@ def test_servers_read_each_others_responses(tmp_path, query):
     second.close()
 
 
-@pytest.mark.parametrize("bad", ["sqlite:////tmp/x.sqlite?journal_mode=off", "sqlite:////tmp/x.sqlite?mode=ro"])
+@pytest.mark.parametrize(
+    "bad", ["sqlite:////tmp/x.sqlite?journal_mode=off", "sqlite:////tmp/x.sqlite?mode=ro"]
+)
 def test_unknown_store_options_are_refused(bad):
     with pytest.raises(ConfigError, match="--responses-store"):
         build_config(responses_store=bad)

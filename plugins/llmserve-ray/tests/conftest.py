@@ -20,8 +20,12 @@ from llmserve.sources import packs
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 OBJECT_STORE = str(300 * 1024 * 1024)
 # What every replica gets: 1 GiB of KV cache, the machine is shared.
-ENV = {"LLMSERVE_KV_CACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0",
-       "RAY_metrics_report_interval_ms": "2000"}  # metrics reach the export in 2 s (default 10)
+ENV = {
+    "LLMSERVE_KV_CACHE_SPACE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_metrics_report_interval_ms": "2000",
+}  # metrics reach the export in 2 s (default 10)
 
 
 def free_port() -> int:
@@ -55,7 +59,12 @@ def cluster(tmp_path_factory) -> Cluster:
     env = {**os.environ, **ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     gcs = free_port()
     head, worker = _node_ports(), _node_ports()
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", f"--object-store-memory={OBJECT_STORE}", "--disable-usage-stats"]
+    common = [
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=1",
+        f"--object-store-memory={OBJECT_STORE}",
+        "--disable-usage-stats",
+    ]
     try:
         _ray_start(["--head", f"--port={gcs}", "--include-dashboard=false", f"--ray-client-server-port={free_port()}",
                     '--resources={"head_node": 1}', *common, *head], env)  # fmt: skip
@@ -69,7 +78,9 @@ def cluster(tmp_path_factory) -> Cluster:
 def _ray_start(args: list[str], env: dict[str, str]) -> None:
     done = subprocess.run([*RAY, "start", *args], env=env, capture_output=True, text=True, timeout=120)
     if done.returncode:
-        raise RuntimeError(f"ray start {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        raise RuntimeError(
+            f"ray start {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
 
 
 class Background:

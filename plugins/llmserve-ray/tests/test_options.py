@@ -9,10 +9,10 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-
-from llmserve.api import ConfigError
 from llmserve_ray.options import deployment_options, parse_args
 from llmserve_ray.routing import prefix_key, rank
+
+from llmserve.api import ConfigError
 
 
 def test_serve_run_style_string_arguments():
@@ -29,9 +29,15 @@ def test_serve_run_style_string_arguments():
 def test_autoscaling_short_form_and_json():
     options, config, _ = parse_args({"autoscaling": "1,4,8"})
     made = deployment_options(options, config)
-    assert made["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8.0}
+    assert made["autoscaling_config"] == {
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": 8.0,
+    }
     assert "num_replicas" not in made
-    options, _, _ = parse_args({"autoscaling": '{"min_replicas": 0, "max_replicas": 3, "upscale_delay_s": 5}'})
+    options, _, _ = parse_args(
+        {"autoscaling": '{"min_replicas": 0, "max_replicas": 3, "upscale_delay_s": 5}'}
+    )
     assert options.autoscaling["upscale_delay_s"] == 5
 
 
@@ -67,7 +73,9 @@ def _replica(name: str):
 
 def test_prefix_key_ranking_is_stable_and_moves_only_the_leaving_replicas_keys():
     replicas = [_replica(n) for n in ("a", "b", "c", "d")]
-    homes = {key: rank(key, replicas)[0].replica_id.unique_id for key in (f"k{i}".encode() for i in range(64))}
+    homes = {
+        key: rank(key, replicas)[0].replica_id.unique_id for key in (f"k{i}".encode() for i in range(64))
+    }
     assert len(set(homes.values())) == 4  # keys spread over every replica
     assert homes == {key: rank(key, replicas[::-1])[0].replica_id.unique_id for key in homes}
     without_c = [r for r in replicas if r.replica_id.unique_id != "c"]
@@ -93,3 +101,18 @@ def test_cli_refuses_before_starting_ray():
     assert done.returncode == 2 and "not both" in done.stderr
     listed = subprocess.run([sys.executable, "-m", "llmserve", "plugins"], capture_output=True, text=True)
     assert "llmserve-ray" in listed.stdout
+
+
+def test_health_check_follows_the_engines():
+    import asyncio
+
+    from llmserve_ray.replica import LLMServeReplica
+
+    def replica(healthy: bool | None):
+        context = None if healthy is None else SimpleNamespace(is_healthy=lambda: healthy)
+        return SimpleNamespace(context=context)
+
+    asyncio.run(LLMServeReplica.check_health(replica(True)))
+    for state in (False, None):  # an engine died / the app is not built yet
+        with pytest.raises(RuntimeError, match="engine is not running"):
+            asyncio.run(LLMServeReplica.check_health(replica(state)))

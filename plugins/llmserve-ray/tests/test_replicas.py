@@ -60,6 +60,11 @@ def test_one_replica_on_each_node(app):
     seen = _identities(app)
     assert len(seen) == 2
     assert len({body["node_id"] for body in seen.values()}) == 2
+    rss = {}
+    for _ in range(20):
+        raw = httpx.get(app + "/v1/status", timeout=10)
+        rss[raw.headers[HEADER]] = raw.json()["memory"]["process_rss_bytes"] / 2**30
+    print("replica RSS GiB:", {k: round(v, 2) for k, v in rss.items()})
 
 
 def test_every_protocol_streams_through_the_proxy(app):
@@ -75,7 +80,9 @@ def test_every_protocol_streams_through_the_proxy(app):
     assert tokens["count"] == len(tokens["tokens"]) > 0
     # Anthropic's messages, streamed
     client = anthropic.Anthropic(base_url=app, api_key="unused", max_retries=0, timeout=60)
-    with client.messages.stream(model=model, max_tokens=8, messages=[{"role": "user", "content": "Hi"}]) as stream:
+    with client.messages.stream(
+        model=model, max_tokens=8, messages=[{"role": "user", "content": "Hi"}]
+    ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text and final.usage.output_tokens > 0
@@ -85,7 +92,9 @@ def test_every_protocol_streams_through_the_proxy(app):
     assert any(e.type == "response.output_text.delta" and e.delta for e in events)
     # a 4xx in the protocol's own shape, through the proxy
     with pytest.raises(anthropic.NotFoundError):
-        client.messages.create(model="no-such-model", max_tokens=4, messages=[{"role": "user", "content": "x"}])
+        client.messages.create(
+            model="no-such-model", max_tokens=4, messages=[{"role": "user", "content": "x"}]
+        )
 
 
 def test_stored_responses_are_read_by_the_other_replica(app, model):
@@ -111,7 +120,9 @@ def test_stored_responses_are_read_by_the_other_replica(app, model):
     assert follow.status in ("completed", "incomplete") and follow.previous_response_id == made[min(made)]
 
 
-async def _stream(client: openai.AsyncOpenAI, model: str, i: int, max_tokens: int = 16) -> tuple[str, int, float]:
+async def _stream(
+    client: openai.AsyncOpenAI, model: str, i: int, max_tokens: int = 16
+) -> tuple[str, int, float]:
     started = time.monotonic()
     async with client.chat.completions.with_streaming_response.create(
         model=model, messages=[{"role": "user", "content": f"Count to {i}."}], max_tokens=max_tokens,
@@ -143,6 +154,11 @@ def test_32_streams_spread_over_both_replicas(app, model, cluster):
     wall = time.monotonic() - started
     per_replica = Counter(replica for replica, _, _ in results)
     tokens = sum(t for _, t, _ in results)
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        "?",
+    )
+    print(f"CPU {cpu}, {os.cpu_count()} cores")
     print(f"32 streams: {wall:.1f}s, {tokens / wall:.1f} output tok/s, per replica {dict(per_replica)}")
     assert len(per_replica) == 2 and min(per_replica.values()) >= 4
     assert all(t > 0 for _, t, _ in results)
@@ -210,7 +226,9 @@ def test_a_killed_replica_is_replaced_while_the_other_answers(app, model):
     after = [entry for entry in log if entry[0] > killed_at + 1]
     ok_after = [entry for entry in after if entry[2]]
     failed = [entry for entry in log if not entry[2]]
-    print(f"kill test: {len(log)} streams, {len(failed)} failed, {len(ok_after)}/{len(after)} ok after the kill")
+    print(
+        f"kill test: {len(log)} streams, {len(failed)} failed, {len(ok_after)}/{len(after)} ok after the kill"
+    )
     assert any(replica == survivor for _, replica, _ in ok_after)  # the other one kept answering
     assert len(ok_after) >= 0.9 * len(after)
     # Ray starts a new replica in place of the killed one

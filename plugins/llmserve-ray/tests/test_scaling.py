@@ -77,6 +77,8 @@ def test_scales_from_one_to_two_replicas_under_load(autoscaled):
 
     started = time.monotonic()
     asyncio.run(load(started + 180))
-    print(f"autoscaling: replicas first answered at {sorted(round(t, 1) for t in seen.values())} s into the load")
+    print(
+        f"autoscaling: replicas first answered at {sorted(round(t, 1) for t in seen.values())} s into the load"
+    )
     assert len(seen) == 2
     assert len(replica_ids(autoscaled, tries=30)) == 2

@@ -17,7 +17,9 @@ import typer
 
 from llmserve.api import LLMServeError, with_config_options
 
-ray_app = typer.Typer(help="Serve on a Ray cluster: replicas, autoscaling, several nodes.", no_args_is_help=True)
+ray_app = typer.Typer(
+    help="Serve on a Ray cluster: replicas, autoscaling, several nodes.", no_args_is_help=True
+)
 PANEL = "Ray Serve"
 
 # The deployment's options: name -> (type, typer option declaration, help).
@@ -26,12 +28,28 @@ RAY_OPTIONS: dict[str, tuple[Any, str, str]] = {
     "autoscaling": (str, "--autoscaling", "Autoscale: 'min,max,target_ongoing_requests' or a JSON object."),
     "num_cpus": (float, "--num-cpus", "CPUs each replica reserves (default 1)."),
     "num_gpus": (float, "--num-gpus", "GPUs each replica reserves per tensor-parallel rank (default 0)."),
-    "max_ongoing_requests": (int, "--max-ongoing-requests", "Requests one replica takes at once (default --max-num-seqs)."),
+    "max_ongoing_requests": (
+        int,
+        "--max-ongoing-requests",
+        "Requests one replica takes at once (default --max-num-seqs).",
+    ),
     "max_queued_requests": (int, "--max-queued-requests", "Requests waiting for a replica; more get 503."),
     "placement_group_bundles": (str, "--placement-group-bundles", "Each replica's bundles, a JSON list."),
-    "placement_group_strategy": (str, "--placement-group-strategy", "Placement strategy (default STRICT_PACK)."),
-    "health_check_period_s": (float, "--health-check-period-s", "Seconds between health checks (default 10)."),
-    "metrics_interval_s": (float, "--metrics-interval-s", "Seconds between engine metric copies (default 5)."),
+    "placement_group_strategy": (
+        str,
+        "--placement-group-strategy",
+        "Placement strategy (default STRICT_PACK).",
+    ),
+    "health_check_period_s": (
+        float,
+        "--health-check-period-s",
+        "Seconds between health checks (default 10).",
+    ),
+    "metrics_interval_s": (
+        float,
+        "--metrics-interval-s",
+        "Seconds between engine metric copies (default 5).",
+    ),
     "router": (str, "--router", "prefix (same X-Prefix-Key -> same replica; default) or ray (Serve's own)."),
     "name": (str, "--name", "Serve application name (default llmserve)."),
     "route_prefix": (str, "--route-prefix", "Route prefix on the proxy (default /)."),
@@ -51,7 +69,10 @@ def run(given: dict[str, Any], ray_given: dict[str, Any], address: str | None, p
     from llmserve_ray.app import build_app
     from llmserve_ray.options import parse_args
 
-    args = {**{k: v for k, v in given.items() if v is not None}, **{k: v for k, v in ray_given.items() if v is not None}}
+    args = {
+        **{k: v for k, v in given.items() if v is not None},
+        **{k: v for k, v in ray_given.items() if v is not None},
+    }
     try:
         options, config, _ = parse_args(args)
         app = build_app(args)
@@ -65,7 +86,9 @@ def run(given: dict[str, Any], ray_given: dict[str, Any], address: str | None, p
         signal.signal(sig, lambda *_: stop.set())
     try:
         serve.run(app, name=options.name, route_prefix=options.route_prefix, blocking=False)
-        typer.echo(f"serving {options.name} on http://{config.host}:{config.port}{options.route_prefix}", err=True)
+        typer.echo(
+            f"serving {options.name} on http://{config.host}:{config.port}{options.route_prefix}", err=True
+        )
         stop.wait()
     finally:
         serve.delete(options.name)
@@ -77,13 +100,19 @@ def _serve_command():
     params = list(inspect.signature(base).parameters.values())
     for name, (kind, flag, help_text) in RAY_OPTIONS.items():
         default = typer.Option(None, flag, help=help_text, rich_help_panel=PANEL, show_default=False)
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind | None))
+        params.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind | None)
+        )
     address = typer.Option(None, "--address", help="Ray cluster address (default RAY_ADDRESS or a new local one).",
                            rich_help_panel=PANEL, show_default=False)  # fmt: skip
-    params.append(inspect.Parameter("address", inspect.Parameter.KEYWORD_ONLY, default=address, annotation=str | None))
+    params.append(
+        inspect.Parameter("address", inspect.Parameter.KEYWORD_ONLY, default=address, annotation=str | None)
+    )
     proxy = typer.Option("EveryNode", "--proxy-location", help="Where Serve runs HTTP proxies: EveryNode, HeadOnly.",
                          rich_help_panel=PANEL)  # fmt: skip
-    params.append(inspect.Parameter("proxy_location", inspect.Parameter.KEYWORD_ONLY, default=proxy, annotation=str))
+    params.append(
+        inspect.Parameter("proxy_location", inspect.Parameter.KEYWORD_ONLY, default=proxy, annotation=str)
+    )
 
     def command(**values: Any) -> None:
         ray_given = {name: values.pop(name) for name in RAY_OPTIONS}

@@ -80,7 +80,10 @@ class RayOptions(BaseModel):
         if self.num_replicas is not None and self.autoscaling is not None:
             raise ValueError("give num_replicas or autoscaling, not both")
         scaling = self.autoscaling or {}
-        if scaling.get("min_replicas", 0) > scaling.get("max_replicas", 1) or scaling.get("max_replicas", 1) < 1:
+        if (
+            scaling.get("min_replicas", 0) > scaling.get("max_replicas", 1)
+            or scaling.get("max_replicas", 1) < 1
+        ):
             raise ValueError("autoscaling: needs 0 <= min_replicas <= max_replicas, max_replicas >= 1")
         return self
 
@@ -98,7 +101,9 @@ def parse_args(args: dict[str, Any]) -> tuple[RayOptions, Config, dict[str, Any]
         elif field in Config.model_fields or field == "model":
             config_args[field] = value
         else:
-            raise ConfigError(f"unknown argument {key!r}: neither a deployment option nor an llmserve serve flag")
+            raise ConfigError(
+                f"unknown argument {key!r}: neither a deployment option nor an llmserve serve flag"
+            )
     try:
         options = RayOptions(**ray_args)
     except ValidationError as exc:

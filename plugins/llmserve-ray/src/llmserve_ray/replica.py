@@ -8,8 +8,8 @@ import asyncio
 import os
 from typing import Any
 
-from quart import Blueprint, jsonify
 import ray
+from quart import Blueprint, jsonify
 from ray import serve
 
 from llmserve.api import build_config, load_app
