@@ -1,5 +1,6 @@
-"""A two-node Ray cluster on this machine (``ray start --head`` + ``ray start --address``, one CPU
-and its own resource each, small object stores, no dashboard), stopped with ``ray stop --force``."""
+"""A two-node Ray cluster on this machine (``ray start --head`` on 127.0.0.1 + ``ray start --address``
+on 127.0.0.2, one CPU and its own resource each, small object stores, no dashboard), stopped with
+``ray stop --force``."""
 
 from __future__ import annotations
 
@@ -55,20 +56,20 @@ def _node_ports() -> list[str]:
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory) -> Cluster:
     packs.ensure_model("smollm2")  # in the cache before any replica looks for it
-    # token authentication with a token of this run only, every address on the loopback
-    env = {**os.environ, **ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    # Token authentication with a token of this run only. Every address on the loopback: Ray turns
+    # 127.0.0.1 into the machine's own address unless "clusters" are off, which the head and the
+    # drivers can be; the worker joins through the IPv4-mapped form, which Ray leaves alone.
+    worker_env = {**os.environ, **ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env = {**worker_env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     gcs = free_port()
     head, worker = _node_ports(), _node_ports()
-    common = [
-        "--node-ip-address=127.0.0.1",
-        "--num-cpus=1",
-        f"--object-store-memory={OBJECT_STORE}",
-        "--disable-usage-stats",
-    ]
+    common = ["--num-cpus=1", f"--object-store-memory={OBJECT_STORE}", "--disable-usage-stats"]
     try:
-        _ray_start(["--head", f"--port={gcs}", "--include-dashboard=false", f"--ray-client-server-port={free_port()}",
-                    '--resources={"head_node": 1}', *common, *head], env)  # fmt: skip
-        _ray_start([f"--address=127.0.0.1:{gcs}", '--resources={"worker_node": 1}', *common, *worker], env)
+        _ray_start(["--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--include-dashboard=false",
+                    f"--ray-client-server-port={free_port()}", '--resources={"head_node": 1}', *common, *head],
+                   env)  # fmt: skip
+        _ray_start([f"--address=[::ffff:127.0.0.1]:{gcs}", "--node-ip-address=127.0.0.2",
+                    '--resources={"worker_node": 1}', *common, *worker], worker_env)  # fmt: skip
         ports = [int(arg.split("=")[1]) for arg in (head[0], worker[0])]
         yield Cluster(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{free_port()}", ports, env)
     finally:
