@@ -17,6 +17,7 @@ from llmserve.engine.outputs import CompletionOutput, RequestOutput
 from llmserve.errors import EngineDeadError, OverloadedError, RateLimitError
 from llmserve.plugins import Plugins
 from llmserve.protocols.anthropic import plugin as anthropic_plugin
+from llmserve.protocols.anthropic.signature import key_for, sign
 from llmserve.server.app import create_app
 from llmserve.server.context import ProtocolContext
 from llmserve.server.registry import ModelRegistry, ServedModel
@@ -444,11 +445,15 @@ async def test_reasoning_becomes_a_thinking_block_first(smollm2_dir, tok):
         "max_tokens": 50,
         "messages": HI,
         "model": "m",
-        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "thinking": {"type": "enabled", "budget_tokens": 20},
     }
     whole = await (await client.post("/v1/messages", json=body)).get_json()
     assert whole["content"] == [
-        {"type": "thinking", "thinking": "Let me think.", "signature": ""},
+        {
+            "type": "thinking",
+            "thinking": "Let me think.",
+            "signature": sign(key_for(None, "m"), "Let me think."),
+        },
         {"type": "text", "text": "Hi there."},
     ]
     response = await client.post("/v1/messages", json={**body, "stream": True})
@@ -467,6 +472,10 @@ async def test_reasoning_becomes_a_thinking_block_first(smollm2_dir, tok):
     ]  # fmt: skip
     assert events[-2][1]["delta"]["stop_reason"] == "end_turn"
     assert events[-2][1]["usage"]["output_tokens"] == len(THOUGHT)
+    signature = next(
+        d["delta"]["signature"] for n, d in events if d.get("delta", {}).get("type") == "signature_delta"
+    )
+    assert signature == whole["content"][0]["signature"]
 
 
 def _running(srv) -> float:
@@ -492,3 +501,55 @@ def test_disconnect_aborts_the_request(srv, http):
         assert next(lines) == "event: message_start"
         assert _wait(srv, True)
     assert _wait(srv, False)  # well before 1500 tokens could have been generated
+    assert _aborts(srv) >= 1  # counted, as vLLM counts them
+
+
+def _aborts(srv) -> float:
+    for line in httpx.get(srv.url + "/metrics", headers={"x-api-key": KEY}).text.splitlines():
+        if line.startswith("llmserve:request_success_total{") and 'finished_reason="abort"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_server_tool_blocks_are_skipped(http):
+    search = [
+        {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "moon"}},
+        {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1",
+         "content": [{"type": "web_search_result", "url": "https://example.com", "title": "Moon",
+                      "encrypted_content": "abc"}]},
+        {"type": "text", "text": "The moon is far."},
+    ]  # fmt: skip
+    turns = [*HI, {"role": "assistant", "content": search}, {"role": "user", "content": "How far?"}]
+    plain = [*HI, {"role": "assistant", "content": search[-1:]}, {"role": "user", "content": "How far?"}]
+    count = http.post("/v1/messages/count_tokens", json={"model": MODEL, "messages": turns})
+    assert count.status_code == 200, count.text
+    assert (
+        count.json()
+        == http.post("/v1/messages/count_tokens", json={"model": MODEL, "messages": plain}).json()
+    )
+    answer = http.post("/v1/messages", json={"model": MODEL, "messages": turns, "max_tokens": 2})
+    assert answer.status_code == 200, answer.text
+
+
+def test_overload_and_rate_limit_from_a_real_server(smollm2_dir):
+    """529 from a sleeping engine and 429 past --max-concurrent-requests, each with its header."""
+    proc = ServerProcess("--enable-sleep-mode", "--max-concurrent-requests", "1", "--embedding-model", "none",
+                         "--max-model-len", "512")  # fmt: skip
+    try:
+        with proc.http(timeout=60) as http:
+            body = {"model": "default", "messages": HI, "max_tokens": 2}
+            long = {"prompt": "Once", "max_tokens": 400, "ignore_eos": True, "stream": True}
+            with http.stream("POST", "/v1/completions", json=long) as held:
+                lines = held.iter_lines()  # kept: a dropped line iterator closes the response
+                next(lines)  # in flight now
+                limited = http.post("/v1/messages", json=body)
+                assert _error(limited, 429, "rate_limit_error")
+                assert limited.headers["retry-after"]
+            time.sleep(0.5)  # the held stream is aborted once its body is closed
+            assert http.post("/sleep").status_code == 200, http.post("/sleep").text
+            sleeping = http.post("/v1/messages", json=body)
+            assert "sleeping" in _error(sleeping, 529, "overloaded_error")
+            assert http.post("/wake_up").status_code == 200
+            assert http.post("/v1/messages", json=body).status_code == 200
+    finally:
+        proc.stop()

@@ -126,6 +126,12 @@ def llmserve_cli(app):
 
 
 @hookimpl
+def llmserve_serve_settings(given):
+    _called("llmserve_serve_settings")
+    return {"max_num_seqs": "7"}
+
+
+@hookimpl
 def llmserve_startup(context):
     _called("llmserve_startup")
 
@@ -168,8 +174,9 @@ async def main():
         return response.status_code, await response.get_json()
 
 status, body = asyncio.run(main())
+settings = plugins.serve_settings({"max_num_seqs": None})
 print(json.dumps({"status": status, "body": body, "protocols": sorted(plugins.protocols()),
-                  "backends": sorted(plugins.backends())}))
+                  "backends": sorted(plugins.backends()), "settings": settings}))
 """
 
 
@@ -215,6 +222,7 @@ def test_installed_plugin_is_discovered(demo_plugin, tmp_path):
     result = json.loads(checked.stdout.strip().splitlines()[-1])
     assert result["status"] == 200 and result["body"] == {"demo": "pong"}
     assert "demo" in result["protocols"] and "demo" in result["backends"]
+    assert result["settings"] == {"max_num_seqs": "7"}
 
     hello = subprocess.run(
         [sys.executable, "-m", "llmserve", "demo-hello"],
@@ -291,6 +299,31 @@ def test_duplicate_name_names_both_plugins():
         plugins.backends()
     assert "'first'" in err.value.message and "'second'" in err.value.message
     assert "shared-name" in err.value.message
+
+
+class _Settings:
+    def __init__(self, settings):
+        self.settings = settings
+
+    @hookimpl
+    def llmserve_serve_settings(self, given):
+        return self.settings
+
+
+def test_serve_settings_fill_only_what_the_command_line_left_out():
+    plugins = Plugins({"LLMSERVE_PLUGINS": "a,b"}).load(
+        [("a", _Settings({"port": "8080", "seed": 1})), ("b", _Settings({"seed": 2}))]
+    )
+    assert plugins.serve_settings({"port": None, "seed": None}) == {"port": "8080", "seed": 2}
+    assert plugins.serve_settings({"port": 9000, "seed": None}) == {"seed": 2}
+    config = build_config(**{"port": None, **plugins.serve_settings({"port": None})})
+    assert config.port == 8080 and config.seed == 2
+
+
+def test_serve_settings_with_an_unknown_field_fail():
+    plugins = Plugins({"LLMSERVE_PLUGINS": "bad"}).load([("bad", _Settings({"no_such_flag": 1}))])
+    with pytest.raises(PluginError, match="'bad'.*no_such_flag"):
+        plugins.serve_settings({})
 
 
 class _Misspelled:

@@ -165,6 +165,22 @@ def test_after_marker_leaves_reasoning_free():
     assert constraint.accept(2) and constraint.accept(3) and constraint.is_terminated()
 
 
+def test_reasoning_budget_forces_the_rest_of_the_marker():
+    constraint = AfterMarker(None, [7, 8, 9], budget=3).new()
+    mask = np.full((1, 2), -1, dtype=np.int32)
+    for token in (1, 2, 7):  # within budget: free (the last one happens to begin the marker)
+        constraint.fill_bitmask(mask, 0)
+        assert mask.all() and constraint.accept(token)
+    for forced in (8, 9):  # over budget: the marker's remaining tokens, one at a time
+        mask[:] = -1
+        constraint.fill_bitmask(mask, 0)
+        assert list(allowed_token_ids(mask, 0, 64)) == [forced]
+        assert constraint.accept(forced)
+    mask[:] = -1
+    constraint.fill_bitmask(mask, 0)  # past the marker, no inner constraint: free again
+    assert mask.all() and not constraint.is_terminated()
+
+
 CALLS = '[{"name": "f", "parameters": {"s": "a\\"}", "n": [1, {}]}}, {"name":"g","parameters":{ }} ]'
 
 

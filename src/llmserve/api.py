@@ -13,11 +13,15 @@ plugin build on it, each registered through a hook of ``llmserve.hookspecs``:
 - logits processors and per-request constraints: ``LogitsProcessor`` (``llmserve_logits_processors``)
   and ``Constraint`` / ``ConstraintSpec`` set on ``SamplingParams.constraint``;
 - protocols: Quart blueprints (``llmserve_protocols``) whose routes use ``context()``, a
-  ``ProtocolContext``, to find models and generate, and ``document`` to declare their OpenAPI.
+  ``ProtocolContext``, to find models and generate, and ``document`` to declare their OpenAPI
+  (``request_models`` reads a route's declaration back).
 
-Packs that host the server elsewhere (Ray Serve) build a ``Config`` with ``build_config``, take
-``llmserve serve``'s options for a command of their own with ``with_config_options``, and get the
-whole app, models loaded, from ``load_app``.
+Commands and workers that run the models without the HTTP server build a ``Config`` with
+``build_config`` (``config_options`` gives a typer command every ``llmserve serve`` flag) and
+enter ``running_models(config)`` for a ProtocolContext.
+
+A host that runs the whole server in its own process, without a listening socket (a serverless
+worker), builds the app with ``load_app(config)`` and calls it as an ASGI application.
 
 Anything else under ``llmserve`` is internal and may change without notice.
 """
@@ -35,7 +39,7 @@ from llmserve.backends.base import (
     SampleResult,
     TokenLogprob,
 )
-from llmserve.cli_options import with_config_options
+from llmserve.cli_options import with_config_options as config_options
 from llmserve.config import Config, build_config
 from llmserve.engine.constraints import (
     Constraint,
@@ -88,7 +92,8 @@ from llmserve.protocols.shared.sse import (
 from llmserve.protocols.shared.streams import merge_streams
 from llmserve.server.app import error_response
 from llmserve.server.context import ProtocolContext, RenderedChat
-from llmserve.server.openapi import document
+from llmserve.server.in_process import running_models
+from llmserve.server.openapi import document, request_models
 from llmserve.server.registry import EMBED, GENERATE, TRANSCRIBE, ServedModel
 from llmserve.server.startup import load_app
 from llmserve.structured import StructuredOutputs
@@ -150,10 +155,11 @@ __all__ = [
     "ToolParser",
     "UnauthorizedError",
     "UnsupportedError",
+    "build_config",
+    "config_options",
     "context",
     "document",
     "arguments_at",
-    "build_config",
     "bitmask_words",
     "calls_schema",
     "call_sequence",
@@ -170,10 +176,11 @@ __all__ = [
     "parse_json",
     "random_id",
     "release_after_body",
+    "request_models",
+    "running_models",
     "sse",
     "sse_error",
     "set_allowed_tokens",
     "sse_response",
     "validate_model",
-    "with_config_options",
 ]

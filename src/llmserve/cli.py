@@ -27,13 +27,15 @@ def serve(given: dict[str, Any]) -> None:
 
     Several models may be served: `llmserve serve chat=smollm2 other=./model-dir`; requests pick
     one by name, the first is the default. Every option can also be set as LLMSERVE_<OPTION>
-    (LLMSERVE_MODELS for the models); options win over the environment.
+    (LLMSERVE_MODELS for the models); options win over the environment. Plugins may supply
+    settings too (llmserve_serve_settings), between the options and the environment.
     """
     from llmserve.config import build_config
     from llmserve.plugins import load_plugins
     from llmserve.server import check_config, run_server
 
     try:
+        given = {**given, **load_plugins().serve_settings(given)}
         config = build_config(**given)
         plugins = check_config(config, load_plugins(config=config))
     except LLMServeError as exc:

@@ -14,7 +14,7 @@ No hook is firstresult.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -114,6 +114,20 @@ def llmserve_cli(app: typer.Typer) -> None:
     Called once when the CLI is built, before arguments are parsed. Not firstresult. Add
     commands with ``@app.command()`` or sub-apps with ``app.add_typer`` (the built-in ``bench``
     plugin adds ``llmserve bench`` so). Returns nothing.
+    """
+
+
+@hookspec
+def llmserve_serve_settings(given: dict[str, Any]) -> dict[str, Any] | None:
+    """Settings of ``llmserve serve`` that come from somewhere other than its flags.
+
+    Called once by ``llmserve serve``, before its Config is built, with ``given``: Config field
+    name -> the value the command line gave (None where it gave none). Not firstresult: every
+    implementation runs, in load order. Return a dict of field name -> value (strings are parsed
+    as flag values are), or None. Each value applies only where the command line gave nothing,
+    as if it were a flag, so it wins over ``LLMSERVE_*`` variables and defaults; for a field two
+    plugins set, the later one wins. Raise ``ConfigError`` to stop with a message (the SageMaker
+    pack turns ``SM_LLMSERVE_*`` variables into settings so). An unknown field name fails start-up.
     """
 
 

@@ -45,6 +45,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("audio", "llmserve.protocols.audio.plugin"),  # OpenAI's speech-to-text routes
     ("responses", "llmserve.protocols.responses.plugin"),  # OpenAI's Responses API
     ("anthropic", "llmserve.protocols.anthropic.plugin"),  # Anthropic's Messages routes
+    ("webui", "llmserve.protocols.webui.plugin"),  # the web UI at /
     ("parsers", "llmserve.parsers.plugin"),  # tool-call and reasoning parsers
     ("bench", "llmserve.bench.plugin"),  # `llmserve bench`
 )
@@ -166,9 +167,9 @@ class Plugins:
                 yield name, self.pm.subset_hook_caller(hook_name, remove_plugins=others)
 
     @staticmethod
-    def _call(plugin: str, hook_name: str, caller: Callable[..., Any], **kwargs: Any) -> None:
+    def _call(plugin: str, hook_name: str, caller: Callable[..., Any], **kwargs: Any) -> Any:
         try:
-            caller(**kwargs)
+            return caller(**kwargs)
         except LLMServeError:
             raise
         except Exception as exc:
@@ -265,6 +266,24 @@ class Plugins:
         """Let every plugin add its commands (``llmserve_cli``)."""
         for plugin, caller in self._each("llmserve_cli"):
             self._call(plugin, "llmserve_cli", caller, app=app)
+
+    def serve_settings(self, given: dict[str, Any]) -> dict[str, Any]:
+        """What ``llmserve_serve_settings`` adds to ``given`` (only fields it left as None)."""
+        from llmserve.config import Config
+
+        found: dict[str, Any] = {}
+        for plugin, caller in self._each("llmserve_serve_settings"):
+            results = self._call(plugin, "llmserve_serve_settings", caller, given=dict(given))
+            result: dict[str, Any] = {}
+            for part in results or ():  # one plugin, one result (pluggy gives a list)
+                if part is not None and not isinstance(part, dict):
+                    raise PluginError(f"plugin {plugin!r}: llmserve_serve_settings must return a dict")
+                result.update(part or {})
+            unknown = sorted(set(result or {}) - set(Config.model_fields))
+            if unknown:
+                raise PluginError(f"plugin {plugin!r} gave unknown serve settings: {', '.join(unknown)}")
+            found.update(result or {})
+        return {key: value for key, value in found.items() if given.get(key) is None}
 
     def startup(self, context: Any) -> None:
         """``llmserve_startup`` in load order; an exception aborts start-up."""

@@ -70,6 +70,11 @@ class ServerFlags(BaseSettings):
     enable_server_load_tracking: bool = Field(
         False, json_schema_extra=OPS, description="Count requests in flight for /load."
     )
+    disable_web_ui: bool = Field(
+        False,
+        json_schema_extra=OPS,
+        description="Do not serve the web UI (chat, dashboard, playground) at /.",
+    )
     response_role: str = Field(
         "assistant", json_schema_extra=OPS, description="Role of chat answers (add_generation_prompt)."
     )

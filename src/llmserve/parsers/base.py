@@ -173,6 +173,13 @@ class ToolParser:
         """Parse a section's text so far (``final``: the output ended here)."""
         return Section(end=0, failed=True)
 
+    def call_frame(self, name: str) -> tuple[str, str, str] | None:
+        """(trigger, text before the arguments, text after them) of one call to ``name`` in this
+        format, the before-text starting with the trigger; None when the format has no such
+        frame. With it, ``tool_choice: "auto"`` constrains the arguments of ``strict`` tools
+        once the model opens a call (an xgrammar structural tag)."""
+        return None
+
     @property
     def at_start(self) -> bool:
         """Whether nothing but whitespace came before (for formats that only start an output)."""

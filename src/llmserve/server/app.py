@@ -113,7 +113,7 @@ def _install_middleware(app: Quart, config, context: ProtocolContext) -> None:
     async def _auth():
         if request.method == "OPTIONS":
             return _preflight()
-        if api_key is None or request.path in OPEN_PATHS:
+        if api_key is None or request.path in OPEN_PATHS or context.is_open_path(request.path):
             return None
         header = request.headers.get("Authorization", "")
         # Anthropic's clients send the key as x-api-key

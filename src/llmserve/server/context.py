@@ -54,6 +54,7 @@ class ProtocolContext:
         self.limits = ClientLimits(config)
         self._compilers: dict[str, StructuredOutputCompiler] = {}
         self._error_renderers: dict[str, Callable[[int, str], Any]] = {}
+        self._open_paths: dict[str, bool] = {}  # path -> whether everything under it is open too
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -80,6 +81,17 @@ class ProtocolContext:
             ):
                 best = (prefix, render)
         return best[1] if best else None
+
+    def register_open_path(self, path: str, subtree: bool = False) -> None:
+        """Let ``path`` (with ``subtree``, everything under it too) be reached without the API key:
+        a page or its assets, never a route that generates or reveals data."""
+        self._open_paths[path.rstrip("/") or "/"] = subtree
+
+    def is_open_path(self, path: str) -> bool:
+        """Whether ``path`` was opened with ``register_open_path``."""
+        if path in self._open_paths:
+            return True
+        return any(sub and path.startswith(p + "/") for p, sub in self._open_paths.items() if p != "/")
 
     # --- prompts ---------------------------------------------------------------------------------
 
@@ -142,19 +154,31 @@ class ProtocolContext:
         return parse_request(request)
 
     async def compile_constraint(
-        self, model: ServedModel, spec: StructuredOutputs, *, after: str | None = None
+        self,
+        model: ServedModel,
+        spec: StructuredOutputs,
+        *,
+        after: str | None = None,
+        budget: int | None = None,
     ) -> ConstraintSpec:
         """Compile ``spec`` for ``model`` (off the event loop, cached) into the ConstraintSpec to
         set on ``SamplingParams.constraint``. An invalid schema, regex or grammar, a feature no
         backend supports, or a compile past ``--structured-outputs-timeout`` is a 400.
 
         ``after``: text ending the model's reasoning (a reasoning parser's ``end_marker``); the
-        output is free until it, and follows ``spec`` from there on."""
+        output is free until it, and follows ``spec`` from there on. ``budget``: see
+        ``reasoning_budget``."""
         compiled = await self.structured_compiler(model).compile(spec)
         if after:
             marker = self.tokenize(model, after, add_special_tokens=False)
-            compiled = AfterMarker(compiled, marker)
+            compiled = AfterMarker(compiled, marker, budget)
         return compiled
+
+    def reasoning_budget(self, model: ServedModel, after: str, budget: int) -> ConstraintSpec:
+        """A constraint that ends the model's reasoning after ``budget`` tokens: a sequence still
+        reasoning then has to write ``after`` (the reasoning parser's ``end_marker``) next, and
+        is free again once it has. vLLM's ``thinking_token_budget``."""
+        return AfterMarker(None, self.tokenize(model, after, add_special_tokens=False), budget)
 
     async def structured_constraint(self, model: ServedModel, request: Any) -> ConstraintSpec | None:
         """``compile_constraint`` of what ``request`` asks for, or None when it asks for nothing."""

@@ -36,6 +36,11 @@ def document(
     return mark
 
 
+def request_models(view: Callable) -> tuple[type[BaseModel], ...]:
+    """The request models a view function declared with ``document`` (empty when it declared none)."""
+    return _as_tuple((getattr(view, ATTR, None) or {}).get("request"))
+
+
 def _as_tuple(models: Models) -> tuple[type[BaseModel], ...]:
     if models is None:
         return ()

@@ -171,34 +171,42 @@ def _load_transcriber(backend, path: Path, names: list[str]) -> ServedModel:
     )
 
 
-def load_app(config: Config, plugins: Plugins | None = None):
-    """Check ``config``, load every model it names and assemble the app, for an ASGI server that
-    runs the lifespan (Ray Serve, uvicorn): startup starts the engines, shutdown stops them and
-    releases the models. Returns ``(app, context)``."""
-    from llmserve.server.app import create_app
-
-    plugins = check_config(config, plugins or load_plugins(config=config))
-    logging.getLogger("llmserve").setLevel(config.log_level.upper())  # the host owns the handlers
-    context = build_context(config, plugins)
-    app = create_app(config, context)
-
-    @app.after_serving
-    async def _release() -> None:  # after create_app's own, which stops the engines
-        context.close()
-        for backend in context.backends:
-            backend.shutdown()
-
-    return app, context
-
-
 def run_server(config: Config, plugins: Plugins) -> int:
     """Load everything, serve until SIGINT/SIGTERM, and return the exit code."""
+    app, context = _prepare(config, plugins)
+    scheme = "https" if config.ssl_certfile else "http"
+    where = f"unix:{config.uds}" if config.uds else f"{scheme}://{config.host}:{config.port}"
+    log.info("serving on %s%s", where, config.root_path or "")
+    try:
+        asyncio.run(_serve(app, config))
+    finally:
+        _release(context)
+    log.info("stopped")
+    return 0
+
+
+def load_app(config: Config, plugins: Plugins | None = None):
+    """The app ``llmserve serve`` would serve for ``config``, every model loaded, for a host that
+    calls it in process instead of listening (a serverless worker). ``await app.startup()`` in
+    the event loop that will run the requests; ``await app.shutdown()`` stops the engines and
+    releases the backends. Raises ConfigError as ``llmserve serve`` does at start."""
+    plugins = check_config(config, plugins or load_plugins(config=config))
+    app, context = _prepare(config, plugins)
+
+    @app.after_serving
+    async def _release_backends() -> None:  # after create_app's own, which stops the engines
+        _release(context)
+
+    return app
+
+
+def _prepare(config: Config, plugins: Plugins):
+    """Logging set up, every model loaded, the app assembled; (app, context)."""
+    from llmserve.server.app import create_app
     from llmserve.server.logs import setup_logging
 
     setup_logging(config)
     context = build_context(config, plugins)
-    from llmserve.server.app import create_app
-
     app = create_app(config, context)
     for model in context.models:
         if model.engine is not None:
@@ -213,17 +221,14 @@ def run_server(config: Config, plugins: Plugins) -> int:
         else:
             log.info("embedding model %s (%s), dim %d", model.name, model.path, model.embedder.dim)
     log.info("protocols: %s", ", ".join(context.protocols))
-    scheme = "https" if config.ssl_certfile else "http"
-    where = f"unix:{config.uds}" if config.uds else f"{scheme}://{config.host}:{config.port}"
-    log.info("serving on %s%s", where, config.root_path or "")
-    try:
-        asyncio.run(_serve(app, config))
-    finally:
-        context.close()
-        for backend in context.backends:
-            backend.shutdown()
-    log.info("stopped")
-    return 0
+    return app, context
+
+
+def _release(context: ProtocolContext) -> None:
+    context.close()
+    for backend in context.backends:
+        backend.shutdown()
+    context.backends.clear()
 
 
 async def _serve(app, config: Config) -> None:

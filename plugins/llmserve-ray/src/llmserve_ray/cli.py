@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from llmserve.api import LLMServeError, with_config_options
+from llmserve.api import LLMServeError, config_options
 
 ray_app = typer.Typer(
     help="Serve on a Ray cluster: replicas, autoscaling, several nodes.", no_args_is_help=True
@@ -96,7 +96,7 @@ def run(given: dict[str, Any], ray_given: dict[str, Any], address: str | None, p
 
 
 def _serve_command():
-    base = with_config_options(lambda given: None)
+    base = config_options(lambda given: None)
     params = list(inspect.signature(base).parameters.values())
     for name, (kind, flag, help_text) in RAY_OPTIONS.items():
         default = typer.Option(None, flag, help=help_text, rich_help_panel=PANEL, show_default=False)
@@ -118,7 +118,7 @@ def _serve_command():
         ray_given = {name: values.pop(name) for name in RAY_OPTIONS}
         address, proxy_location = values.pop("address"), values.pop("proxy_location")
         captured: dict[str, Any] = {}
-        with_config_options(captured.update)(**values)  # the same conversions as `llmserve serve`
+        config_options(captured.update)(**values)  # the same conversions as `llmserve serve`
         run(captured, ray_given, address, proxy_location)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ import ray
 from quart import Blueprint, jsonify
 from ray import serve
 
-from llmserve.api import build_config, load_app
+from llmserve.api import build_config, context, load_app
 from llmserve_ray.metrics import MetricsBridge
 
 REPLICA_HEADER = "X-Llmserve-Replica"
@@ -30,7 +30,9 @@ class LLMServeReplica:
         self._bridge_task: asyncio.Task | None = None
 
     async def __serve_build_asgi_app__(self):
-        app, self.context = load_app(self.config)
+        app = load_app(self.config)
+        async with app.app_context():
+            self.context = context()  # the server's ProtocolContext, for the health check and metrics
         replica = serve.get_replica_context()
         identity = {
             "replica_id": replica.replica_id.unique_id,

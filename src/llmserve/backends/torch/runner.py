@@ -11,8 +11,10 @@ profiling a max-size step (``profile_kv_budget``) and decode-only steps replay C
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from llmserve.arch.hf_config import ArchConfig, load_arch_config
@@ -105,9 +107,7 @@ class TorchModelRunner:
             raise RuntimeError("load() the model before allocating its KV cache")
         self.graphs = None  # captured against the old cache
         shape = (num_blocks, block_size, 2, self.kv_heads, self.cfg.head_dim)
-        self.kv_caches = [
-            torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.cfg.num_layers)
-        ]
+        self.kv_caches = [_zeros(shape, self.dtype, self.device) for _ in range(self.cfg.num_layers)]
         self.block_size, self.num_blocks = block_size, num_blocks
 
     def sleep(self, level: int) -> None:
@@ -311,3 +311,15 @@ def _padded_tables(items: list[BatchItem], block_size: int) -> tuple[list[int], 
         flat.extend(table)
         flat.extend([0] * (max_blocks - len(table)))
     return flat, max_blocks, ctx_lens
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zeroed KV cache tensor. On CPU its memory comes from calloc (fresh zero pages), so the
+    pool is committed only as blocks are first written, not all at start (torch.zeros writes
+    every page)."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    raw = np.zeros(nbytes + 64, dtype=np.uint8)
+    start = -raw.ctypes.data % 64  # 64-byte aligned, as torch's own allocator
+    return torch.from_numpy(raw[start : start + nbytes]).view(dtype).view(shape)

@@ -3,6 +3,8 @@ after a start marker (and sometimes before an end marker), or as bare JSON openi
 
 from __future__ import annotations
 
+import json
+
 from llmserve.parsers.base import Section, ToolParser
 from llmserve.parsers.json_calls import call_sequence, close_after, skip_ws
 from llmserve.parsers.markers import could_start, locate
@@ -49,6 +51,11 @@ class HermesToolParser(JsonCallsToolParser):
     """Hermes 2/3, Qwen2.5, QwQ: ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``."""
 
     formats = {"<tool_call>": "</tool_call>"}
+
+    def call_frame(self, name: str) -> tuple[str, str, str] | None:
+        if type(self).formats != HermesToolParser.formats:
+            return None  # a subclass with other markers
+        return "<tool_call>", f'<tool_call>\n{{"name": {json.dumps(name)}, "arguments": ', "}\n</tool_call>"
 
 
 class Granite4ToolParser(HermesToolParser):

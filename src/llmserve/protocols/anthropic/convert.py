@@ -194,3 +194,22 @@ def template_kwargs(req: s.CountTokensRequest) -> dict[str, Any]:
 def reasoning_effort(req: s.CountTokensRequest) -> str | None:
     """``output_config.effort``, passed to the template as ``reasoning_effort``."""
     return req.output_config.effort if req.output_config else None
+
+
+def thinking_budget(req: s.MessagesRequest) -> int | None:
+    """``thinking.budget_tokens`` when thinking is ``enabled``: the reasoning ends after that many
+    tokens. Anthropic's rules, except that budgets under 1,024 are allowed (small local models)."""
+    thinking = req.thinking
+    if thinking is None or thinking.type != "enabled":
+        return None
+    if thinking.budget_tokens is None:
+        raise InvalidRequestError(
+            "thinking.budget_tokens: Field required when thinking is enabled", param="thinking"
+        )
+    if thinking.budget_tokens < 1:
+        raise InvalidRequestError("thinking.budget_tokens: must be at least 1", param="thinking")
+    if thinking.budget_tokens >= req.max_tokens:
+        raise InvalidRequestError(
+            "`max_tokens` must be greater than `thinking.budget_tokens`", param="thinking"
+        )
+    return thinking.budget_tokens

@@ -20,6 +20,7 @@ from llmserve.protocols.anthropic import schemas as s
 from llmserve.protocols.anthropic.errors import anthropic_id
 from llmserve.protocols.anthropic.prompt import PreparedPrompt, prepare
 from llmserve.protocols.anthropic.response import Answer
+from llmserve.protocols.anthropic.signature import key_for
 from llmserve.protocols.anthropic.streaming import events
 
 
@@ -43,8 +44,9 @@ async def create_message() -> Any:
     kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
     stream = ctx.generate(model, prepared.token_ids, params, request_id=message_id, kind=kind)
     answer = Answer(
-        message_id, model.answer_name(req.model), len(prepared.token_ids), pipeline, req.stop_sequences
-    )
+        message_id, model.answer_name(req.model), len(prepared.token_ids), pipeline, req.stop_sequences,
+        signing_key=key_for(ctx.config.api_key, model.name),
+    )  # fmt: skip
     if req.stream:
         return sse_response(events(stream, answer))
     try:
@@ -80,11 +82,17 @@ async def _sampling_params(
     pipeline: ParserPipeline,
 ):
     spec = convert.constraint_spec(req, prepared.tools, prepared.tool_choice)
+    budget = convert.thinking_budget(req)
     overrides: dict[str, Any] = {}
-    if spec is not None:
+    if spec is not None or budget is not None:
         reasoning = ctx.reasoning_parser(model=model)  # the constraint starts after reasoning ends
         after = reasoning.end_marker if reasoning is not None else None
-        overrides["constraint"] = await ctx.compile_constraint(model, spec, after=after)
+        if not after:
+            budget = None  # no reasoning parser: the model writes no thinking to budget
+        if spec is not None:
+            overrides["constraint"] = await ctx.compile_constraint(model, spec, after=after, budget=budget)
+        elif budget is not None:
+            overrides["constraint"] = ctx.reasoning_budget(model, after, budget)
     if pipeline.needs_special_tokens:
         overrides["skip_special_tokens"] = False  # the parsers read special-token markers
     # max_tokens is a ceiling: Claude Code asks for more than a small model's context holds.

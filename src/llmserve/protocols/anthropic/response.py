@@ -7,6 +7,7 @@ from typing import Any
 
 from llmserve.api import CompletionOutput, ParserPipeline, RequestOutput, ToolCall
 from llmserve.protocols.anthropic.errors import anthropic_id
+from llmserve.protocols.anthropic.signature import sign
 
 
 class Answer:
@@ -19,8 +20,10 @@ class Answer:
         prompt_tokens: int,
         pipeline: ParserPipeline,
         stop_sequences: list[str] | None,
+        signing_key: bytes = b"",
     ) -> None:
         self.id, self.model, self.prompt_tokens = message_id, model, prompt_tokens
+        self.signing_key = signing_key  # signs thinking blocks (signature.py)
         self.pipeline = pipeline
         self.stop_sequences = stop_sequences or []
         self.cached = 0  # prompt tokens the prefix cache supplied
@@ -74,7 +77,8 @@ class Answer:
         parsed = self.pipeline.extract(choice.text)
         content: list[dict[str, Any]] = []
         if parsed.reasoning:
-            content.append({"type": "thinking", "thinking": parsed.reasoning, "signature": ""})
+            signature = sign(self.signing_key, parsed.reasoning)
+            content.append({"type": "thinking", "thinking": parsed.reasoning, "signature": signature})
         if parsed.content:
             content.append({"type": "text", "text": parsed.content})
         for i, call in enumerate(parsed.tool_calls):

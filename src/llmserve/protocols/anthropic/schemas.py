@@ -71,6 +71,25 @@ class RedactedThinkingBlock(_Wire):
     data: str = ""
 
 
+class ServerToolBlock(_Wire):
+    """A block of a tool that ran on Anthropic's side (web search, code execution, MCP connector)
+    or a container upload, passed back by clients such as Claude Code: nothing here can use it,
+    so it is skipped."""
+
+    type: Literal[
+        "server_tool_use",
+        "web_search_tool_result",
+        "web_fetch_tool_result",
+        "code_execution_tool_result",
+        "bash_code_execution_tool_result",
+        "text_editor_code_execution_tool_result",
+        "tool_search_tool_result",
+        "mcp_tool_use",
+        "mcp_tool_result",
+        "container_upload",
+    ]
+
+
 ContentBlock = Annotated[
     TextBlock
     | ImageBlock
@@ -78,7 +97,8 @@ ContentBlock = Annotated[
     | ToolUseBlock
     | ToolResultBlock
     | ThinkingBlock
-    | RedactedThinkingBlock,
+    | RedactedThinkingBlock
+    | ServerToolBlock,
     Field(discriminator="type"),
 ]
 

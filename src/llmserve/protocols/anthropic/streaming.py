@@ -13,6 +13,7 @@ from typing import Any
 from llmserve.api import EngineDeadError, GenerationStream, ParsedDelta
 from llmserve.protocols.anthropic.errors import event, stream_error
 from llmserve.protocols.anthropic.response import Answer
+from llmserve.protocols.anthropic.signature import sign
 
 
 class _Blocks:
@@ -24,6 +25,7 @@ class _Blocks:
         self.open: str | None = None  # "thinking" | "text" | "tool_use"
         self.call: int | None = None  # the tool call the open tool_use block holds
         self.called = False
+        self.thinking: list[str] = []  # the open thinking block's text, signed when it closes
 
     def start(self, block: dict[str, Any]) -> list[str]:
         out = self.close()
@@ -40,8 +42,9 @@ class _Blocks:
 
     def close(self) -> list[str]:
         out: list[str] = []
-        if self.open == "thinking":  # no real signature: nothing here can verify one
-            out.append(self.delta({"type": "signature_delta", "signature": ""}))
+        if self.open == "thinking":
+            signature = sign(self.answer.signing_key, "".join(self.thinking))
+            out.append(self.delta({"type": "signature_delta", "signature": signature}))
         if self.open is not None:
             out.append(event("content_block_stop", {"type": "content_block_stop", "index": self.index}))
         self.open, self.call = None, None
@@ -52,6 +55,8 @@ class _Blocks:
         if parsed.reasoning:
             if self.open != "thinking":
                 out += self.start({"type": "thinking", "thinking": "", "signature": ""})
+                self.thinking = []
+            self.thinking.append(parsed.reasoning)
             out.append(self.delta({"type": "thinking_delta", "thinking": parsed.reasoning}))
         if parsed.content:
             if self.open != "text":

@@ -8,6 +8,7 @@ from typing import Any
 from llmserve.api import (
     SSE_DONE,
     Config,
+    InvalidRequestError,
     OutputKind,
     ParsedDelta,
     ParserPipeline,
@@ -35,7 +36,12 @@ from llmserve.protocols.openai.serving import (
     stream_flags,
     usage,
 )
-from llmserve.protocols.openai.tools import effective_tool_choice, tool_constraint
+from llmserve.protocols.openai.tools import (
+    effective_tool_choice,
+    framed_calls_constraint,
+    strict_tools_constraint,
+    tool_constraint,
+)
 
 
 def make_pipeline(
@@ -88,16 +94,18 @@ async def create_chat_completion() -> Any:
     apply_server_defaults(req, ctx.config)
     include_usage, continuous = stream_flags(req, ctx.config)
     tool_choice = effective_tool_choice(req, ctx.config)
-    structured = tool_constraint(req, tool_choice) or ctx.structured_outputs(req)
     text, token_ids = prepare_chat(ctx, model, req)
     prompt = Prompt(token_ids, text)
-    constraint = None
-    if structured is not None:
-        # the grammar starts after the reasoning's end marker
-        reasoning = ctx.reasoning_parser(model=model, chat_template_kwargs=req.chat_template_kwargs)
-        after = reasoning.end_marker if reasoning is not None else None
-        constraint = await ctx.compile_constraint(model, structured, after=after)
-    pipelines = [make_pipeline(ctx, model, req, tool_choice) for _ in range(req.n)]
+    structured = tool_constraint(req, tool_choice)
+    parsing = tool_choice
+    if tool_choice == "required":  # in the tool parser's own format when it has one
+        framed = framed_calls_constraint(req, make_pipeline(ctx, model, req, "auto").tool_parser)
+        structured, parsing = (framed, "auto") if framed is not None else (structured, tool_choice)
+    pipelines = [make_pipeline(ctx, model, req, parsing) for _ in range(req.n)]
+    if tool_choice == "auto":
+        structured = strict_tools_constraint(req, pipelines[0].tool_parser)
+    structured = structured or ctx.structured_outputs(req)
+    constraint = await _constraint(ctx, model, req, structured)
     overrides = {"constraint": constraint}
     if pipelines[0].needs_special_tokens and req.skip_special_tokens is None:
         overrides["skip_special_tokens"] = False  # the parsers read special-token markers
@@ -109,6 +117,23 @@ async def create_chat_completion() -> Any:
     if req.stream:
         return sse_response(view.events(merge_streams(streams), include_usage, continuous))
     return json_response(view.response((await results(streams))[0]))
+
+
+async def _constraint(ctx, model: ServedModel, req: ChatCompletionRequest, structured) -> Any:
+    """The grammar (from after the reasoning's end marker) and the reasoning budget, or None."""
+    budget = req.thinking_token_budget
+    if structured is None and budget is None:
+        return None
+    reasoning = ctx.reasoning_parser(model=model, chat_template_kwargs=req.chat_template_kwargs)
+    after = reasoning.end_marker if reasoning is not None else None
+    if budget is not None and not after:
+        raise InvalidRequestError(
+            "thinking_token_budget needs a reasoning parser with an end marker (--reasoning-parser)",
+            param="thinking_token_budget",
+        )
+    if structured is not None:
+        return await ctx.compile_constraint(model, structured, after=after, budget=budget)
+    return ctx.reasoning_budget(model, after, budget)
 
 
 def _echo_text(req: ChatCompletionRequest, role: str) -> str:

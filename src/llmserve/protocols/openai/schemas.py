@@ -137,6 +137,9 @@ class ChatCompletionRequest(VLLMSamplingFields):
     user: Any = None  # a string for OpenAI; some clients send an object
     reasoning_effort: str | None = None
     include_reasoning: bool = Field(True, description="Return the reasoning (with a reasoning parser).")
+    thinking_token_budget: int | None = Field(
+        None, ge=0, description="End the reasoning after this many tokens (needs a reasoning parser)."
+    )
     # vLLM chat extras
     echo: bool = False
     add_generation_prompt: bool = True

@@ -11,6 +11,7 @@ give "required" a structural tag in its own format instead of the JSON list (``t
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from llmserve.api import InvalidRequestError, StructuredOutputs, calls_schema
@@ -84,6 +85,59 @@ def tool_constraint(
         function = next(f for f in functions if f["name"] == name)
         return StructuredOutputs(json=function.get("parameters") or {"type": "object"})
     return StructuredOutputs(json=calls_schema(functions, 1 if req.parallel_tool_calls is False else None))
+
+
+def framed_calls_constraint(req: ChatCompletionRequest, parser: Any) -> StructuredOutputs | None:
+    """For "required": one or more calls written in the tool parser's own format (each call's
+    arguments following its tool's schema), when the parser has a frame for every tool; None
+    otherwise (the calls are then a JSON list, ``tool_constraint``)."""
+    tools = req.tools or []
+    frames = [parser.call_frame(tool.function.name) for tool in tools] if parser is not None else []
+    if not frames or any(frame is None for frame in frames):
+        return None
+    tags = [
+        {"type": "tag", "begin": begin, "end": end,
+         "content": {"type": "json_schema", "json_schema": tool.function.parameters or {"type": "object"}}}
+        for tool, (_, begin, end) in zip(tools, frames, strict=True)
+    ]  # fmt: skip
+    calls = {"type": "tags_with_separator", "tags": tags, "separator": "\n", "at_least_one": True,
+             "stop_after_first": req.parallel_tool_calls is False}  # fmt: skip
+    return StructuredOutputs(structural_tag=json.dumps({"type": "structural_tag", "format": calls}))
+
+
+def strict_tools_constraint(req: ChatCompletionRequest, parser: Any) -> StructuredOutputs | None:
+    """For "auto" with a ``strict: true`` tool: once the model opens a call in the tool parser's
+    format, its arguments follow that tool's schema (other tools' arguments: any object). None
+    without strict tools; a 400 when the parser's format cannot be constrained or another
+    output constraint is asked for too."""
+    tools = req.tools or []
+    if not any(tool.function.strict for tool in tools):
+        return None
+    frames = [parser.call_frame(tool.function.name) for tool in tools] if parser is not None else [None]
+    if any(frame is None for frame in frames):
+        raise InvalidRequestError(
+            "strict tools with tool_choice 'auto' need a tool-call parser whose format can be "
+            "constrained (--tool-call-parser hermes)",
+            param="tools",
+        )
+    for name in ("structured_outputs", "response_format"):
+        value = getattr(req, name)
+        if value is not None and not (name == "response_format" and value.get("type", "text") == "text"):
+            raise InvalidRequestError(
+                f"{name} cannot be used with strict tools under tool_choice 'auto'", param=name
+            )
+    structures = [
+        {
+            "begin": begin,
+            "schema": (tool.function.parameters or {"type": "object"})
+            if tool.function.strict
+            else {"type": "object"},
+            "end": end,
+        }
+        for tool, (_, begin, end) in zip(tools, frames, strict=True)
+    ]
+    triggers = sorted({trigger for trigger, _, _ in frames})
+    return StructuredOutputs(structural_tag=json.dumps({"structures": structures, "triggers": triggers}))
 
 
 def _choice_name(tool_choice: str | dict[str, Any]) -> str:

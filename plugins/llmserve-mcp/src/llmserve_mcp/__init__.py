@@ -1,0 +1,1 @@
+"""An MCP server for llmserve: tools over the engine, at /mcp and over stdio."""
