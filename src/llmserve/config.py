@@ -214,8 +214,9 @@ class Config(ServerFlags):
     responses_store: str | None = Field(
         None,
         json_schema_extra=CHAT,
-        description="Where /v1/responses keeps stored responses: sqlite:///PATH, or 'memory' (lost at "
-        "exit); default: responses.sqlite under the cache dir.",
+        description="Where /v1/responses keeps stored responses: sqlite:///PATH (shared by every server "
+        "using it; add ?journal_mode=delete for a file on storage shared by several hosts), or 'memory' "
+        "(lost at exit); default: responses.sqlite under the cache dir.",
     )
     responses_max_stored: int = Field(
         10000,
@@ -284,6 +285,9 @@ class Config(ServerFlags):
     def _responses_store(cls, value: str | None) -> str | None:
         if value is not None and value != "memory" and not value.startswith("sqlite:///"):
             raise ValueError("must be sqlite:///PATH or memory")
+        query = (value or "").partition("?")[2]
+        if query and query.lower() not in {f"journal_mode={m}" for m in ("wal", "delete", "truncate")}:
+            raise ValueError("the one option of sqlite:///PATH is ?journal_mode=wal|delete|truncate")
         return value
 
     @field_validator("block_size")
