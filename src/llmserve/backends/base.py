@@ -278,6 +278,11 @@ class Backend(ABC):
         """One line for the start log: device and dtype."""
         return self.name
 
+    def failure(self) -> str | None:
+        """Why the backend can no longer run (a lost worker process), or None while it can.
+        Polled by the server's health check; the engine is then dead and the server exits."""
+        return None
+
     def shutdown(self) -> None:  # noqa: B027 - optional hook
         """Release devices and memory."""
 

@@ -131,6 +131,7 @@ class LLMEngine:
         if bad is not None:
             raise InvalidRequestError(f"Token id {bad} is out of vocabulary (size {vocab}).", param="prompt")
         params.check_vocab(vocab)
+        params.check_limits(self.config)
         prompt_len = len(prompt_token_ids)
         max_tokens = params.max_tokens or 0
         if prompt_len + max_tokens > self.max_model_len or prompt_len >= self.max_model_len:
