@@ -14,6 +14,54 @@ from pydantic import BaseModel, ConfigDict, Field
 TokenId = Annotated[int, Field(ge=0)]
 Bias = Annotated[float, Field(ge=-100, le=100)]
 Seed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
+_OBJECT = {"type": "object", "additionalProperties": {}}
+_TEXT_PART = {
+    "type": "object",
+    "properties": {"type": {"enum": ["text", "input_text", "output_text"]}, "text": {"type": "string"}},
+    "required": ["type", "text"],
+}
+# Text only: image, audio and file parts are a 400 (no multimodal model is served).
+CONTENT_SCHEMA = {"anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}, {"type": "null"}]}
+_JSON_SCHEMA_FORMAT = {
+    "type": "object",
+    "properties": {
+        "type": {"const": "json_schema"},
+        "json_schema": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "schema": {"type": "object"},
+                "strict": {"type": "boolean"},
+            },
+            "required": ["name"],
+        },
+    },
+    "required": ["type", "json_schema"],
+}
+RESPONSE_FORMAT_SCHEMA = {
+    "anyOf": [
+        {"type": "object", "properties": {"type": {"enum": ["text", "json_object"]}}, "required": ["type"]},
+        _JSON_SCHEMA_FORMAT,
+        {"type": "null"},
+    ]
+}
+STRUCTURED_SCHEMA = {
+    "anyOf": [
+        {"type": "object", "properties": {"json": {"type": "object"}}, "required": ["json"]},
+        {
+            "type": "object",
+            "properties": {"regex": {"type": "string", "format": "regex"}},
+            "required": ["regex"],
+        },
+        {
+            "type": "object",
+            "properties": {"choice": {"type": "array", "items": {"type": "string"}, "minItems": 1}},
+            "required": ["choice"],
+        },
+        {"type": "object", "properties": {"json_object": {"const": True}}, "required": ["json_object"]},
+        {"type": "null"},
+    ]
+}
 # prompt / input: checked by parse_prompts (so the error names the field in plain words)
 PROMPT_SCHEMA = {
     "anyOf": [
@@ -65,16 +113,33 @@ class VLLMSamplingFields(OpenAIModel):
     use_beam_search: bool = False
     length_penalty: float = 1.0
     # Structured outputs (llmserve.structured reads them; malformed ones are a 400 there)
-    response_format: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = Field(None, json_schema_extra=RESPONSE_FORMAT_SCHEMA)
     structured_outputs: dict[str, Any] | None = Field(
         None,
+        json_schema_extra=STRUCTURED_SCHEMA,
         description="Exactly one of json, regex, choice, grammar, json_object, structural_tag; "
         "plus disable_any_whitespace, disable_additional_properties, whitespace_pattern.",
     )
-    guided_json: Any = Field(None, description="Deprecated: structured_outputs.json.")
-    guided_regex: str | None = Field(None, description="Deprecated: structured_outputs.regex.")
-    guided_choice: list[str] | None = Field(None, description="Deprecated: structured_outputs.choice.")
-    guided_grammar: str | None = Field(None, description="Deprecated: structured_outputs.grammar.")
+    guided_json: Any = Field(
+        None,
+        description="Deprecated: structured_outputs.json.",
+        json_schema_extra={"deprecated": True, **_OBJECT},
+    )
+    guided_regex: str | None = Field(
+        None,
+        description="Deprecated: structured_outputs.regex.",
+        json_schema_extra={"deprecated": True, "format": "regex"},
+    )
+    guided_choice: list[str] | None = Field(
+        None,
+        description="Deprecated: structured_outputs.choice.",
+        json_schema_extra={"deprecated": True, "minItems": 1},
+    )
+    guided_grammar: str | None = Field(
+        None,
+        description="Deprecated: structured_outputs.grammar (EBNF or Lark).",
+        json_schema_extra={"deprecated": True},
+    )
     guided_decoding_backend: str | None = Field(None, description="Deprecated: the request's backend.")
 
 
@@ -108,7 +173,7 @@ class ChatMessage(OpenAIModel):
     model_config = ConfigDict(extra="allow")
 
     role: str
-    content: str | list[Any] | None = None
+    content: str | list[Any] | None = Field(None, json_schema_extra=CONTENT_SCHEMA)
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
