@@ -79,7 +79,7 @@ def test_malformed_bodies_are_400(http, path, content, says):
         ("/v1/chat/completions", {**CHAT, "messages": []}, "messages"),
         ("/v1/chat/completions", {**CHAT, "messages": "Hi"}, "messages"),
         ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": [IMAGE]}]}, "messages"),
-        ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": TEN_MB}]}, "prompt"),
+        ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": TEN_MB}]}, "messages"),
         ("/v1/embeddings", {"input": [[10**9]]}, "input"),  # was an IndexError (500) in the encoder
         ("/v1/embeddings", {"input": TEN_MB}, "input"),
         ("/v1/embeddings", {"input": []}, "input"),

@@ -25,8 +25,8 @@ CHAT = {"messages": [{"role": "user", "content": "Count to twenty."}], "temperat
 def faulty(smollm2_dir, minilm_dir):
     """A server with the fault-injection logits processor; the SIGTERM test stops it last."""
     proc = ServerProcess(
-        "--max-model-len", "1024", "--tool-parser-plugin", str(PLUGIN), "--logits-processors", "fail-on-request",
-        "--shutdown-timeout", "8",
+        "--max-model-len", "2048", "--tool-parser-plugin", str(PLUGIN), "--logits-processors", "fail-on-request",
+        "--shutdown-timeout", "20",
     )  # fmt: skip
     try:
         yield proc
@@ -56,10 +56,10 @@ def test_exception_in_one_request_fails_it_and_the_others_finish(faulty):
         results[f"good{i}"] = out.choices[0]
 
     def bad() -> None:
+        kwargs = _sdk(CHAT)
+        kwargs["extra_body"] = {**kwargs["extra_body"], "vllm_xargs": {"fail_at": 3}}
         try:
-            client.chat.completions.create(
-                model="", max_tokens=24, extra_body={"vllm_xargs": {"fail_at": 3}}, **_sdk(CHAT)
-            )
+            client.chat.completions.create(model="", max_tokens=24, **kwargs)
         except openai.APIStatusError as exc:
             results["bad"] = exc
         else:
@@ -106,7 +106,7 @@ def _sdk(body: dict) -> dict:
 
 
 def test_sigterm_finishes_streams_in_flight_then_exits_0(faulty):
-    """Short streams finish; one longer than --shutdown-timeout (8 s) is cut; new connections
+    """Short streams finish; one longer than --shutdown-timeout (20 s) is cut; new connections
     are refused; the exit code is 0."""
     done: dict[int, list[str]] = {}
     first = threading.Barrier(4, timeout=120)
@@ -135,8 +135,8 @@ def test_sigterm_finishes_streams_in_flight_then_exits_0(faulty):
             lines.append(f"cut: {type(exc).__name__}")
         done[i] = lines
 
-    threads = [threading.Thread(target=stream, args=(i, 24)) for i in range(2)]
-    threads.append(threading.Thread(target=stream, args=(2, 900)))
+    threads = [threading.Thread(target=stream, args=(i, 4)) for i in range(2)]
+    threads.append(threading.Thread(target=stream, args=(2, 2000)))
     for t in threads:
         t.start()
     first.wait()  # every stream has its first token
@@ -154,9 +154,9 @@ def test_sigterm_finishes_streams_in_flight_then_exits_0(faulty):
     for i in range(2):
         assert done[i][-1] == "[DONE]", done[i][-3:]
         assert json.loads(done[i][-2])["choices"][0]["finish_reason"] == "length"
-    assert done[2][-1] != "[DONE]"  # 900 tokens do not fit in 8 s here: it was cut
-    assert took < 8 + 20, took
-    assert "SIGTERM: no new connections" in log and "Traceback" not in log
+    assert done[2][-1] != "[DONE]"  # 2000 tokens do not fit in 20 s on a CPU: it was cut
+    assert took < 20 + 20, took
+    assert "SIGTERM: no new connections" in log and "unhandled error" not in log
 
 
 def _children(pid: int) -> list[int]:

@@ -139,7 +139,7 @@ class LLMEngine:
                 f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
                 f"{prompt_len + max_tokens} tokens ({prompt_len} in the messages, {max_tokens} in the completion). "
                 "Please reduce the length of the messages or completion.",
-                param="max_tokens" if max_tokens else "prompt",
+                param="max_tokens" if max_tokens and prompt_len < self.max_model_len else "prompt",
             )
 
     def add_request(
