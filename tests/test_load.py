@@ -78,7 +78,7 @@ async def test_1000_streams_dropped_at_random_points_free_everything(server):
             where = rng.choice(list(counts))
             counts[where] += 1
             # a long prompt, so some drops land while it is prefilled
-            prompt = PROMPTS[i % len(PROMPTS)] * (60 if where == "prefill" else 1) + f" {i}"
+            prompt = PROMPTS[i % len(PROMPTS)] * (20 if where == "prefill" else 1) + f" {i}"
             body = {
                 "prompt": prompt,
                 "max_tokens": 64,
