@@ -91,6 +91,8 @@ def test_api_key_is_required_and_never_logged(secured):
         assert http.get("/metrics", headers={"x-api-key": KEY}).status_code == 200
         assert http.get("/openapi.json", headers={"x-api-key": KEY}).status_code == 404
         assert http.get("/docs", headers={"x-api-key": KEY}).status_code == 404
+        bad = http.post("/v1/completions", content=b'{"prompt": "\xff"}', headers={"x-api-key": KEY})
+        assert bad.status_code == 400  # logging a body that is not UTF-8 was a 500
     log = secured.output()
     assert "request POST /v1/completions" in log  # --enable-log-requests logged the bodies
     assert KEY not in log and "sk-wrong-key-123" not in log

@@ -15,7 +15,8 @@ def _cap(body):
     if isinstance(body, dict):
         for key, cap in CAPS.items():
             value = body.get(key)
-            if isinstance(value, int) and not isinstance(value, bool) and value > cap:
+            # floats too: 5e8 passes as an integer, and Anthropic's max_tokens is only a ceiling
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > cap:
                 body[key] = cap
     return body
 

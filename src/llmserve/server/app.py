@@ -150,7 +150,8 @@ def _install_middleware(app: Quart, config, context: ProtocolContext) -> None:
     @app.before_request
     async def _log_request():
         if config.enable_log_requests and request.method in ("POST", "PUT"):
-            body = (await request.get_data(as_text=True, cache=True))[: config.max_log_len]
+            raw = await request.get_data(cache=True)  # bytes: a body that is not UTF-8 is the route's 400
+            body = raw.decode("utf-8", "replace")[: config.max_log_len]
             log.info("request %s %s from %s: %s", request.method, request.path, request.remote_addr, body)
 
     @app.after_request
