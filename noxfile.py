@@ -1,4 +1,5 @@
-"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s serve`, `nox -s bench`."""
+"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s serve`, `nox -s bench`, `nox -s fuzz`,
+`nox -s soak`."""
 
 from __future__ import annotations
 
@@ -32,3 +33,19 @@ def serve(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     session.install(TORCH, "-e", ".[test]")
     session.run("llmserve", "bench", "throughput", *session.posargs)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Schemathesis over /openapi.json: every phase, a few thousand cases (docs/RELIABILITY.md)."""
+    session.install(TORCH, "-e", ".[test]")
+    env = {"LLMSERVE_FUZZ_EXAMPLES": "60", "LLMSERVE_FUZZ_PHASES": "examples,coverage,fuzzing,stateful"}
+    session.run("python", "-m", "pytest", "-s", "tests/test_fuzz.py", *session.posargs, env=env)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """Ten minutes of mixed chat / completions / embeddings: RSS flat, latency steady."""
+    session.install(TORCH, "-e", ".[test]")
+    env = {"LLMSERVE_SOAK_S": "600"}
+    session.run("python", "-m", "pytest", "-s", "tests/test_load.py", "-k", "soak", *session.posargs, env=env)

@@ -242,7 +242,13 @@ class Config(ServerFlags):
         return data
 
     @field_validator(
-        "models", "served_model_name", "allowed_origins", "logits_processors", "middleware", mode="before"
+        "models",
+        "served_model_name",
+        "allowed_origins",
+        "logits_processors",
+        "middleware",
+        "open_paths",
+        mode="before",
     )
     @classmethod
     def _lists(cls, value: Any) -> Any:

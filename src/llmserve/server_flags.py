@@ -58,6 +58,30 @@ class ServerFlags(BaseSettings):
         default_factory=list, json_schema_extra=OPS,
         description="ASGI middleware to wrap the app in, by import path (module.Class; repeatable).",
     )  # fmt: skip
+    max_logprobs: int = Field(
+        20, ge=0, json_schema_extra=OPS,
+        description="Most logprobs (and prompt_logprobs, top_logprobs) a request may ask for; more get 400.",
+    )  # fmt: skip
+    max_n: int = Field(
+        128, ge=1, json_schema_extra=OPS,
+        description="Most choices (n) one request may ask for; more get 400.",
+    )  # fmt: skip
+    max_stop: int = Field(
+        64, ge=0, json_schema_extra=OPS,
+        description="Most stop strings (and stop_token_ids) one request may give; more get 400.",
+    )  # fmt: skip
+    shutdown_timeout: float = Field(
+        30.0, ge=0, json_schema_extra=OPS,
+        description="Seconds requests in flight may take to finish after SIGTERM/SIGINT before they are cut.",
+    )  # fmt: skip
+    open_paths: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["/health", "/ping", "/version", "/metrics", "/docs", "/openapi.json"],
+        json_schema_extra=OPS,
+        description="Paths answered without --api-key (comma-separated; '' for none).",
+    )  # fmt: skip
+    disable_fastapi_docs: bool = Field(
+        False, json_schema_extra=OPS, description="Do not serve /docs and /openapi.json (vLLM's flag name)."
+    )
     enable_log_requests: bool = Field(False, json_schema_extra=OPS, description="Log every request's body.")
     max_log_len: int | None = Field(
         None, ge=0, json_schema_extra=OPS, description="Characters of a logged request body (default: all)."

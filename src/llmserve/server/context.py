@@ -142,9 +142,12 @@ class ProtocolContext:
     ) -> SamplingParams:
         """SamplingParams from a request with OpenAI / vLLM field names, the model's
         generation_config defaults filling what the request leaves out."""
-        return sampling.to_sampling_params(
+        params = sampling.to_sampling_params(
             request, model.generation_defaults, model.max_model_len, prompt_len, **overrides
         )
+        chat = isinstance(getattr(request, "logprobs", None), bool)  # chat's logprobs is a flag
+        params.check_limits(self.config, "top_logprobs" if chat else "logprobs")
+        return params
 
     # --- structured outputs ----------------------------------------------------------------------
 

@@ -17,6 +17,9 @@ from llmserve.server.registry import EMBED, GENERATE, TRANSCRIBE, ModelRegistry,
 
 log = logging.getLogger("llmserve")
 
+HEALTH_POLL_S = 0.5
+UNHEALTHY_GRACE_S = 3.0  # /health answers 503 this long before the server exits
+
 
 def resolve_backend_name(config: Config, plugins: Plugins | None = None) -> str:
     """The backend ``--backend`` names; for ``auto``, the available registered backend with the
@@ -178,9 +181,12 @@ def run_server(config: Config, plugins: Plugins) -> int:
     where = f"unix:{config.uds}" if config.uds else f"{scheme}://{config.host}:{config.port}"
     log.info("serving on %s%s", where, config.root_path or "")
     try:
-        asyncio.run(_serve(app, config))
+        healthy = asyncio.run(_serve(app, config, context))
     finally:
         _release(context)
+    if not healthy:
+        log.error("stopped: an engine failed (see above)")
+        return 1
     log.info("stopped")
     return 0
 
@@ -231,7 +237,9 @@ def _release(context: ProtocolContext) -> None:
     context.backends.clear()
 
 
-async def _serve(app, config: Config) -> None:
+async def _serve(app, config: Config, context: ProtocolContext) -> bool:
+    """Serve until a signal (requests in flight get --shutdown-timeout seconds to finish) or an
+    engine's death (after /health has answered 503 for a moment); whether all stayed healthy."""
     from hypercorn.asyncio import serve
     from hypercorn.config import Config as HypercornConfig
 
@@ -243,9 +251,30 @@ async def _serve(app, config: Config) -> None:
     if config.ssl_certfile:
         hc.certfile, hc.keyfile, hc.ca_certs = config.ssl_certfile, config.ssl_keyfile, config.ssl_ca_certs
         hc.verify_mode = ssl.VerifyMode(config.ssl_cert_reqs)
-    hc.graceful_timeout = 5
+    hc.graceful_timeout = config.shutdown_timeout
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await serve(app, hc, shutdown_trigger=stop.wait)
+        loop.add_signal_handler(sig, _on_signal, sig, stop)
+    watch = asyncio.create_task(_watch_health(context, stop))
+    try:
+        await serve(app, hc, shutdown_trigger=stop.wait)
+    finally:
+        watch.cancel()
+    return context.is_healthy()
+
+
+def _on_signal(sig: int, stop: asyncio.Event) -> None:
+    if not stop.is_set():
+        log.info("%s: no new connections; requests in flight may finish", signal.Signals(sig).name)
+    stop.set()
+
+
+async def _watch_health(context: ProtocolContext, stop: asyncio.Event) -> None:
+    """Stop serving once an engine died (a crashed step, a lost tensor-parallel worker): the
+    server exits non-zero rather than answer 503 forever; probes see 503 meanwhile."""
+    while context.is_healthy():
+        await asyncio.sleep(HEALTH_POLL_S)
+    log.error("an engine is dead; stopping in %.0f s", UNHEALTHY_GRACE_S)
+    await asyncio.sleep(UNHEALTHY_GRACE_S)
+    stop.set()

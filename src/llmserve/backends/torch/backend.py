@@ -116,6 +116,9 @@ class TorchBackend(Backend):
         tp = f", tensor parallel x{self.config.tensor_parallel_size}" if self.tp is not None else ""
         return f"{self.name} (torch {torch.__version__}, {torch.get_num_threads()} threads{tp})"
 
+    def failure(self) -> str | None:
+        return self.tp.failure if self.tp is not None else None
+
     def shutdown(self) -> None:
         if self.tp is not None:
             self.tp.shutdown()

@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class Request(BaseModel):
@@ -214,6 +222,10 @@ class RenderedRequest(Wire):
 
 
 # --- pooling, score, rerank ---------------------------------------------------------------------------
+
+
+class RenderedRequests(RootModel[list[RenderedRequest]]):
+    """/v1/completions/render: one rendered request per prompt."""
 
 
 class UsageInfo(Wire):
