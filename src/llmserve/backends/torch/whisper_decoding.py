@@ -35,9 +35,10 @@ class WhisperTokens:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, tokenizer, vocab_size: int) -> WhisperTokens:
-        """From the tokenizer, CTranslate2's config.json (suppress lists) and the model's vocabulary
-        size (51865 and up: multilingual; timestamps follow ``<|notimestamps|>``)."""
-        config = json.loads((Path(model_dir) / "config.json").read_text())
+        """From the tokenizer, the suppress lists (CTranslate2's config.json, or transformers'
+        generation_config.json / config.json) and the model's vocabulary size (51865 and up:
+        multilingual; timestamps follow ``<|notimestamps|>``)."""
+        suppress, begin = _suppress_lists(Path(model_dir))
         ids = tokenizer.convert_tokens_to_ids
         vocab = tokenizer.get_vocab()
         languages = {
@@ -54,8 +55,8 @@ class WhisperTokens:
             transcribe=ids("<|transcribe|>"),
             translate=ids("<|translate|>"),
             languages=languages,
-            suppress=tuple(config.get("suppress_ids") or ()),
-            suppress_begin=tuple(config.get("suppress_ids_begin") or ()),
+            suppress=suppress,
+            suppress_begin=begin,
             multilingual=vocab_size >= 51865,
         )
 
@@ -71,6 +72,16 @@ class WhisperTokens:
         if not timestamps:
             out.append(self.no_timestamps)
         return out
+
+
+def _suppress_lists(model_dir: Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    config = json.loads((model_dir / "config.json").read_text())
+    if "suppress_ids" in config:  # CTranslate2
+        return tuple(config["suppress_ids"] or ()), tuple(config.get("suppress_ids_begin") or ())
+    generation = model_dir / "generation_config.json"
+    if generation.is_file():
+        config = {**config, **json.loads(generation.read_text())}
+    return tuple(config.get("suppress_tokens") or ()), tuple(config.get("begin_suppress_tokens") or ())
 
 
 @dataclass

@@ -16,6 +16,8 @@ from llmserve.backends.torch.whisper_decoding import (
     detect_language,
     select_tokens,
 )
+from llmserve.backends.torch.whisper_hf import load_hf_whisper
+from llmserve.sources.speech import is_hf_whisper_dir
 
 
 def load_whisper_tokenizer(model_dir: str | Path):
@@ -25,12 +27,19 @@ def load_whisper_tokenizer(model_dir: str | Path):
     return PreTrainedTokenizerFast(tokenizer_file=str(Path(model_dir) / "tokenizer.json"))
 
 
+def load_whisper(model_dir: str | Path, device) -> Whisper:
+    """Whisper in float32 from a CTranslate2 directory or a transformers one."""
+    if is_hf_whisper_dir(model_dir):
+        return load_hf_whisper(model_dir, torch.float32, device)
+    return Whisper.from_ct2(read_ct2(model_dir), torch.float32, device)
+
+
 class WhisperRunner(Transcriber):
     """Encodes windows into free slots and decodes all busy slots one token per step."""
 
     def __init__(self, model_dir: str, device: str = "cpu", max_slots: int = 8) -> None:
         self.device = torch.device(device)
-        self.model = Whisper.from_ct2(read_ct2(model_dir), torch.float32, self.device)
+        self.model = load_whisper(model_dir, self.device)
         cfg = self.model.cfg
         self.cfg = cfg
         self.tokenizer = load_whisper_tokenizer(model_dir)
