@@ -17,6 +17,32 @@ SENTENCES = [
     "She opened the window and looked at the mountains.",
 ]
 
+# About 70 s spoken: more than two of Whisper's 30 s windows, no sentence repeated.
+PASSAGE = " ".join(
+    [
+        "Every morning the baker opens his shop before the sun comes up.",
+        "He mixes flour, water and salt in a large wooden bowl.",
+        "While the dough rises, he sweeps the floor and cleans the windows.",
+        "The first customers arrive at seven and ask for warm bread.",
+        "A young teacher buys two rolls and a cup of coffee.",
+        "An old man orders a cake for his granddaughter's birthday.",
+        "At noon the street becomes busy with cars and bicycles.",
+        "Children walk home from school and stop to look at the cookies.",
+        "In the afternoon the baker rests for an hour in his garden.",
+        "He grows tomatoes, beans and a few small apple trees.",
+        "Later he writes a list of everything he needs for the next day.",
+        "His daughter helps him count the money and close the shop.",
+        "They talk about the weather and about a trip to the sea.",
+        "The evening is quiet, and the lights in the houses go on one by one.",
+        "Before he goes to sleep, the baker reads a chapter of his favourite book.",
+        "Then he sets his alarm clock for four o'clock and turns off the lamp.",
+        "On Sundays the shop stays closed and the family visits the market.",
+        "They buy fresh fish, green vegetables and a bunch of yellow flowers.",
+        "After lunch they walk along the river and feed the ducks.",
+        "In winter the town is covered with snow and the bread smells even better.",
+    ]
+)
+
 ESPEAK_MISSING = "espeak-ng is not installed (apt-get install -y espeak-ng)"
 
 

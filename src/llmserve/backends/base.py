@@ -191,6 +191,11 @@ class Transcriber(ABC):
         """Free a slot."""
 
     @abstractmethod
+    def scores(self, slot: int) -> tuple[float, float]:
+        """For a busy slot: the sum of its sampled tokens' log-probabilities (after the token
+        rules, before temperature) and the probability of no speech in its window."""
+
+    @abstractmethod
     def room(self, slot: int) -> int:
         """Positions left in the slot's decoder cache."""
 

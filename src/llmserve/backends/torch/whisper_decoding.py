@@ -25,6 +25,7 @@ class WhisperTokens:
     sot: int
     sot_prev: int
     no_timestamps: int
+    no_speech: int | None  # <|nospeech|> (<|nocaptions|> in older vocabularies)
     timestamp_begin: int
     transcribe: int
     translate: int
@@ -51,6 +52,7 @@ class WhisperTokens:
             sot=ids("<|startoftranscript|>"),
             sot_prev=ids("<|startofprev|>"),
             no_timestamps=ids("<|notimestamps|>"),
+            no_speech=vocab.get("<|nospeech|>", vocab.get("<|nocaptions|>")),
             timestamp_begin=ids("<|notimestamps|>") + 1,
             transcribe=ids("<|transcribe|>"),
             translate=ids("<|translate|>"),
@@ -92,6 +94,8 @@ class DecodeState:
     temperature: float = 0.0
     sampled: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None
+    sum_logprob: float = 0.0  # of the sampled tokens, after the rules, before temperature
+    no_speech_prob: float = 0.0
 
 
 def _timestamp_rules(row: torch.Tensor, state: DecodeState, tokens: WhisperTokens) -> None:
@@ -134,9 +138,17 @@ def select_tokens(logits: torch.Tensor, states: list[DecodeState], tokens: Whisp
             token = int(torch.multinomial(probs, 1, generator=state.generator))
         else:
             token = int(row.argmax())
+        state.sum_logprob += float(torch.log_softmax(row, dim=-1)[token])
         state.sampled.append(token)
         out.append(token)
     return out
+
+
+def no_speech_prob(logits: torch.Tensor, tokens: WhisperTokens) -> float:
+    """The probability of ``<|nospeech|>`` in the logits after ``<|startoftranscript|>``."""
+    if tokens.no_speech is None:
+        return 0.0
+    return float(torch.softmax(logits.float(), dim=-1)[tokens.no_speech])
 
 
 def detect_language(logits: torch.Tensor, tokens: WhisperTokens) -> str:

@@ -14,6 +14,7 @@ from llmserve.backends.torch.whisper_decoding import (
     DecodeState,
     WhisperTokens,
     detect_language,
+    no_speech_prob,
     select_tokens,
 )
 from llmserve.backends.torch.whisper_hf import load_hf_whisper
@@ -83,26 +84,29 @@ class WhisperRunner(Transcriber):
         for slot, start in zip(slots, starts, strict=True):
             language = start.language if self.multilingual else "en"
             if self.multilingual and language is None:
-                first = self._forward(slot, [self.tokens.sot], 0)
+                first = self._forward(slot, [self.tokens.sot], 0)[-1]
                 language = detect_language(first, self.tokens)
             prompt = self.tokens.prompt(language, start.task, start.timestamps, start.previous)
-            logits = self._forward(slot, prompt, 0)
+            all_logits = self._forward(slot, prompt, 0)
+            logits = all_logits[-1]
             generator = None
             if start.temperature > 0:
                 generator = torch.Generator().manual_seed(start.seed if start.seed is not None else slot)
             state = DecodeState(start.timestamps, start.temperature, generator=generator)
+            sot_index = len(prompt) - 1 - prompt[::-1].index(self.tokens.sot)
+            state.no_speech_prob = no_speech_prob(all_logits[sot_index], self.tokens)
             self.states[slot] = state
             self.lengths[slot] = len(prompt)
             out.append((slot, select_tokens(logits[None], [state], self.tokens)[0], language))
         return out
 
     def _forward(self, slot: int, ids: list[int], offset: int) -> torch.Tensor:
-        """Prefill ``ids`` into one slot; the logits after its last token."""
+        """Prefill ``ids`` into one slot; the logits after each of them [T, V]."""
         tokens = torch.tensor([ids], device=self.device)
         positions = torch.arange(offset, offset + len(ids), device=self.device)[None]
         crosses = [(k[slot : slot + 1], v[slot : slot + 1]) for k, v in self.crosses]
         slots = torch.tensor([slot], device=self.device)
-        return self.model.decoder(tokens, positions, slots, self.caches, crosses)[0, -1]
+        return self.model.decoder(tokens, positions, slots, self.caches, crosses)[0]
 
     @torch.inference_mode()
     def advance(self, slots: list[int]) -> list[int]:
@@ -121,6 +125,10 @@ class WhisperRunner(Transcriber):
         if self.states.pop(slot, None) is not None:
             self.lengths.pop(slot, None)
             self._free.append(slot)
+
+    def scores(self, slot: int) -> tuple[float, float]:
+        state = self.states[slot]
+        return state.sum_logprob, state.no_speech_prob
 
     def room(self, slot: int) -> int:
         """Positions left in the slot's cache."""

@@ -77,6 +77,7 @@ async def _serve(model_cls, task: str) -> Any:
         timestamps=fmt in ("verbose_json", "srt", "vtt"),
         temperature=req.temperature,
         seed=req.seed,
+        fallback=not stream,
     )
     if stream:
         return sse_response(_stream(events))
@@ -89,7 +90,7 @@ async def _serve(model_cls, task: str) -> Any:
     if fmt == "json":
         return json_response({"text": transcript.text, "usage": formats.usage(transcript)})
     if fmt == "verbose_json":
-        return json_response(formats.verbose(transcript, task, req.temperature))
+        return json_response(formats.verbose(transcript, task))
     if fmt == "text":
         return Response(transcript.text + "\n", mimetype="text/plain")
     body = formats.srt(transcript.segments) if fmt == "srt" else formats.vtt(transcript.segments)

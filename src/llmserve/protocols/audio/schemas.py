@@ -63,8 +63,10 @@ class Segment(BaseModel):
     end: float
     text: str
     tokens: list[int]
-    temperature: float
+    temperature: float = Field(description="The temperature its window was decoded at (after any fallback).")
+    avg_logprob: float
     compression_ratio: float
+    no_speech_prob: float
 
 
 class TranscriptionVerbose(BaseModel):
