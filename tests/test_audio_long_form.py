@@ -116,3 +116,28 @@ def test_the_transformers_layout_serves_the_same_transcript(sdk, tmp_path):
     ours = sdk.audio.transcriptions.create(model="whisper-hf", file=("clip.wav", clip))
     ref = sdk.audio.transcriptions.create(model="whisper-tiny.en", file=("clip.wav", clip))
     assert ours.text == ref.text and word_error_rate(SENTENCES[0], ours.text) <= MAX_WER
+
+
+def test_word_timestamps(sdk, tmp_path):
+    clip = espeak(SENTENCES[2], tmp_path / "clip.wav")
+    out = sdk.audio.transcriptions.create(
+        model="whisper-tiny.en",
+        file=clip.open("rb"),
+        response_format="verbose_json",
+        timestamp_granularities=["word", "segment"],
+    )
+    words = out.words
+    assert [w.word.strip() for w in words] == out.text.split()
+    assert words[0].start < 0.5 and words[-1].end > out.duration - 1.0
+    assert all(0 <= w.start <= w.end <= out.duration + 0.01 for w in words)
+    assert all(a.end <= b.start + 0.01 for a, b in zip(words, words[1:], strict=False))
+    assert out.segments  # both granularities asked for
+    only_words = sdk.audio.transcriptions.create(
+        model="whisper-tiny.en", file=clip.open("rb"), response_format="verbose_json",
+        timestamp_granularities=["word"],
+    )  # fmt: skip
+    assert only_words.words and not only_words.segments
+    with pytest.raises(openai.BadRequestError, match="verbose_json"):
+        sdk.audio.transcriptions.create(
+            model="whisper-tiny.en", file=clip.open("rb"), timestamp_granularities=["word"]
+        )

@@ -45,6 +45,7 @@ class TranscriptionOptions:
     temperature: float = 0.0
     seed: int | None = None
     fallback: bool = True
+    words: bool = False  # word timestamps (the Transcriber must support them)
 
 
 @dataclass(slots=True)
@@ -72,6 +73,7 @@ class Transcript:
     duration: float
     segments: list[Segment]
     num_tokens: int
+    words: list[dict] = field(default_factory=list)  # {"word", "start", "end"} when asked for
 
 
 @dataclass(slots=True)
@@ -99,6 +101,7 @@ class _Job:
     tokens: list[int] = field(default_factory=list)  # the current window's sampled tokens
     context: list[int] = field(default_factory=list)  # earlier tokens the next window continues
     segments: list[Segment] = field(default_factory=list)
+    words: list[dict] = field(default_factory=list)
     done_text: str = ""  # text of finished windows
     sent: int = 0  # characters of text already streamed
     num_tokens: int = 0
@@ -249,12 +252,12 @@ class TranscriptionService:
 
     def _finish_window(self, job: _Job) -> None:
         sum_logprob, no_speech = self.transcriber.scores(job.slot)
-        self._release(job)
         tokens, job.tokens = job.tokens, []
         text = self._decode(tokens)
         result = WindowResult(sum_logprob / (len(tokens) + 1), compression_ratio(text), no_speech)
         temperature = job.temperatures[job.attempt]
         if job.attempt + 1 < len(job.temperatures) and result.needs_fallback():
+            self._release(job)
             job.attempt += 1
             self._waiting.appendleft(job)  # the same window, hotter
             return
@@ -264,6 +267,9 @@ class TranscriptionService:
         else:
             pieces, advance = split_window(tokens, self.transcriber.timestamp_begin, window)
         start = job.seek / 100
+        if job.options.words:
+            self._align(job, pieces, window, start)
+        self._release(job)
         kept: list[int] = []
         for piece in pieces:
             kept += piece.tokens
@@ -293,10 +299,26 @@ class TranscriptionService:
             self._waiting.appendleft(job)  # its next window goes first
             return
         text = job.done_text.strip()
-        transcript = Transcript(
-            text, job.language or "en", len(job.samples) / 16000, job.segments, job.num_tokens
-        )
+        duration = len(job.samples) / 16000
+        transcript = Transcript(text, job.language or "en", duration, job.segments, job.num_tokens, job.words)
         job.emit(TranscriptEvent(done=True, transcript=transcript))
+
+    def _align(self, job: _Job, pieces, window: int, start: float) -> None:
+        eot = self.transcriber.eot
+        text_tokens = [tok for piece in pieces for tok in piece.tokens if tok < eot]
+        if not text_tokens:
+            return
+        words = self.transcriber.align(job.slot, text_tokens, window, job.language, job.options.task)
+        end = start + window / 100
+        for word in words:
+            w_start = round(min(max(start + word["start"], start), end), 2)
+            job.words.append(
+                {
+                    "word": word["word"],
+                    "start": w_start,
+                    "end": round(min(max(start + word["end"], w_start), end), 2),
+                }
+            )
 
     def _release(self, job: _Job) -> None:
         self._active.pop(job.slot, None)

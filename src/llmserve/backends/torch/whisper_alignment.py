@@ -36,7 +36,7 @@ def alignment_weights(decoder: TextDecoder, tokens: list[int], crosses, heads) -
         for layer_index, head in heads:
             if layer_index == index:
                 wanted[(layer_index, head)] = scores[0, head].float().softmax(dim=-1)
-        x = x + layer.cross_out(torch.softmax(scores, dim=-1) @ cv).transpose(1, 2).reshape(1, t, -1)
+        x = x + layer.cross_out((torch.softmax(scores, dim=-1) @ cv).transpose(1, 2).reshape(1, t, -1))
         x = x + layer.ffn(x)
     return torch.stack([wanted[h] for h in heads])
 
@@ -46,7 +46,8 @@ def median_filter(x: torch.Tensor, width: int = MEDIAN_WIDTH) -> torch.Tensor:
     pad = width // 2
     if x.shape[-1] <= pad:
         return x
-    padded = F.pad(x[None], (pad, pad), mode="reflect")[0]
+    flat = x.reshape(-1, 1, x.shape[-1])  # reflection padding wants [N, C, L]
+    padded = F.pad(flat, (pad, pad), mode="reflect").reshape(*x.shape[:-1], -1)
     return padded.unfold(-1, width, 1).sort()[0][..., pad]
 
 
@@ -111,7 +112,9 @@ def _merge_punctuation(words: list[dict]) -> list[dict]:
     return out
 
 
-def word_times(weights: torch.Tensor, tokenizer, text_tokens: list[int], prefix: int, frames: int) -> list[dict]:
+def word_times(
+    weights: torch.Tensor, tokenizer, text_tokens: list[int], prefix: int, frames: int
+) -> list[dict]:
     """Words of ``text_tokens`` with start/end seconds from the window's start. ``weights`` is
     ``alignment_weights`` over prefix tokens, then the text tokens, then end-of-text; ``frames``
     the encoder positions that hold audio."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -10,6 +11,7 @@ from llmserve.backends.base import Transcriber, TranscriptionStart
 from llmserve.backends.torch.audio_features import chunk_features
 from llmserve.backends.torch.ct2_reader import read_ct2
 from llmserve.backends.torch.whisper import Whisper
+from llmserve.backends.torch.whisper_alignment import alignment_weights, word_times
 from llmserve.backends.torch.whisper_decoding import (
     DecodeState,
     WhisperTokens,
@@ -35,6 +37,17 @@ def load_whisper(model_dir: str | Path, device) -> Whisper:
     return Whisper.from_ct2(read_ct2(model_dir), torch.float32, device)
 
 
+def _alignment_heads(model_dir: str | Path, layers: int, heads: int) -> list[tuple[int, int]]:
+    """(layer, head) pairs that follow the audio: from config.json (CTranslate2) or
+    generation_config.json (transformers); else every head of the upper half, as Whisper does."""
+    for name in ("config.json", "generation_config.json"):
+        path = Path(model_dir) / name
+        found = json.loads(path.read_text()).get("alignment_heads") if path.is_file() else None
+        if found:
+            return [(int(layer), int(head)) for layer, head in found]
+    return [(layer, head) for layer in range(layers // 2, layers) for head in range(heads)]
+
+
 class WhisperRunner(Transcriber):
     """Encodes windows into free slots and decodes all busy slots one token per step."""
 
@@ -58,6 +71,8 @@ class WhisperRunner(Transcriber):
         self.states: dict[int, DecodeState] = {}
         self.lengths: dict[int, int] = {}  # tokens in the slot's cache
         self._free = list(range(max_slots - 1, -1, -1))
+        self.alignment_heads = _alignment_heads(model_dir, cfg.decoder_layers, cfg.n_heads)
+        self.word_timestamps = True
 
     def _zeros(self, shape) -> torch.Tensor:
         return torch.zeros(shape, device=self.device)
@@ -129,6 +144,14 @@ class WhisperRunner(Transcriber):
     def scores(self, slot: int) -> tuple[float, float]:
         state = self.states[slot]
         return state.sum_logprob, state.no_speech_prob
+
+    @torch.inference_mode()
+    def align(self, slot: int, text_tokens: list[int], frames: int, language: str | None, task: str):
+        prefix = self.tokens.prompt(language if self.multilingual else None, task, False, [])
+        crosses = [(k[slot : slot + 1], v[slot : slot + 1]) for k, v in self.crosses]
+        tokens = [*prefix, *text_tokens, self.eot]
+        weights = alignment_weights(self.model.decoder, tokens, crosses, self.alignment_heads)
+        return word_times(weights, self.tokenizer, text_tokens, len(prefix), frames // 2)
 
     def room(self, slot: int) -> int:
         """Positions left in the slot's cache."""

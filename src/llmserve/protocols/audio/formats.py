@@ -28,19 +28,22 @@ def vtt(segments: list[Any]) -> str:
     return "WEBVTT\n\n" + "\n".join(cues)
 
 
-def verbose(transcript: Any, task: str) -> dict[str, Any]:
-    """The ``verbose_json`` body."""
+def verbose(transcript: Any, task: str, granularities: list[str]) -> dict[str, Any]:
+    """The ``verbose_json`` body: ``segments`` and/or ``words`` as ``granularities`` ask."""
     fields = ("id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob")
     fields += ("compression_ratio", "no_speech_prob")
     segments = [{name: getattr(s, name) for name in fields} for s in transcript.segments]
-    return {
+    body = {
         "task": task,
         "language": transcript.language,
         "duration": round(transcript.duration, 3),
         "text": transcript.text,
-        "segments": segments,
-        "usage": usage(transcript),
     }
+    if "segment" in granularities:
+        body["segments"] = segments
+    if "word" in granularities:
+        body["words"] = transcript.words
+    return {**body, "usage": usage(transcript)}
 
 
 def usage(transcript: Any) -> dict[str, Any]:

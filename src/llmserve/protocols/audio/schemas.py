@@ -69,6 +69,14 @@ class Segment(BaseModel):
     no_speech_prob: float
 
 
+class Word(BaseModel):
+    """One word and its times (Whisper's cross-attention alignment)."""
+
+    word: str
+    start: float
+    end: float
+
+
 class TranscriptionVerbose(BaseModel):
     """``response_format: verbose_json``."""
 
@@ -76,7 +84,8 @@ class TranscriptionVerbose(BaseModel):
     language: str
     duration: float
     text: str
-    segments: list[Segment]
+    segments: list[Segment] | None = Field(None, description="With `segment` in timestamp_granularities.")
+    words: list[Word] | None = Field(None, description="With `word` in timestamp_granularities.")
     usage: Usage | None = None
 
 
