@@ -197,6 +197,19 @@ class Transcriber(ABC):
     def release(self, slot: int) -> None:
         """Free a slot."""
 
+    word_timestamps: bool = False  # whether ``align`` works
+
+    def align(self, slot: int, text_tokens: list[int], frames: int, language: str | None, task: str):
+        """For a busy slot: its window's ``text_tokens`` as words with (start, end) seconds from
+        the window's start, as dicts ``{"word", "start", "end"}``; ``frames`` log-mel frames hold
+        audio."""
+        raise NotImplementedError("this model has no word timestamps")
+
+    @abstractmethod
+    def scores(self, slot: int) -> tuple[float, float]:
+        """For a busy slot: the sum of its sampled tokens' log-probabilities (after the token
+        rules, before temperature) and the probability of no speech in its window."""
+
     @abstractmethod
     def room(self, slot: int) -> int:
         """Positions left in the slot's decoder cache."""

@@ -278,11 +278,17 @@ class ProtocolContext:
         timestamps: bool = False,
         temperature: float = 0.0,
         seed: int | None = None,
+        fallback: bool = True,
+        words: bool = False,
     ) -> AsyncIterator[TranscriptEvent]:
         """Decode an uploaded audio file and transcribe (or, ``task="translate"``, translate to
         English) it. Returns, once the audio is decoded and the options checked, an async iterator
         of events: text deltas, then one with ``done`` and the ``Transcript`` (text, language,
-        duration, segments). Undecodable audio or a bad option is a 400 raised here."""
+        duration, segments). Clips over 30 s are decoded window after window as Whisper does.
+        ``fallback``: a window that decodes too repetitively or unsurely is decoded again at
+        ``temperature`` + 0.2, ... up to 1.0 (leave it off where text is streamed as it comes).
+        ``words``: the transcript's ``words`` get times too (where the model supports it).
+        Undecodable audio or a bad option is a 400 raised here."""
         from llmserve.engine.audio_input import decode_audio
         from llmserve.engine.transcription import TranscriptionOptions
 
@@ -312,7 +318,9 @@ class ProtocolContext:
             prompt_ids = self.tokenize(model, " " + prompt.strip(), add_special_tokens=False)
             prompt_ids = prompt_ids[-(runner.max_tokens - 1) :]
         samples = await asyncio.to_thread(decode_audio, audio, filename)
-        options = TranscriptionOptions(language, task, tuple(prompt_ids), timestamps, temperature, seed)
+        options = TranscriptionOptions(
+            language, task, tuple(prompt_ids), timestamps, temperature, seed, fallback, words
+        )
         self.limits.admit()
         return service.transcribe(samples, options)
 

@@ -79,8 +79,11 @@ def build_context(config: Config, plugins: Plugins) -> ProtocolContext:
         if spec.implicit and (any(kind == EMBED for _, _, kind in resolved) or _only_speech(resolved)):
             continue  # the default embedding model only where no served model embeds
         model = resolve_model(spec.source, progress=True)
-        kind = EMBED if spec.kind == EMBED or _is_encoder(model.path) else GENERATE
-        resolved.append((spec, model, TRANSCRIBE if _is_speech(model.path) else kind))
+        if _is_speech(model.path):
+            kind = TRANSCRIBE
+        else:
+            kind = EMBED if spec.kind == EMBED or _is_encoder(model.path) else GENERATE
+        resolved.append((spec, model, kind))
     generative = sum(1 for _, _, kind in resolved if kind == GENERATE)
     # Each generative model gets its own backend instance and an even share of the memory budget.
     share = config.model_copy(
@@ -113,7 +116,7 @@ def _only_speech(resolved) -> bool:
 
 
 def _is_speech(path: Path) -> bool:
-    from llmserve.sources.ct2 import is_whisper_dir
+    from llmserve.sources.speech import is_whisper_dir
 
     return is_whisper_dir(path)
 
