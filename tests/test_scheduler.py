@@ -883,5 +883,7 @@ def test_a_compiling_constraint_holds_back_only_the_last_prompt_token() -> None:
     out, _ = step(sched, backend)
     assert ("waits", 1, True) in [(c.seq.request_id, c.num_new_tokens, c.sample) for c in out.chunks]
     drive(sched, backend)
-    assert all(t % 2 == 0 for t in waiting.seqs[0].output_token_ids) and waiting.seqs[0].finish_reason == "stop"
+    assert (
+        all(t % 2 == 0 for t in waiting.seqs[0].output_token_ids) and waiting.seqs[0].finish_reason == "stop"
+    )
     assert sched.blocks.num_free_blocks == 32
