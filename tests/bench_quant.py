@@ -112,7 +112,11 @@ def server_rss(quant: str | None) -> float:
         args += ["--quantization", quant]
     server = ServerProcess(*args)
     try:
-        body = {"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16}
+        body = {
+            "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 16,
+        }
         with server.http(timeout=120) as http:
             http.post("/v1/chat/completions", json=body).raise_for_status()
         status = open(f"/proc/{server.proc.pid}/status").read()
