@@ -97,6 +97,18 @@ class Config(ServerFlags):
         description="Model backend: auto (cuda, tpu or cpu, as available), cpu, cuda, jax, tpu, or a plugin's.",
     )
     dtype: str = Field("auto", description="Weights/activations dtype: auto, bfloat16, float16, float32.")
+    quantization: Literal["int8", "int4"] | None = Field(
+        None,
+        description="Weight-only quantisation of the linear layers at load (CPU backend): int8 (one "
+        "scale per output channel) or int4 (a scale and minimum per group); the LM head and embeddings "
+        "stay in --dtype.",
+        json_schema_extra={"aliases": ["-q"]},
+    )
+    quantization_group_size: int = Field(
+        32,
+        ge=32,
+        description="Inputs per int4 scale group (a multiple of 32 that divides every layer's inputs).",
+    )
     max_model_len: int | None = Field(
         None,
         ge=1,
@@ -253,6 +265,13 @@ class Config(ServerFlags):
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return split_list(value)
+
+    @field_validator("quantization_group_size")
+    @classmethod
+    def _group_size(cls, value: int) -> int:
+        if value % 32:
+            raise ValueError(f"must be a multiple of 32 (the int4 block), got {value}")
+        return value
 
     @field_validator("default_chat_template_kwargs")
     @classmethod

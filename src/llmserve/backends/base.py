@@ -231,6 +231,8 @@ class Backend(ABC):
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    # ``--quantization`` methods this backend runs; any other is refused before loading.
+    quantization_methods: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Config) -> None:
         self.config = config

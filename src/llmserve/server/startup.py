@@ -60,6 +60,12 @@ def check_config(config: Config, plugins: Plugins | None = None) -> Plugins:
     gen = config.generation_config
     if gen not in ("auto", "vllm") and not Path(gen).is_dir():
         raise ConfigError(f"--generation-config: must be 'auto', 'vllm' or a folder, got {gen!r}")
+    methods = backends[name].obj.quantization_methods
+    if config.quantization and config.quantization not in methods:
+        supported = f"it supports {', '.join(methods)}" if methods else "it supports none"
+        raise ConfigError(
+            f"--quantization {config.quantization}: not supported by backend {name!r}; {supported}"
+        )
     backends[name].obj.check_available(config)
     return plugins
 
