@@ -223,19 +223,6 @@ class Config(ServerFlags):
         json_schema_extra=CHAT,
         description="Seconds a request's schema or grammar may take to compile before it is refused (400).",
     )
-    responses_store: str | None = Field(
-        None,
-        json_schema_extra=CHAT,
-        description="Where /v1/responses keeps stored responses: sqlite:///PATH (shared by every server "
-        "using it; add ?journal_mode=delete for a file on storage shared by several hosts), or 'memory' "
-        "(lost at exit); default: responses.sqlite under the cache dir.",
-    )
-    responses_max_stored: int = Field(
-        10000,
-        ge=1,
-        json_schema_extra=CHAT,
-        description="Most responses kept by the /v1/responses store; the oldest are deleted first.",
-    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="Log level."
     )
@@ -303,16 +290,6 @@ class Config(ServerFlags):
     def _plugin_file(cls, value: str | None) -> str | None:
         if value is not None and not Path(value).expanduser().is_file():
             raise ValueError("no such file")
-        return value
-
-    @field_validator("responses_store")
-    @classmethod
-    def _responses_store(cls, value: str | None) -> str | None:
-        if value is not None and value != "memory" and not value.startswith("sqlite:///"):
-            raise ValueError("must be sqlite:///PATH or memory")
-        query = (value or "").partition("?")[2]
-        if query and query.lower() not in {f"journal_mode={m}" for m in ("wal", "delete", "truncate")}:
-            raise ValueError("the one option of sqlite:///PATH is ?journal_mode=wal|delete|truncate")
         return value
 
     @field_validator("block_size")

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode
 
 OPS = {"panel": "Operations"}
 DEFAULTS = {"panel": "Sampling defaults"}
+RESPONSES = {"panel": "Chat, tools and reasoning"}  # the panel of config.CHAT
 
 
 class ServerFlags(BaseSettings):
@@ -136,3 +137,27 @@ class ServerFlags(BaseSettings):
             "max_tokens": self.default_max_tokens,
         }
         return {key: value for key, value in given.items() if value is not None}
+
+    responses_store: str | None = Field(
+        None,
+        json_schema_extra=RESPONSES,
+        description="Where /v1/responses keeps stored responses: sqlite:///PATH (shared by every server "
+        "using it; add ?journal_mode=delete for a file on storage shared by several hosts), or 'memory' "
+        "(lost at exit); default: responses.sqlite under the cache dir.",
+    )
+    responses_max_stored: int = Field(
+        10000,
+        ge=1,
+        json_schema_extra=RESPONSES,
+        description="Most responses kept by the /v1/responses store; the oldest are deleted first.",
+    )
+
+    @field_validator("responses_store")
+    @classmethod
+    def _responses_store(cls, value: str | None) -> str | None:
+        if value is not None and value != "memory" and not value.startswith("sqlite:///"):
+            raise ValueError("must be sqlite:///PATH or memory")
+        query = (value or "").partition("?")[2]
+        if query and query.lower() not in {f"journal_mode={m}" for m in ("wal", "delete", "truncate")}:
+            raise ValueError("the one option of sqlite:///PATH is ?journal_mode=wal|delete|truncate")
+        return value
