@@ -370,6 +370,9 @@ class _Stream:
         out = CompletionOutput(0, "".join(self.pieces), list(range(len(self.pieces))), finish_reason="stop")
         return RequestOutput(self.request_id, self.prompt, [out], finished=True)
 
+    async def ready(self) -> None:  # no output constraint to wait for
+        pass
+
     def close(self) -> None:
         pass
 
