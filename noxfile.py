@@ -1,4 +1,4 @@
-"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s serve`, `nox -s bench`, `nox -s fuzz`,
+"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s serve`, `nox -s bench`, `nox -s fuzz`, `nox -s slow`,
 `nox -s soak`."""
 
 from __future__ import annotations
@@ -49,3 +49,14 @@ def soak(session: nox.Session) -> None:
     session.install(TORCH, "-e", ".[test]")
     env = {"LLMSERVE_SOAK_S": "600"}
     session.run("python", "-m", "pytest", "-s", "tests/test_load.py", "-k", "soak", *session.posargs, env=env)
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """The long scenario tests the normal suite leaves out (marked slow), the packs' included."""
+    session.install(TORCH, "-e", ".[test]")
+    session.run("python", "-m", "pytest", "-m", "slow", *session.posargs)
+    session.run(
+        "python", "-m", "pytest", "tests/test_protocol_packs.py", *session.posargs,
+        env={"LLMSERVE_PACK_TESTS": "slow"},
+    )  # fmt: skip

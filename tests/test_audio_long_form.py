@@ -65,6 +65,7 @@ def test_compressed_uploads_are_decoded(sdk, tmp_path, ext):
     assert word_error_rate(sentence, out.text) <= MAX_WER, (ext, out.text)
 
 
+@pytest.mark.slow  # nox -s slow
 def test_a_long_clip_is_transcribed_window_after_window(sdk, passage):
     def verbose():
         return sdk.audio.transcriptions.create(

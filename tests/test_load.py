@@ -54,6 +54,7 @@ async def stream_completion(http: httpx.AsyncClient, i: int, max_tokens: int) ->
     return chunks, finish
 
 
+@pytest.mark.slow  # nox -s slow
 async def test_256_concurrent_streams_all_complete(server):
     limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
     async with httpx.AsyncClient(base_url=server, timeout=600, limits=limits) as http:
@@ -66,6 +67,7 @@ async def test_256_concurrent_streams_all_complete(server):
         print(f"256 streams x 8 tokens in {took:.1f} s")
 
 
+@pytest.mark.slow  # nox -s slow
 async def test_1000_streams_dropped_at_random_points_free_everything(server):
     rng = random.Random(16)
     limits = httpx.Limits(max_connections=80, max_keepalive_connections=0)

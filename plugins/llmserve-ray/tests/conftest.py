@@ -141,3 +141,7 @@ def ray_metrics(ports: list[int], name: str) -> dict[str, float]:
                     replica = sample.labels["replica"]
                     values[replica] = values.get(replica, 0.0) + sample.value
     return values
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long scenario tests (the main project's nox -s slow runs them)")

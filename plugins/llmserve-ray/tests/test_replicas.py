@@ -195,6 +195,7 @@ def test_equal_prefix_keys_go_to_one_replica(app, model):
     assert len(set(homes.values())) == 2  # and the keys spread over both replicas
 
 
+@pytest.mark.slow  # nox -s slow
 def test_a_killed_replica_is_replaced_while_the_other_answers(app, model):
     seen = _identities(app)
     victim_id, victim = sorted(seen.items())[0]

@@ -55,6 +55,7 @@ def autoscaled(cluster, tmp_path_factory):
         proc.stop()
 
 
+@pytest.mark.slow  # nox -s slow
 def test_scales_from_one_to_two_replicas_under_load(autoscaled):
     assert len(replica_ids(autoscaled)) == 1
     model = httpx.get(autoscaled + "/v1/models", timeout=10).json()["data"][0]["id"]
