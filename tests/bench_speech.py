@@ -1,8 +1,10 @@
 """Word error rate and real-time factor of a speech model on espeak-ng sentences (not a test).
 
     PYTHONPATH=src:tests python tests/bench_speech.py whisper-tiny.en whisper-base
+    PYTHONPATH=src:tests python tests/bench_speech.py --long whisper-tiny.en whisper-base
 
-RTF = processing seconds / audio seconds, for the requests one at a time and all at once.
+RTF = processing seconds / audio seconds, for the requests one at a time and all at once;
+``--long``: one ~70 s passage, decoded window after window (Whisper's long-form rules).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from speech import SENTENCES, espeak, word_error_rate
+from speech import PASSAGE, SENTENCES, espeak, word_error_rate
 
 from llmserve.engine.audio_input import decode_audio
 from llmserve.engine.device_thread import device_thread
@@ -22,11 +24,36 @@ from llmserve.engine.transcription import TranscriptionOptions, TranscriptionSer
 from llmserve.sources import packs
 
 
-async def _text(service, samples) -> str:
-    async for event in service.transcribe(samples, TranscriptionOptions(language="en")):
+async def _text(service, samples, **options) -> str:
+    return (await _transcript(service, samples, **options)).text
+
+
+async def _transcript(service, samples, **options):
+    async for event in service.transcribe(samples, TranscriptionOptions(language="en", **options)):
         if event.done:
-            return event.transcript.text
+            return event.transcript
     raise RuntimeError("no transcript")
+
+
+async def bench_long(alias: str, samples) -> None:
+    from llmserve.backends.torch.whisper_runner import WhisperRunner
+
+    runner = device_thread().run(WhisperRunner, str(packs.ensure_model(alias)), "cpu", 2)
+    service = TranscriptionService(runner)
+    audio_s = len(samples) / 16000
+    start = time.perf_counter()
+    out = await _transcript(service, samples, timestamps=True)
+    elapsed = time.perf_counter() - start
+    windows = len({s.seek for s in out.segments})
+    temps = sorted({s.temperature for s in out.segments})
+    start = time.perf_counter()
+    await _transcript(service, samples, timestamps=True, words=True)
+    with_words = time.perf_counter() - start
+    print(
+        f"{alias} long-form: {audio_s:.1f} s, {windows} windows, {len(out.segments)} segments, "
+        f"temperatures {temps} | WER {word_error_rate(PASSAGE, out.text):.3f} | RTF {elapsed / audio_s:.3f}, "
+        f"with word timestamps {with_words / audio_s:.3f}"
+    )
 
 
 async def bench(alias: str, clips) -> None:
@@ -52,6 +79,12 @@ async def bench(alias: str, clips) -> None:
 
 def main(aliases: list[str]) -> None:
     print(f"CPU: {platform.processor() or platform.machine()}, {_cpu_model()}")
+    if aliases and aliases[0] == "--long":
+        with tempfile.TemporaryDirectory() as tmp:
+            samples = decode_audio(espeak(PASSAGE, Path(tmp) / "passage.wav").read_bytes())
+        for alias in aliases[1:] or ["whisper-tiny.en"]:
+            asyncio.run(bench_long(alias, samples))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         clips = [
             decode_audio(espeak(s, Path(tmp) / f"{i}.wav").read_bytes()) for i, s in enumerate(SENTENCES)

@@ -17,6 +17,32 @@ SENTENCES = [
     "She opened the window and looked at the mountains.",
 ]
 
+# About 70 s spoken: more than two of Whisper's 30 s windows, no sentence repeated.
+PASSAGE = " ".join(
+    [
+        "Every morning the baker opens his shop before the sun comes up.",
+        "He mixes flour, water and salt in a large wooden bowl.",
+        "While the dough rises, he sweeps the floor and cleans the windows.",
+        "The first customers arrive at seven and ask for warm bread.",
+        "A young teacher buys two rolls and a cup of coffee.",
+        "An old man orders a cake for his granddaughter's birthday.",
+        "At noon the street becomes busy with cars and bicycles.",
+        "Children walk home from school and stop to look at the cookies.",
+        "In the afternoon the baker rests for an hour in his garden.",
+        "He grows tomatoes, beans and a few small apple trees.",
+        "Later he writes a list of everything he needs for the next day.",
+        "His daughter helps him count the money and close the shop.",
+        "They talk about the weather and about a trip to the sea.",
+        "The evening is quiet, and the lights in the houses go on one by one.",
+        "Before he goes to sleep, the baker reads a chapter of his favourite book.",
+        "Then he sets his alarm clock for four o'clock and turns off the lamp.",
+        "On Sundays the shop stays closed and the family visits the market.",
+        "They buy fresh fish, green vegetables and a bunch of yellow flowers.",
+        "After lunch they walk along the river and feed the ducks.",
+        "In winter the town is covered with snow and the bread smells even better.",
+    ]
+)
+
 ESPEAK_MISSING = "espeak-ng is not installed (apt-get install -y espeak-ng)"
 
 
@@ -46,3 +72,55 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
         for j, h in enumerate(hyp, start=1):
             prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
     return row[-1] / max(len(ref), 1)
+
+
+def save_as_transformers(ct2_dir: Path, out_dir: Path) -> Path:
+    """Write a CTranslate2 Whisper's weights as a transformers directory (config.json,
+    model.safetensors, generation_config.json with the suppress lists, the tokenizer), the layout
+    of an ``openai/whisper-*`` download."""
+    import json
+
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from llmserve.backends.torch.ct2_reader import read_ct2
+    from llmserve.backends.torch.whisper import Whisper
+    from llmserve.backends.torch.whisper_hf import _hf_names
+
+    ours = Whisper.from_ct2(read_ct2(ct2_dir))
+    cfg = ours.cfg
+    ct2_config = json.loads((ct2_dir / "config.json").read_text())
+    with torch.device("meta"):  # no random init: every tensor is assigned below
+        hf = WhisperForConditionalGeneration(
+            WhisperConfig(
+                vocab_size=cfg.vocab_size,
+                num_mel_bins=cfg.n_mels,
+                d_model=cfg.d_model,
+                encoder_layers=cfg.encoder_layers,
+                decoder_layers=cfg.decoder_layers,
+                encoder_attention_heads=cfg.n_heads,
+                decoder_attention_heads=cfg.n_heads,
+                encoder_ffn_dim=cfg.ffn,
+                decoder_ffn_dim=cfg.ffn,
+                max_source_positions=cfg.n_audio_ctx,
+                max_target_positions=cfg.n_text_ctx,
+            )
+        )
+    state = {}
+    for name, value in ours.named_parameters():
+        sources = _hf_names(name)
+        for source, part in zip(sources, value.detach().chunk(len(sources)), strict=True):
+            state["model." + source if source != "proj_out.weight" else source] = part.clone()
+    state["model.encoder.embed_positions.weight"] = ours.encoder.positions.clone()
+    state["model.decoder.embed_positions.weight"] = ours.decoder.positions.clone()
+    state = {k: v for k, v in state.items() if not k.endswith("k_proj.bias")}
+    hf.load_state_dict(state, strict=True, assign=True)
+    hf.tie_weights()
+    hf.save_pretrained(out_dir)
+    generation = {
+        "suppress_tokens": ct2_config["suppress_ids"],
+        "begin_suppress_tokens": ct2_config["suppress_ids_begin"],
+    }
+    (out_dir / "generation_config.json").write_text(json.dumps(generation))
+    (out_dir / "tokenizer.json").write_bytes((ct2_dir / "tokenizer.json").read_bytes())
+    return out_dir

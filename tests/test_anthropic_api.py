@@ -370,6 +370,9 @@ class _Stream:
         out = CompletionOutput(0, "".join(self.pieces), list(range(len(self.pieces))), finish_reason="stop")
         return RequestOutput(self.request_id, self.prompt, [out], finished=True)
 
+    async def ready(self) -> None:  # no output constraint to wait for
+        pass
+
     def close(self) -> None:
         pass
 
@@ -501,6 +504,14 @@ def test_disconnect_aborts_the_request(srv, http):
         assert next(lines) == "event: message_start"
         assert _wait(srv, True)
     assert _wait(srv, False)  # well before 1500 tokens could have been generated
+    assert _aborts(srv) >= 1  # counted, as vLLM counts them
+
+
+def _aborts(srv) -> float:
+    for line in httpx.get(srv.url + "/metrics", headers={"x-api-key": KEY}).text.splitlines():
+        if line.startswith("llmserve:request_success_total{") and 'finished_reason="abort"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def test_server_tool_blocks_are_skipped(http):

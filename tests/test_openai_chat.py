@@ -241,7 +241,7 @@ def test_response_matches_the_documented_schema(server, model):
     body.update(return_token_ids=True, prompt_logprobs=0, tools=[WEATHER_TOOL])
     body["tool_choice"] = {"type": "function", "function": {"name": "get_weather"}}
     parsed = ChatCompletionResponse.model_validate(
-        httpx.post(server + "/v1/chat/completions", json=body).json()
+        httpx.post(server + "/v1/chat/completions", json=body, timeout=120).json()
     )
     assert len(parsed.choices) == 2 and parsed.choices[1].message.tool_calls
     assert len(parsed.prompt_logprobs) == len(parsed.prompt_token_ids) == parsed.usage.prompt_tokens

@@ -119,6 +119,9 @@ class _DyingStream:
         yield RequestOutput(self.request_id, self.prompt_token_ids, [CompletionOutput(0, "Hel", [1])])
         raise EngineDeadError("The engine stopped after an error: boom")
 
+    async def ready(self) -> None:  # no output constraint to wait for
+        pass
+
     def close(self) -> None:
         pass
 

@@ -17,9 +17,9 @@ from llmserve.server.app import create_app
 from llmserve.server.context import ProtocolContext
 from llmserve.server.registry import ModelRegistry, ServedModel
 
-# Routes that take no JSON body or answer with no JSON (probes, sleep controls, the docs page).
+# Routes that take no JSON body or answer with no JSON (probes, sleep controls, the docs and UI pages).
 NO_REQUEST_BODY = {"/ping", "/sleep", "/wake_up"}
-NO_JSON_ANSWER = {"/health", "/ping", "/metrics", "/docs", "/openapi.json", "/sleep", "/wake_up"}
+NO_JSON_ANSWER = {"/", "/health", "/ping", "/metrics", "/docs", "/openapi.json", "/sleep", "/wake_up"}
 NO_JSON_ANSWER |= {"/classify"}  # always a 400: no classification model is served
 
 

@@ -43,7 +43,7 @@ def test_packs_import_only_the_public_api():
     assert _offending(sources, ["llmserve.api"]) == []
 
 
-@pytest.mark.parametrize("package", ["openai", "vllm", "audio", "responses", "anthropic"])
+@pytest.mark.parametrize("package", ["openai", "vllm", "audio", "responses", "anthropic", "webui"])
 def test_built_in_protocols_import_only_the_public_api(package):
     sources = list((PROTOCOLS / package).rglob("*.py"))
     assert _offending(sources, ["llmserve.api", f"llmserve.protocols.{package}"]) == []

@@ -858,3 +858,32 @@ def test_priority_random_mixes_never_leak_and_match_reference(w, priorities) -> 
             check_accounting(sched)
     assert sched.blocks.num_free_blocks == w["num_blocks"] and sched.num_waiting == 0
     assert outputs(reqs) == reference(reqs, w["block_size"], eos=(3,), vocab=24)
+
+
+def test_a_compiling_constraint_holds_back_only_the_last_prompt_token() -> None:
+    """The prompt is computed while the grammar compiles; sampling waits for it, others go on."""
+    from concurrent.futures import Future
+
+    from llmserve.structured.pending import PendingSpec
+
+    sched, backend = make(32, 4, budget=256, vocab=10, constraints=True)
+    compiled: Future = Future()
+    waiting = req("waits", prompt(1, 9), max_tokens=4, constraint=PendingSpec(compiled, 10, RuntimeError))
+    plain = req("plain", prompt(2, 5), max_tokens=4)
+    sched.add_request(waiting)
+    sched.add_request(plain)
+    out, _ = step(sched, backend)
+    chunks = {c.seq.request_id: (c.num_new_tokens, c.sample) for c in out.chunks}
+    assert chunks == {"waits": (8, False), "plain": (5, True)}
+    for _ in range(3):  # still compiling: the other request decodes, this one waits
+        out, _ = step(sched, backend)
+        assert [c.seq.request_id for c in out.chunks] == ["plain"]
+    spec = EvenSpec(length=2)
+    compiled.set_result(spec)
+    out, _ = step(sched, backend)
+    assert ("waits", 1, True) in [(c.seq.request_id, c.num_new_tokens, c.sample) for c in out.chunks]
+    drive(sched, backend)
+    assert (
+        all(t % 2 == 0 for t in waiting.seqs[0].output_token_ids) and waiting.seqs[0].finish_reason == "stop"
+    )
+    assert sched.blocks.num_free_blocks == 32

@@ -97,6 +97,18 @@ class Config(ServerFlags):
         description="Model backend: auto (cuda, tpu or cpu, as available), cpu, cuda, jax, tpu, or a plugin's.",
     )
     dtype: str = Field("auto", description="Weights/activations dtype: auto, bfloat16, float16, float32.")
+    quantization: Literal["int8", "int4"] | None = Field(
+        None,
+        description="Weight-only quantisation of the linear layers at load (CPU backend): int8 (one "
+        "scale per output channel) or int4 (a scale and minimum per group); the LM head and embeddings "
+        "stay in --dtype.",
+        json_schema_extra={"aliases": ["-q"]},
+    )
+    quantization_group_size: int = Field(
+        32,
+        ge=32,
+        description="Inputs per int4 scale group (a multiple of 32 that divides every layer's inputs).",
+    )
     max_model_len: int | None = Field(
         None,
         ge=1,
@@ -211,18 +223,6 @@ class Config(ServerFlags):
         json_schema_extra=CHAT,
         description="Seconds a request's schema or grammar may take to compile before it is refused (400).",
     )
-    responses_store: str | None = Field(
-        None,
-        json_schema_extra=CHAT,
-        description="Where /v1/responses keeps stored responses: sqlite:///PATH, or 'memory' (lost at "
-        "exit); default: responses.sqlite under the cache dir.",
-    )
-    responses_max_stored: int = Field(
-        10000,
-        ge=1,
-        json_schema_extra=CHAT,
-        description="Most responses kept by the /v1/responses store; the oldest are deleted first.",
-    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="Log level."
     )
@@ -241,11 +241,24 @@ class Config(ServerFlags):
         return data
 
     @field_validator(
-        "models", "served_model_name", "allowed_origins", "logits_processors", "middleware", mode="before"
+        "models",
+        "served_model_name",
+        "allowed_origins",
+        "logits_processors",
+        "middleware",
+        "open_paths",
+        mode="before",
     )
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return split_list(value)
+
+    @field_validator("quantization_group_size")
+    @classmethod
+    def _group_size(cls, value: int) -> int:
+        if value % 32:
+            raise ValueError(f"must be a multiple of 32 (the int4 block), got {value}")
+        return value
 
     @field_validator("default_chat_template_kwargs")
     @classmethod
@@ -277,13 +290,6 @@ class Config(ServerFlags):
     def _plugin_file(cls, value: str | None) -> str | None:
         if value is not None and not Path(value).expanduser().is_file():
             raise ValueError("no such file")
-        return value
-
-    @field_validator("responses_store")
-    @classmethod
-    def _responses_store(cls, value: str | None) -> str | None:
-        if value is not None and value != "memory" and not value.startswith("sqlite:///"):
-            raise ValueError("must be sqlite:///PATH or memory")
         return value
 
     @field_validator("block_size")

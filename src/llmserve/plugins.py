@@ -45,6 +45,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("audio", "llmserve.protocols.audio.plugin"),  # OpenAI's speech-to-text routes
     ("responses", "llmserve.protocols.responses.plugin"),  # OpenAI's Responses API
     ("anthropic", "llmserve.protocols.anthropic.plugin"),  # Anthropic's Messages routes
+    ("webui", "llmserve.protocols.webui.plugin"),  # the web UI at /
     ("parsers", "llmserve.parsers.plugin"),  # tool-call and reasoning parsers
     ("bench", "llmserve.bench.plugin"),  # `llmserve bench`
 )

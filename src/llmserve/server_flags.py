@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode
 
 OPS = {"panel": "Operations"}
 DEFAULTS = {"panel": "Sampling defaults"}
+RESPONSES = {"panel": "Chat, tools and reasoning"}  # the panel of config.CHAT
 
 
 class ServerFlags(BaseSettings):
@@ -58,6 +59,30 @@ class ServerFlags(BaseSettings):
         default_factory=list, json_schema_extra=OPS,
         description="ASGI middleware to wrap the app in, by import path (module.Class; repeatable).",
     )  # fmt: skip
+    max_logprobs: int = Field(
+        20, ge=0, json_schema_extra=OPS,
+        description="Most logprobs (and prompt_logprobs, top_logprobs) a request may ask for; more get 400.",
+    )  # fmt: skip
+    max_n: int = Field(
+        128, ge=1, json_schema_extra=OPS,
+        description="Most choices (n) one request may ask for; more get 400.",
+    )  # fmt: skip
+    max_stop: int = Field(
+        64, ge=0, json_schema_extra=OPS,
+        description="Most stop strings (and stop_token_ids) one request may give; more get 400.",
+    )  # fmt: skip
+    shutdown_timeout: float = Field(
+        30.0, ge=0, json_schema_extra=OPS,
+        description="Seconds requests in flight may take to finish after SIGTERM/SIGINT before they are cut.",
+    )  # fmt: skip
+    open_paths: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["/health", "/ping", "/version", "/metrics", "/docs", "/openapi.json"],
+        json_schema_extra=OPS,
+        description="Paths answered without --api-key (comma-separated; '' for none).",
+    )  # fmt: skip
+    disable_fastapi_docs: bool = Field(
+        False, json_schema_extra=OPS, description="Do not serve /docs and /openapi.json (vLLM's flag name)."
+    )
     enable_log_requests: bool = Field(False, json_schema_extra=OPS, description="Log every request's body.")
     max_log_len: int | None = Field(
         None, ge=0, json_schema_extra=OPS, description="Characters of a logged request body (default: all)."
@@ -69,6 +94,11 @@ class ServerFlags(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", json_schema_extra=OPS, description="Log line format.")
     enable_server_load_tracking: bool = Field(
         False, json_schema_extra=OPS, description="Count requests in flight for /load."
+    )
+    disable_web_ui: bool = Field(
+        False,
+        json_schema_extra=OPS,
+        description="Do not serve the web UI (chat, dashboard, playground) at /.",
     )
     response_role: str = Field(
         "assistant", json_schema_extra=OPS, description="Role of chat answers (add_generation_prompt)."
@@ -107,3 +137,27 @@ class ServerFlags(BaseSettings):
             "max_tokens": self.default_max_tokens,
         }
         return {key: value for key, value in given.items() if value is not None}
+
+    responses_store: str | None = Field(
+        None,
+        json_schema_extra=RESPONSES,
+        description="Where /v1/responses keeps stored responses: sqlite:///PATH (shared by every server "
+        "using it; add ?journal_mode=delete for a file on storage shared by several hosts), or 'memory' "
+        "(lost at exit); default: responses.sqlite under the cache dir.",
+    )
+    responses_max_stored: int = Field(
+        10000,
+        ge=1,
+        json_schema_extra=RESPONSES,
+        description="Most responses kept by the /v1/responses store; the oldest are deleted first.",
+    )
+
+    @field_validator("responses_store")
+    @classmethod
+    def _responses_store(cls, value: str | None) -> str | None:
+        if value is not None and value != "memory" and not value.startswith("sqlite:///"):
+            raise ValueError("must be sqlite:///PATH or memory")
+        query = (value or "").partition("?")[2]
+        if query and query.lower() not in {f"journal_mode={m}" for m in ("wal", "delete", "truncate")}:
+            raise ValueError("the one option of sqlite:///PATH is ?journal_mode=wal|delete|truncate")
+        return value

@@ -122,6 +122,7 @@ class Embedder(ABC):
 
     dim: int
     max_model_len: int
+    vocab_size: int | None = None  # when set, check_inputs refuses ids outside it
 
     @abstractmethod
     def embed(self, token_ids: list[list[int]], normalize: bool = True) -> list[list[float]]:
@@ -134,6 +135,12 @@ class Embedder(ABC):
         for ids in token_ids:
             if not ids:
                 raise InvalidRequestError("cannot embed an empty input", param="input")
+            vocab = self.vocab_size
+            if vocab is not None and (min(ids) < 0 or max(ids) >= vocab):
+                bad = next(t for t in ids if not 0 <= t < vocab)
+                raise InvalidRequestError(
+                    f"Token id {bad} is out of vocabulary (size {vocab}).", param="input"
+                )
             if len(ids) > self.max_model_len:
                 raise InvalidRequestError(
                     f"input has {len(ids)} tokens, more than the embedding model's {self.max_model_len}",
@@ -190,6 +197,19 @@ class Transcriber(ABC):
     def release(self, slot: int) -> None:
         """Free a slot."""
 
+    word_timestamps: bool = False  # whether ``align`` works
+
+    def align(self, slot: int, text_tokens: list[int], frames: int, language: str | None, task: str):
+        """For a busy slot: its window's ``text_tokens`` as words with (start, end) seconds from
+        the window's start, as dicts ``{"word", "start", "end"}``; ``frames`` log-mel frames hold
+        audio."""
+        raise NotImplementedError("this model has no word timestamps")
+
+    @abstractmethod
+    def scores(self, slot: int) -> tuple[float, float]:
+        """For a busy slot: the sum of its sampled tokens' log-probabilities (after the token
+        rules, before temperature) and the probability of no speech in its window."""
+
     @abstractmethod
     def room(self, slot: int) -> int:
         """Positions left in the slot's decoder cache."""
@@ -211,6 +231,8 @@ class Backend(ABC):
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    # ``--quantization`` methods this backend runs; any other is refused before loading.
+    quantization_methods: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -277,6 +299,11 @@ class Backend(ABC):
     def describe(self) -> str:
         """One line for the start log: device and dtype."""
         return self.name
+
+    def failure(self) -> str | None:
+        """Why the backend can no longer run (a lost worker process), or None while it can.
+        Polled by the server's health check; the engine is then dead and the server exits."""
+        return None
 
     def shutdown(self) -> None:  # noqa: B027 - optional hook
         """Release devices and memory."""

@@ -115,6 +115,13 @@ class AsyncEngine:
 
     @property
     def is_dead(self) -> bool:
+        if self.error is None and (failure := self.backend.failure()) is not None:
+            self.error = RuntimeError(failure)  # a lost worker: nothing can run any more
+            log.error("engine dead: %s", failure)
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(
+                    self._fail_all, EngineDeadError(f"The engine stopped: {failure}")
+                )
         return self.error is not None
 
     # --- requests ------------------------------------------------------------------------------
@@ -148,7 +155,7 @@ class AsyncEngine:
 
     def check(self, prompt_token_ids: list[int], params: SamplingParams, priority: int = 0) -> None:
         """Every check ``add_request`` makes, without queuing anything (render routes use it)."""
-        if self.error is not None:
+        if self.is_dead:
             raise EngineDeadError(f"The engine stopped after an error: {self.error}")
         if self.is_sleeping:
             raise OverloadedError("The engine is sleeping; POST /wake_up first.")

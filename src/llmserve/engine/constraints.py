@@ -79,6 +79,12 @@ class Constraint(ABC):
 
         A grammar that ends with the end-of-sequence token accepts it and then reports True."""
 
+    def is_ready(self) -> bool:
+        """False while the constraint is still being prepared (its grammar compiling): the
+        scheduler runs the prompt's prefill but holds back its last token, so the first sample
+        waits for the constraint while the prompt is computed."""
+        return True
+
 
 class ConstraintSpec(ABC):
     """What a request asks for (``SamplingParams.constraint``): a factory of ``Constraint``s.
@@ -93,6 +99,12 @@ class ConstraintSpec(ABC):
         """A fresh constraint for one sequence, at the start of its output.
 
         Called when the request is added; an exception rejects the request (400)."""
+
+    async def ready(self) -> None:
+        """Wait until the constraints this spec makes are ready; raise (a 400) if they never
+        will be. Protocols await it (``GenerationStream.ready``) before answering, so a spec
+        still compiling when the request was queued fails the request cleanly."""
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,6 +131,7 @@ class LLMEngine:
         if bad is not None:
             raise InvalidRequestError(f"Token id {bad} is out of vocabulary (size {vocab}).", param="prompt")
         params.check_vocab(vocab)
+        params.check_limits(self.config)
         prompt_len = len(prompt_token_ids)
         max_tokens = params.max_tokens or 0
         if prompt_len + max_tokens > self.max_model_len or prompt_len >= self.max_model_len:
@@ -138,7 +139,7 @@ class LLMEngine:
                 f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
                 f"{prompt_len + max_tokens} tokens ({prompt_len} in the messages, {max_tokens} in the completion). "
                 "Please reduce the length of the messages or completion.",
-                param="max_tokens" if max_tokens else "prompt",
+                param="max_tokens" if max_tokens and prompt_len < self.max_model_len else "prompt",
             )
 
     def add_request(

@@ -112,6 +112,11 @@ class Sequence:
         return not self.is_decode
 
     @property
+    def compiling(self) -> bool:
+        """It must not sample yet: its constraint is still being compiled."""
+        return self.constraint is not None and not self.output_token_ids and not self.constraint.is_ready()
+
+    @property
     def is_finished(self) -> bool:
         return self.status.finished
 

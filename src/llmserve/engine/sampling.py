@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from llmserve.engine.constraints import ConstraintSpec
 from llmserve.errors import InvalidRequestError
 
-_MAX_LOGPROBS = 20
+# Per-request caps where no server config gives them (--max-n, --max-logprobs, --max-stop).
+DEFAULT_MAX_N = 128
+DEFAULT_MAX_LOGPROBS = 20
+DEFAULT_MAX_STOP = 64
 
 
 @dataclass(slots=True)
@@ -72,8 +75,6 @@ class SamplingParams:
                 _bad(name, "must be a finite number")
         if not isinstance(self.n, int) or self.n < 1:
             _bad("n", f"must be at least 1, got {self.n}")
-        if self.n > 128:
-            _bad("n", f"must be at most 128, got {self.n}")
         if self.temperature < 0:
             _bad("temperature", f"must be non-negative, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -96,8 +97,8 @@ class SamplingParams:
             _bad("min_tokens", f"must be at most max_tokens={self.max_tokens}, got {self.min_tokens}")
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
-            if value is not None and not 0 <= value <= _MAX_LOGPROBS:
-                _bad(name, f"must be in [0, {_MAX_LOGPROBS}], got {value}")
+            if value is not None and value < 0:
+                _bad(name, f"must be non-negative, got {value}")
         if self.seed is not None and not -(2**63) <= self.seed < 2**64:
             _bad("seed", "is out of range")
         for token, bias in self.logit_bias.items():
@@ -109,6 +110,24 @@ class SamplingParams:
             _bad("allowed_token_ids", "must not be empty")
         if self.constraint is not None and not isinstance(self.constraint, ConstraintSpec):
             _bad("constraint", f"must be a ConstraintSpec, got {type(self.constraint).__name__}")
+
+    def check_limits(self, config=None, logprobs_field: str = "logprobs") -> None:
+        """The server's per-request caps (``--max-n``, ``--max-logprobs``, ``--max-stop``; the
+        defaults without a config): nothing a request asks for may allocate past them.
+        ``logprobs_field`` names logprobs in the error (chat calls it ``top_logprobs``)."""
+        max_n = getattr(config, "max_n", DEFAULT_MAX_N)
+        max_logprobs = getattr(config, "max_logprobs", DEFAULT_MAX_LOGPROBS)
+        max_stop = getattr(config, "max_stop", DEFAULT_MAX_STOP)
+        if self.n > max_n:
+            _bad("n", f"must be at most {max_n} (--max-n), got {self.n}")
+        for name, field_name in (("logprobs", logprobs_field), ("prompt_logprobs", "prompt_logprobs")):
+            value = getattr(self, name)
+            if value is not None and value > max_logprobs:
+                _bad(field_name, f"must be at most {max_logprobs} (--max-logprobs), got {value}")
+        for name in ("stop", "stop_token_ids"):
+            count = len(getattr(self, name) or ())
+            if count > max_stop:
+                _bad(name, f"may have at most {max_stop} entries (--max-stop), got {count}")
 
     def check_vocab(self, vocab_size: int) -> None:
         """The checks that need the model: every token id given is in its vocabulary."""

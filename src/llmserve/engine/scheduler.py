@@ -153,6 +153,8 @@ class Scheduler:
                 if seq.status is not RUNNING or seq.is_decode is not decodes:
                     continue  # preempted earlier in this step, or not this pass
                 num_new = self._chunk_size(seq, seq.num_computed_tokens, budget)
+                if num_new == 0 and seq.compiling:
+                    continue  # its prompt is computed; it samples once its constraint is compiled
                 freed = self._reserve(seq, num_new, scheduled, out)
                 if freed is not None:
                     chunk = ScheduledChunk(seq, num_new, seq.num_computed_tokens + num_new == seq.num_tokens)
@@ -167,8 +169,9 @@ class Scheduler:
             shared = self._shared_prefix(seq)
             num_computed = len(shared) * bs
             num_new = self._chunk_size(seq, num_computed, budget)
-            if not self.blocks.can_allocate(shared, num_computed + num_new):
-                break  # nobody overtakes the head of the queue
+            held = num_new == 0 and seq.compiling
+            if held or not self.blocks.can_allocate(shared, num_computed + num_new):
+                break  # nobody overtakes the head of the queue (not even one whose constraint compiles)
             self.waiting.pop()
             if seq.num_preemptions == 0 and seq.index == 0 and self._may_use_cache(seq) and caching:
                 self.blocks.record_query(seq.num_tokens, num_computed)
@@ -183,6 +186,8 @@ class Scheduler:
 
     def _chunk_size(self, seq: Sequence, start: int, budget: int) -> int:
         num_new = min(seq.num_tokens - start, budget)
+        if seq.compiling and start + num_new == seq.num_tokens:
+            num_new -= 1  # the constraint is compiling: compute the prompt, sample once it is ready
         if seq.prompt_logprobs_left:
             # After a preemption, recompute what was delivered in chunks of its own so that no
             # chunk asks for prompt logprobs it already returned.

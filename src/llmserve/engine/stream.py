@@ -118,6 +118,7 @@ class GenerationStream:
         self.stream_interval = stream_interval  # DELTA: tokens per item, at least
         self._held: dict[int, CompletionOutput] = {}  # DELTA deltas not handed out yet
         self._counted_prompt = False
+        self._reported = False  # the end went to the metrics
         self._generated = 0
         keep = kind is not OutputKind.DELTA
         self.choices = [
@@ -188,10 +189,25 @@ class GenerationStream:
             raise EngineDeadError("the request produced no output")
         return last
 
+    async def ready(self) -> None:
+        """Wait for the request's output constraint (a grammar compiling while the prompt is
+        computed); if it fails, the request is aborted and the error (a 400) raised. Protocols
+        await it before answering, so that a stream does not start with an error."""
+        spec = self.params.constraint
+        if spec is None:
+            return
+        try:
+            await spec.ready()
+        except BaseException:
+            self.close()  # aborts it in the engine, blocks freed
+            raise
+
     def close(self) -> None:
         """Stop consuming; an unfinished request is aborted and its blocks freed."""
         if not self._closed:
             self._closed = True
+            if not self.finished:  # the client went away: counted as an abort, as vLLM does
+                self._report("abort", time.monotonic())
             self._on_close(self)
 
     async def aclose(self) -> None:
@@ -272,20 +288,28 @@ class GenerationStream:
             metrics.on_prompt_tokens(len(self.prompt_token_ids))
         metrics.on_generation_tokens(new_tokens)
         if self.finished:
-            first = [c.first_token_time for c in self.choices if c.first_token_time is not None]
-            scheduled = self.scheduled_time or self.arrival
-            try:
-                metrics.on_request_finished(
-                    finish_reason=self.choices[0].finish_reason or "abort",
-                    prompt_tokens=len(self.prompt_token_ids),
-                    generation_tokens=self._generated,
-                    ttft_s=(min(first) - self.arrival) if first else None,
-                    e2e_s=now - self.arrival,
-                    itl_s=[x for c in self.choices for x in c.itl],
-                    queue_s=max(scheduled - self.arrival, 0.0),
-                )
-            except Exception:  # metrics must never break a request
-                log.exception("metrics update failed")
+            self._report(self.choices[0].finish_reason or "abort", now)
+
+    def _report(self, finish_reason: str, now: float) -> None:
+        """The request's end, once, to the metrics."""
+        metrics = self.metrics
+        if metrics is None or self._reported:
+            return
+        self._reported = True
+        first = [c.first_token_time for c in self.choices if c.first_token_time is not None]
+        scheduled = self.scheduled_time or self.arrival
+        try:
+            metrics.on_request_finished(
+                finish_reason=finish_reason,
+                prompt_tokens=len(self.prompt_token_ids),
+                generation_tokens=self._generated,
+                ttft_s=(min(first) - self.arrival) if first else None,
+                e2e_s=now - self.arrival,
+                itl_s=[x for c in self.choices for x in c.itl],
+                queue_s=max(scheduled - self.arrival, 0.0),
+            )
+        except Exception:  # metrics must never break a request
+            log.exception("metrics update failed")
 
 
 def _merge(held: CompletionOutput, new: CompletionOutput) -> CompletionOutput:

@@ -17,7 +17,7 @@ from llmserve.server.context import ProtocolContext
 
 log = logging.getLogger("llmserve")
 
-# Reachable without an API key: probes, metrics scrapes and the API docs.
+# Reachable without an API key by default (--open-paths): probes, metrics scrapes and the API docs.
 OPEN_PATHS = frozenset({"/health", "/ping", "/version", "/metrics", "/docs", "/openapi.json"})
 
 
@@ -50,7 +50,8 @@ def create_app(config, context: ProtocolContext | None = None, plugins: Plugins 
     from llmserve.server.docs import bp as docs_bp
     from llmserve.server.status import bp as status_bp
 
-    app.register_blueprint(docs_bp)
+    if not config.disable_fastapi_docs:
+        app.register_blueprint(docs_bp)
     app.register_blueprint(status_bp)
     context.protocols = []
     for reg in plugins.protocols().values():
@@ -107,13 +108,14 @@ def _render(context: ProtocolContext, status: int, message: str, type_: str, par
 
 def _install_middleware(app: Quart, config, context: ProtocolContext) -> None:
     api_key = config.api_key.encode() if config.api_key else None
+    open_paths = frozenset(path.rstrip("/") or "/" for path in config.open_paths if path)
     origins = list(config.allowed_origins or [])
 
     @app.before_request
     async def _auth():
         if request.method == "OPTIONS":
             return _preflight()
-        if api_key is None or request.path in OPEN_PATHS:
+        if api_key is None or request.path in open_paths or context.is_open_path(request.path):
             return None
         header = request.headers.get("Authorization", "")
         # Anthropic's clients send the key as x-api-key
@@ -148,7 +150,8 @@ def _install_middleware(app: Quart, config, context: ProtocolContext) -> None:
     @app.before_request
     async def _log_request():
         if config.enable_log_requests and request.method in ("POST", "PUT"):
-            body = (await request.get_data(as_text=True, cache=True))[: config.max_log_len]
+            raw = await request.get_data(cache=True)  # bytes: a body that is not UTF-8 is the route's 400
+            body = raw.decode("utf-8", "replace")[: config.max_log_len]
             log.info("request %s %s from %s: %s", request.method, request.path, request.remote_addr, body)
 
     @app.after_request

@@ -54,6 +54,7 @@ class ProtocolContext:
         self.limits = ClientLimits(config)
         self._compilers: dict[str, StructuredOutputCompiler] = {}
         self._error_renderers: dict[str, Callable[[int, str], Any]] = {}
+        self._open_paths: dict[str, bool] = {}  # path -> whether everything under it is open too
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -80,6 +81,17 @@ class ProtocolContext:
             ):
                 best = (prefix, render)
         return best[1] if best else None
+
+    def register_open_path(self, path: str, subtree: bool = False) -> None:
+        """Let ``path`` (with ``subtree``, everything under it too) be reached without the API key:
+        a page or its assets, never a route that generates or reveals data."""
+        self._open_paths[path.rstrip("/") or "/"] = subtree
+
+    def is_open_path(self, path: str) -> bool:
+        """Whether ``path`` was opened with ``register_open_path``."""
+        if path in self._open_paths:
+            return True
+        return any(sub and path.startswith(p + "/") for p, sub in self._open_paths.items() if p != "/")
 
     # --- prompts ---------------------------------------------------------------------------------
 
@@ -130,9 +142,12 @@ class ProtocolContext:
     ) -> SamplingParams:
         """SamplingParams from a request with OpenAI / vLLM field names, the model's
         generation_config defaults filling what the request leaves out."""
-        return sampling.to_sampling_params(
+        params = sampling.to_sampling_params(
             request, model.generation_defaults, model.max_model_len, prompt_len, **overrides
         )
+        chat = isinstance(getattr(request, "logprobs", None), bool)  # chat's logprobs is a flag
+        params.check_limits(self.config, "top_logprobs" if chat else "logprobs")
+        return params
 
     # --- structured outputs ----------------------------------------------------------------------
 
@@ -149,14 +164,16 @@ class ProtocolContext:
         after: str | None = None,
         budget: int | None = None,
     ) -> ConstraintSpec:
-        """Compile ``spec`` for ``model`` (off the event loop, cached) into the ConstraintSpec to
-        set on ``SamplingParams.constraint``. An invalid schema, regex or grammar, a feature no
-        backend supports, or a compile past ``--structured-outputs-timeout`` is a 400.
+        """Compile ``spec`` for ``model`` (on the compilers' pool, cached) into the ConstraintSpec
+        to set on ``SamplingParams.constraint``. An uncached spec is still compiling when this
+        returns: the engine computes the prompt meanwhile, and ``GenerationStream.ready()``
+        (await it before answering) raises the 400 for an invalid schema, regex or grammar, a
+        feature no backend supports, or a compile past ``--structured-outputs-timeout``.
 
         ``after``: text ending the model's reasoning (a reasoning parser's ``end_marker``); the
         output is free until it, and follows ``spec`` from there on. ``budget``: see
         ``reasoning_budget``."""
-        compiled = await self.structured_compiler(model).compile(spec)
+        compiled = self.structured_compiler(model).start(spec)
         if after:
             marker = self.tokenize(model, after, add_special_tokens=False)
             compiled = AfterMarker(compiled, marker, budget)
@@ -261,11 +278,17 @@ class ProtocolContext:
         timestamps: bool = False,
         temperature: float = 0.0,
         seed: int | None = None,
+        fallback: bool = True,
+        words: bool = False,
     ) -> AsyncIterator[TranscriptEvent]:
         """Decode an uploaded audio file and transcribe (or, ``task="translate"``, translate to
         English) it. Returns, once the audio is decoded and the options checked, an async iterator
         of events: text deltas, then one with ``done`` and the ``Transcript`` (text, language,
-        duration, segments). Undecodable audio or a bad option is a 400 raised here."""
+        duration, segments). Clips over 30 s are decoded window after window as Whisper does.
+        ``fallback``: a window that decodes too repetitively or unsurely is decoded again at
+        ``temperature`` + 0.2, ... up to 1.0 (leave it off where text is streamed as it comes).
+        ``words``: the transcript's ``words`` get times too (where the model supports it).
+        Undecodable audio or a bad option is a 400 raised here."""
         from llmserve.engine.audio_input import decode_audio
         from llmserve.engine.transcription import TranscriptionOptions
 
@@ -295,7 +318,9 @@ class ProtocolContext:
             prompt_ids = self.tokenize(model, " " + prompt.strip(), add_special_tokens=False)
             prompt_ids = prompt_ids[-(runner.max_tokens - 1) :]
         samples = await asyncio.to_thread(decode_audio, audio, filename)
-        options = TranscriptionOptions(language, task, tuple(prompt_ids), timestamps, temperature, seed)
+        options = TranscriptionOptions(
+            language, task, tuple(prompt_ids), timestamps, temperature, seed, fallback, words
+        )
         self.limits.admit()
         return service.transcribe(samples, options)
 

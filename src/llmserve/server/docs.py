@@ -9,6 +9,7 @@ from importlib import resources
 from quart import Blueprint, Response, current_app, jsonify
 
 from llmserve.server.openapi import build_spec, document
+from llmserve.server.openapi_limits import apply_limits
 
 bp = Blueprint("llmserve_docs", __name__)
 
@@ -23,7 +24,10 @@ def _page() -> str:
 async def openapi_json() -> Response:
     spec = current_app.extensions.get("llmserve.openapi")
     if spec is None:  # routes are fixed once the app serves: build once
-        spec = current_app.extensions["llmserve.openapi"] = build_spec(current_app)
+        ctx = current_app.extensions["llmserve"]
+        lengths = [m.max_model_len for m in ctx.models if m.engine is not None]
+        spec = apply_limits(build_spec(current_app), ctx.config, max(lengths, default=None))
+        current_app.extensions["llmserve.openapi"] = spec
     return jsonify(spec)
 
 

@@ -96,6 +96,8 @@ def build_spec(app: Any, title: str = "llmserve") -> dict[str, Any]:
             ok["content"] = {
                 "application/json": {"schema": _one_of([refs[(m, "serialization")] for m in resp])}
             }
+        if any("stream" in m.model_fields for m in req):  # `stream: true` answers server-sent events
+            ok.setdefault("content", {})["text/event-stream"] = {"schema": {}}
         op["responses"] = {"200": ok, "default": {"description": "Error (an `error` object)."}}
         for key, value in info.items():
             if key not in ("summary", "request", "response", "tags", "endpoint"):

@@ -17,6 +17,9 @@ from llmserve.server.registry import EMBED, GENERATE, TRANSCRIBE, ModelRegistry,
 
 log = logging.getLogger("llmserve")
 
+HEALTH_POLL_S = 0.5
+UNHEALTHY_GRACE_S = 3.0  # /health answers 503 this long before the server exits
+
 
 def resolve_backend_name(config: Config, plugins: Plugins | None = None) -> str:
     """The backend ``--backend`` names; for ``auto``, the available registered backend with the
@@ -57,6 +60,12 @@ def check_config(config: Config, plugins: Plugins | None = None) -> Plugins:
     gen = config.generation_config
     if gen not in ("auto", "vllm") and not Path(gen).is_dir():
         raise ConfigError(f"--generation-config: must be 'auto', 'vllm' or a folder, got {gen!r}")
+    methods = backends[name].obj.quantization_methods
+    if config.quantization and config.quantization not in methods:
+        supported = f"it supports {', '.join(methods)}" if methods else "it supports none"
+        raise ConfigError(
+            f"--quantization {config.quantization}: not supported by backend {name!r}; {supported}"
+        )
     backends[name].obj.check_available(config)
     return plugins
 
@@ -76,8 +85,11 @@ def build_context(config: Config, plugins: Plugins) -> ProtocolContext:
         if spec.implicit and (any(kind == EMBED for _, _, kind in resolved) or _only_speech(resolved)):
             continue  # the default embedding model only where no served model embeds
         model = resolve_model(spec.source, progress=True)
-        kind = EMBED if spec.kind == EMBED or _is_encoder(model.path) else GENERATE
-        resolved.append((spec, model, TRANSCRIBE if _is_speech(model.path) else kind))
+        if _is_speech(model.path):
+            kind = TRANSCRIBE
+        else:
+            kind = EMBED if spec.kind == EMBED or _is_encoder(model.path) else GENERATE
+        resolved.append((spec, model, kind))
     generative = sum(1 for _, _, kind in resolved if kind == GENERATE)
     # Each generative model gets its own backend instance and an even share of the memory budget.
     share = config.model_copy(
@@ -110,7 +122,7 @@ def _only_speech(resolved) -> bool:
 
 
 def _is_speech(path: Path) -> bool:
-    from llmserve.sources.ct2 import is_whisper_dir
+    from llmserve.sources.speech import is_whisper_dir
 
     return is_whisper_dir(path)
 
@@ -178,9 +190,12 @@ def run_server(config: Config, plugins: Plugins) -> int:
     where = f"unix:{config.uds}" if config.uds else f"{scheme}://{config.host}:{config.port}"
     log.info("serving on %s%s", where, config.root_path or "")
     try:
-        asyncio.run(_serve(app, config))
+        healthy = asyncio.run(_serve(app, config, context))
     finally:
         _release(context)
+    if not healthy:
+        log.error("stopped: an engine failed (see above)")
+        return 1
     log.info("stopped")
     return 0
 
@@ -231,7 +246,9 @@ def _release(context: ProtocolContext) -> None:
     context.backends.clear()
 
 
-async def _serve(app, config: Config) -> None:
+async def _serve(app, config: Config, context: ProtocolContext) -> bool:
+    """Serve until a signal (requests in flight get --shutdown-timeout seconds to finish) or an
+    engine's death (after /health has answered 503 for a moment); whether all stayed healthy."""
     from hypercorn.asyncio import serve
     from hypercorn.config import Config as HypercornConfig
 
@@ -243,9 +260,30 @@ async def _serve(app, config: Config) -> None:
     if config.ssl_certfile:
         hc.certfile, hc.keyfile, hc.ca_certs = config.ssl_certfile, config.ssl_keyfile, config.ssl_ca_certs
         hc.verify_mode = ssl.VerifyMode(config.ssl_cert_reqs)
-    hc.graceful_timeout = 5
+    hc.graceful_timeout = config.shutdown_timeout
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await serve(app, hc, shutdown_trigger=stop.wait)
+        loop.add_signal_handler(sig, _on_signal, sig, stop)
+    watch = asyncio.create_task(_watch_health(context, stop))
+    try:
+        await serve(app, hc, shutdown_trigger=stop.wait)
+    finally:
+        watch.cancel()
+    return context.is_healthy()
+
+
+def _on_signal(sig: int, stop: asyncio.Event) -> None:
+    if not stop.is_set():
+        log.info("%s: no new connections; requests in flight may finish", signal.Signals(sig).name)
+    stop.set()
+
+
+async def _watch_health(context: ProtocolContext, stop: asyncio.Event) -> None:
+    """Stop serving once an engine died (a crashed step, a lost tensor-parallel worker): the
+    server exits non-zero rather than answer 503 forever; probes see 503 meanwhile."""
+    while context.is_healthy():
+        await asyncio.sleep(HEALTH_POLL_S)
+    log.error("an engine is dead; stopping in %.0f s", UNHEALTHY_GRACE_S)
+    await asyncio.sleep(UNHEALTHY_GRACE_S)
+    stop.set()

@@ -17,7 +17,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmserve.errors import ModelNotFoundError
+from llmserve.errors import ConfigError, ModelNotFoundError
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +196,16 @@ def ensure_pack(pack: Pack, progress: bool = False) -> Path:
     target = pack_dir(pack)
     if (target / "config.json").exists():
         return target
+    try:
+        return _pull(pack, target, progress)
+    except OSError as exc:  # an unwritable cache dir, a full disk
+        raise ConfigError(
+            f"cannot write model pack {pack.alias} into the cache at {target.parent}: "
+            f"{exc.strerror or exc} (set LLMSERVE_CACHE_DIR to a writable directory with space)"
+        ) from None
+
+
+def _pull(pack: Pack, target: Path, progress: bool) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{pack.alias}-") as tmp:
         work = Path(tmp)

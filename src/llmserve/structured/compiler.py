@@ -19,6 +19,7 @@ import numpy as np
 
 from llmserve.engine.constraints import ConstraintSpec, bitmask_words
 from llmserve.errors import InvalidRequestError
+from llmserve.structured.pending import PendingSpec
 from llmserve.structured.request import StructuredOutputs
 from llmserve.structured.schema import check_schema, without_additional_properties
 
@@ -61,13 +62,33 @@ class StructuredOutputCompiler:
         try:
             return await asyncio.wait_for(future, self.timeout)
         except asyncio.TimeoutError:
-            # the compile cannot be interrupted: leave its thread to finish, give new work a fresh pool
-            self._executor.shutdown(wait=False)
-            self._executor = ThreadPoolExecutor(2, thread_name_prefix="llmserve-grammar")
-            raise InvalidRequestError(
-                f"compiling the {spec.what} took longer than {self.timeout:g} s; simplify it",
-                param=spec.param,
-            ) from None
+            raise self._timed_out(spec) from None
+
+    def start(self, spec: StructuredOutputs) -> ConstraintSpec:
+        """``spec``'s ConstraintSpec at once when cached, else a PendingSpec whose compile runs on
+        the pool while the request's prompt is computed (``PendingSpec.ready`` raises the 400)."""
+        cached = self._cached(spec)
+        if cached is not None:
+            return cached
+        future = self._executor.submit(self.compile_now, spec)
+        return PendingSpec(future, self.timeout, lambda: self._timed_out(spec))
+
+    def _timed_out(self, spec: StructuredOutputs) -> Exception:
+        # the compile cannot be interrupted: leave its thread to finish, give new work a fresh pool
+        self._executor.shutdown(wait=False)
+        self._executor = ThreadPoolExecutor(2, thread_name_prefix="llmserve-grammar")
+        return InvalidRequestError(
+            f"compiling the {spec.what} took longer than {self.timeout:g} s; simplify it",
+            param=spec.param,
+        )
+
+    def _cached(self, spec: StructuredOutputs) -> ConstraintSpec | None:
+        key = f"{self.choose(spec)}:{spec.cache_key()}"
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+            return cached
 
     def compile_now(self, spec: StructuredOutputs) -> ConstraintSpec:
         """``compile`` on the calling thread (the offline LLM and tests use it)."""

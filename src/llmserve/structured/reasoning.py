@@ -35,6 +35,10 @@ class AfterMarker(ConstraintSpec):
         inner = self.inner.new() if self.inner is not None else None
         return _AfterMarkerConstraint(inner, self.marker_ids, self.budget)
 
+    async def ready(self) -> None:
+        if self.inner is not None:
+            await self.inner.ready()
+
 
 class _AfterMarkerConstraint(Constraint):
     __slots__ = ("budget", "count", "inner", "marker", "recent", "started")
@@ -73,3 +77,6 @@ class _AfterMarkerConstraint(Constraint):
 
     def is_terminated(self) -> bool:
         return self.started and self.inner is not None and self.inner.is_terminated()
+
+    def is_ready(self) -> bool:
+        return self.inner is None or self.inner.is_ready()

@@ -141,6 +141,7 @@ class JaxEmbedder(Embedder):
         self.pooling = cfg.pooling
         self.dim = cfg.hidden_size
         self.max_model_len = cfg.max_position_embeddings
+        self.vocab_size = cfg.vocab_size
         self._fn = jax.jit(functools.partial(encode, cfg=cfg, pooling=cfg.pooling))
         self.compiled: dict[tuple[int, int], Any] = {}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from llmserve.backends.base import Backend, BackendUnavailable, Batch, Embedder, ModelInfo, SampleResult
+from llmserve.errors import ConfigError
 
 
 class TorchBackend(Backend):
@@ -44,7 +45,14 @@ class TorchBackend(Backend):
                 device = "cuda:0"
             self.tp = TensorParallelDriver(world, self.device, model_dir, self.config.dtype, True)
             group = TPGroup(0, world)
-        self.runner = TorchModelRunner(model_dir, self.config.dtype, device, tp=group)
+        self.runner = TorchModelRunner(
+            model_dir,
+            self.config.dtype,
+            device,
+            tp=group,
+            quantization=self.config.quantization,
+            group_size=self.config.quantization_group_size,
+        )
         try:
             self.info = self.runner.load()  # while the workers load their shards
             if self.tp is not None:
@@ -114,7 +122,19 @@ class TorchBackend(Backend):
 
     def describe(self) -> str:
         tp = f", tensor parallel x{self.config.tensor_parallel_size}" if self.tp is not None else ""
-        return f"{self.name} (torch {torch.__version__}, {torch.get_num_threads()} threads{tp})"
+        quant = ""
+        if self.config.quantization and self.runner is not None and self.runner.model is not None:
+            from llmserve.backends.torch.quant_linear import linear_weight_bytes
+
+            sizes = linear_weight_bytes(self.runner.model)
+            quant = (
+                f", {self.config.quantization} linears {sizes['quantized'] / 2**20:.1f} MiB"
+                f" + float {sizes['float'] / 2**20:.1f} MiB"
+            )
+        return f"{self.name} (torch {torch.__version__}, {torch.get_num_threads()} threads{tp}{quant})"
+
+    def failure(self) -> str | None:
+        return self.tp.failure if self.tp is not None else None
 
     def shutdown(self) -> None:
         if self.tp is not None:
@@ -125,6 +145,12 @@ class TorchBackend(Backend):
 class CpuBackend(TorchBackend):
     name = "cpu"
     description = "torch on CPU"
+    quantization_methods = ("int8", "int4")
+
+    @classmethod
+    def check_available(cls, config) -> None:
+        if config.quantization and config.tensor_parallel_size > 1:
+            raise ConfigError("--quantization cannot be combined with --tensor-parallel-size > 1 yet")
 
     def kv_cache_budget_bytes(self, info: ModelInfo) -> int:
         return int(self.config.kv_cache_space * 2**30)

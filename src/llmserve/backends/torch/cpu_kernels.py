@@ -39,18 +39,18 @@ _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}
 
 
-def _source() -> str:
-    return resources.files(__package__).joinpath("csrc").joinpath("cpu_kernels.c").read_text(encoding="utf-8")
+def _source(name: str = "cpu_kernels.c") -> str:
+    return resources.files(__package__).joinpath("csrc").joinpath(name).read_text(encoding="utf-8")
 
 
-def _cache_path(source: str) -> Path:
+def _cache_path(source: str, stem: str = "cpu_kernels") -> Path:
     """Where the library built from ``source`` is cached: the key covers the source itself, so
     an edited kernel file is rebuilt rather than loaded stale."""
     root = os.environ.get("LLMSERVE_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "llmserve"
     )
     key = hashlib.sha256("\n".join([source, *_FLAGS, platform.machine(), _cpu_flags()]).encode()).hexdigest()
-    return Path(root) / "kernels" / f"cpu_kernels_{key[:16]}.so"
+    return Path(root) / "kernels" / f"{stem}_{key[:16]}.so"
 
 
 def _cpu_flags() -> str:
@@ -79,22 +79,28 @@ def _build(target: Path, source: str) -> None:
 
 
 def _library() -> ctypes.CDLL | None:
+    return load_library("cpu_kernels.c", _declare)
+
+
+def load_library(name: str, declare) -> ctypes.CDLL | None:
+    """The C library built from ``csrc/<name>`` (compiled once, cached), its functions typed by
+    ``declare(lib)``; None without a working compiler."""
     with _lock:
-        if "lib" not in _loaded:
-            _loaded["lib"] = None
+        if name not in _loaded:
+            _loaded[name] = None
             try:
-                source = _source()
-                path = _cache_path(source)
+                source = _source(name)
+                path = _cache_path(source, name.removesuffix(".c"))
                 if not path.exists():
                     _build(path, source)
                 lib = ctypes.CDLL(str(path))
-                _declare(lib)
-                _loaded["lib"] = lib
+                declare(lib)
+                _loaded[name] = lib
             except subprocess.CalledProcessError as exc:
-                log.warning("building the fused CPU kernels failed; using torch ops: %s", exc.stderr[-2000:])
+                log.warning("building %s failed: %s", name, exc.stderr[-2000:])
             except OSError as exc:
-                log.info("fused CPU kernels unavailable (%s); using torch ops", exc)
-        return _loaded["lib"]
+                log.info("CPU kernels of %s unavailable (%s)", name, exc)
+        return _loaded[name]
 
 
 def _declare(lib: ctypes.CDLL) -> None:

@@ -28,6 +28,7 @@ class TorchEmbedder(Embedder):
         self.pooling = cfg.pooling
         self.dim = cfg.hidden_size
         self.max_model_len = cfg.max_position_embeddings
+        self.vocab_size = cfg.vocab_size
 
     @torch.inference_mode()
     def embed(self, token_ids: list[list[int]], normalize: bool = True) -> list[list[float]]:

@@ -48,9 +48,17 @@ class TorchModelRunner:
     """Loads a causal LM and runs batches of prefill chunks and decodes on its paged KV cache."""
 
     def __init__(
-        self, model_dir: str, dtype: str, device: str = "cpu", use_kernels: bool = True, tp: Any = None
+        self,
+        model_dir: str,
+        dtype: str,
+        device: str = "cpu",
+        use_kernels: bool = True,
+        tp: Any = None,
+        quantization: str | None = None,
+        group_size: int = 32,
     ) -> None:
         self.model_dir = model_dir
+        self.quantization, self.group_size = quantization, group_size
         self.requested_dtype = dtype
         self.device = torch.device(device)
         self.cfg: ArchConfig | None = None
@@ -74,6 +82,12 @@ class TorchModelRunner:
         self.dtype = TORCH_DTYPES[dtype_name]
         self.cfg = cfg
         self.model = load_model(self.model_dir, cfg, self.dtype, self.device, self.tp)
+        if self.quantization:
+            if self.device.type != "cpu" or (self.tp is not None and self.tp.world > 1):
+                raise ConfigError("--quantization runs on the CPU backend without tensor parallelism")
+            from llmserve.backends.torch.quant_linear import quantize_linears
+
+            quantize_linears(self.model, self.quantization, self.group_size)
         if self.tp is None and self.device.type == "cpu" and self.dtype == torch.bfloat16:
             pack_linears(self.model)
         self.kv_heads = cfg.num_kv_heads

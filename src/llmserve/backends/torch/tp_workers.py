@@ -68,6 +68,8 @@ class TensorParallelDriver:
         self.procs: list[subprocess.Popen] = []
         self._status: list[int] = []
         self._joined = False
+        self._stopping = False
+        self.failure: str | None = None  # set when a worker exits on its own
         code = "from llmserve.backends.torch.tp_workers import worker_main; worker_main()"
         for rank in range(1, world):
             read_fd, write_fd = os.pipe()
@@ -84,7 +86,16 @@ class TensorParallelDriver:
             os.close(write_fd)
             self.procs.append(proc)
             self._status.append(read_fd)
+            threading.Thread(
+                target=self._watch, args=(rank, proc), name=f"llmserve-tp-{rank}", daemon=True
+            ).start()
         atexit.register(self.shutdown)
+
+    def _watch(self, rank: int, proc: subprocess.Popen) -> None:
+        """Record a worker that exits while the driver still needs it (killed, crashed)."""
+        code = proc.wait()
+        if not self._stopping and self.failure is None:
+            self.failure = f"tensor-parallel worker rank {rank} (pid {proc.pid}) exited with {code}"
 
     def connect(self) -> TPGroup:
         """Wait until every worker has loaded its shard, then join the process group as rank 0."""
@@ -108,6 +119,8 @@ class TensorParallelDriver:
 
     def send(self, method: str, *args) -> None:
         """Have every worker call ``runner.<method>(*args)`` (rank 0 then makes the same call)."""
+        if self.failure is not None:
+            raise RuntimeError(self.failure)
         data = pickle.dumps((method, args), protocol=pickle.HIGHEST_PROTOCOL)
         for proc in self.procs:
             proc.stdin.write(struct.pack("<Q", len(data)) + data)
@@ -115,6 +128,7 @@ class TensorParallelDriver:
 
     def shutdown(self) -> None:
         """Stop the workers (politely, then by force) and leave the process group."""
+        self._stopping = True
         procs, self.procs = self.procs, []
         for proc in procs:
             try:

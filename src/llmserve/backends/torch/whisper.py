@@ -1,4 +1,5 @@
-"""Whisper's encoder-decoder in torch, loaded from CTranslate2's model.bin.
+"""Whisper's encoder-decoder in torch, loaded from CTranslate2's model.bin (here) or from a
+transformers safetensors directory (``whisper_hf``).
 
 The decoder keeps its self-attention keys and values in a slot cache (one slot per sequence being
 decoded, ``max_len`` positions each) and the cross-attention keys and values of the encoder output
@@ -28,10 +29,15 @@ class WhisperConfig:
     vocab_size: int
     n_audio_ctx: int  # encoder positions (1500 for 30 s)
     n_text_ctx: int  # decoder positions (448)
+    ffn_dim: int = 0  # 0: 4 * d_model
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def ffn(self) -> int:
+        return self.ffn_dim or 4 * self.d_model
 
 
 def _linear(d_in: int, d_out: int, bias: bool = True) -> nn.Linear:
@@ -41,11 +47,11 @@ def _linear(d_in: int, d_out: int, bias: bool = True) -> nn.Linear:
 class FeedForward(nn.Module):
     """fc2(gelu(fc1(x)))."""
 
-    def __init__(self, d: int) -> None:
+    def __init__(self, d: int, ffn: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(d)
-        self.fc1 = _linear(d, 4 * d)
-        self.fc2 = _linear(4 * d, d)
+        self.fc1 = _linear(d, ffn)
+        self.fc2 = _linear(ffn, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(self.norm(x))))
@@ -64,13 +70,13 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
 class EncoderLayer(nn.Module):
     """Pre-norm self-attention block of the audio encoder (no mask)."""
 
-    def __init__(self, d: int, n_heads: int) -> None:
+    def __init__(self, d: int, n_heads: int, ffn: int) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.attn_norm = nn.LayerNorm(d)
         self.qkv = _linear(d, 3 * d)
         self.out = _linear(d, d)
-        self.ffn = FeedForward(d)
+        self.ffn = FeedForward(d, ffn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = (_heads(t, self.n_heads) for t in self.qkv(self.attn_norm(x)).chunk(3, dim=-1))
@@ -86,7 +92,9 @@ class AudioEncoder(nn.Module):
         self.conv1 = nn.Conv1d(cfg.n_mels, cfg.d_model, 3, padding=1)
         self.conv2 = nn.Conv1d(cfg.d_model, cfg.d_model, 3, stride=2, padding=1)
         self.register_buffer("positions", torch.zeros(cfg.n_audio_ctx, cfg.d_model), persistent=False)
-        self.layers = nn.ModuleList(EncoderLayer(cfg.d_model, cfg.n_heads) for _ in range(cfg.encoder_layers))
+        self.layers = nn.ModuleList(
+            EncoderLayer(cfg.d_model, cfg.n_heads, cfg.ffn) for _ in range(cfg.encoder_layers)
+        )
         self.norm = nn.LayerNorm(cfg.d_model)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
@@ -100,7 +108,7 @@ class AudioEncoder(nn.Module):
 class DecoderLayer(nn.Module):
     """Causal self-attention on the slot cache, cross-attention on the slot's audio, FFN."""
 
-    def __init__(self, d: int, n_heads: int) -> None:
+    def __init__(self, d: int, n_heads: int, ffn: int) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.self_norm = nn.LayerNorm(d)
@@ -110,7 +118,7 @@ class DecoderLayer(nn.Module):
         self.cross_q = _linear(d, d)
         self.cross_kv = _linear(d, 2 * d)
         self.cross_out = _linear(d, d)
-        self.ffn = FeedForward(d)
+        self.ffn = FeedForward(d, ffn)
 
     def forward(self, x, cache, cross, slots, positions, mask) -> torch.Tensor:
         # x [B, T, D]; cache: (k, v) each [S, H, L, hd]; cross: (k, v) each [B, H, 1500, hd]
@@ -138,7 +146,9 @@ class TextDecoder(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.register_buffer("positions", torch.zeros(cfg.n_text_ctx, cfg.d_model), persistent=False)
-        self.layers = nn.ModuleList(DecoderLayer(cfg.d_model, cfg.n_heads) for _ in range(cfg.decoder_layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(cfg.d_model, cfg.n_heads, cfg.ffn) for _ in range(cfg.decoder_layers)
+        )
         self.norm = nn.LayerNorm(cfg.d_model)
         self.proj = _linear(cfg.d_model, cfg.vocab_size, bias=False)
 
@@ -160,6 +170,19 @@ class Whisper(nn.Module):
         self.cfg = cfg
         self.encoder = AudioEncoder(cfg)
         self.decoder = TextDecoder(cfg)
+
+    def forward(self, mel: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Whole sequences at once: [B, n_mels, 3000] and [B, T] ids -> logits [B, T, V] (a fresh
+        cache per call; serving goes through ``WhisperRunner`` instead)."""
+        cfg = self.cfg
+        audio = self.encoder(mel)
+        b, t = tokens.shape
+        shape = (b, cfg.n_heads, t, cfg.head_dim)
+        caches = [(audio.new_zeros(shape), audio.new_zeros(shape)) for _ in self.decoder.layers]
+        crosses = [layer.cross_keys_values(audio) for layer in self.decoder.layers]
+        positions = torch.arange(t, device=tokens.device).expand(b, t)
+        slots = torch.arange(b, device=tokens.device)
+        return self.decoder(tokens, positions, slots, caches, crosses)
 
     # ours -> CTranslate2's, per layer kind ({i} is the layer index)
     CT2_GLOBAL = {
@@ -210,6 +233,7 @@ class Whisper(nn.Module):
             vocab_size=ct2.raw("decoder/embeddings/weight").shape[0],
             n_audio_ctx=ct2.raw("encoder/position_encodings/encodings").shape[0],
             n_text_ctx=ct2.raw("decoder/position_encodings/encodings").shape[0],
+            ffn_dim=ct2.raw("encoder/layer_0/ffn/linear_0/weight").shape[0],
         )
 
     def _ct2_name(self, param: str) -> str:

@@ -25,6 +25,7 @@ class WhisperTokens:
     sot: int
     sot_prev: int
     no_timestamps: int
+    no_speech: int | None  # <|nospeech|> (<|nocaptions|> in older vocabularies)
     timestamp_begin: int
     transcribe: int
     translate: int
@@ -35,9 +36,10 @@ class WhisperTokens:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, tokenizer, vocab_size: int) -> WhisperTokens:
-        """From the tokenizer, CTranslate2's config.json (suppress lists) and the model's vocabulary
-        size (51865 and up: multilingual; timestamps follow ``<|notimestamps|>``)."""
-        config = json.loads((Path(model_dir) / "config.json").read_text())
+        """From the tokenizer, the suppress lists (CTranslate2's config.json, or transformers'
+        generation_config.json / config.json) and the model's vocabulary size (51865 and up:
+        multilingual; timestamps follow ``<|notimestamps|>``)."""
+        suppress, begin = _suppress_lists(Path(model_dir))
         ids = tokenizer.convert_tokens_to_ids
         vocab = tokenizer.get_vocab()
         languages = {
@@ -50,12 +52,13 @@ class WhisperTokens:
             sot=ids("<|startoftranscript|>"),
             sot_prev=ids("<|startofprev|>"),
             no_timestamps=ids("<|notimestamps|>"),
+            no_speech=vocab.get("<|nospeech|>", vocab.get("<|nocaptions|>")),
             timestamp_begin=ids("<|notimestamps|>") + 1,
             transcribe=ids("<|transcribe|>"),
             translate=ids("<|translate|>"),
             languages=languages,
-            suppress=tuple(config.get("suppress_ids") or ()),
-            suppress_begin=tuple(config.get("suppress_ids_begin") or ()),
+            suppress=suppress,
+            suppress_begin=begin,
             multilingual=vocab_size >= 51865,
         )
 
@@ -73,6 +76,16 @@ class WhisperTokens:
         return out
 
 
+def _suppress_lists(model_dir: Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    config = json.loads((model_dir / "config.json").read_text())
+    if "suppress_ids" in config:  # CTranslate2
+        return tuple(config["suppress_ids"] or ()), tuple(config.get("suppress_ids_begin") or ())
+    generation = model_dir / "generation_config.json"
+    if generation.is_file():
+        config = {**config, **json.loads(generation.read_text())}
+    return tuple(config.get("suppress_tokens") or ()), tuple(config.get("begin_suppress_tokens") or ())
+
+
 @dataclass
 class DecodeState:
     """One sequence's sampling state: what it has sampled and how it samples."""
@@ -81,6 +94,8 @@ class DecodeState:
     temperature: float = 0.0
     sampled: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None
+    sum_logprob: float = 0.0  # of the sampled tokens, after the rules, before temperature
+    no_speech_prob: float = 0.0
 
 
 def _timestamp_rules(row: torch.Tensor, state: DecodeState, tokens: WhisperTokens) -> None:
@@ -123,9 +138,17 @@ def select_tokens(logits: torch.Tensor, states: list[DecodeState], tokens: Whisp
             token = int(torch.multinomial(probs, 1, generator=state.generator))
         else:
             token = int(row.argmax())
+        state.sum_logprob += float(torch.log_softmax(row, dim=-1)[token])
         state.sampled.append(token)
         out.append(token)
     return out
+
+
+def no_speech_prob(logits: torch.Tensor, tokens: WhisperTokens) -> float:
+    """The probability of ``<|nospeech|>`` in the logits after ``<|startoftranscript|>``."""
+    if tokens.no_speech is None:
+        return 0.0
+    return float(torch.softmax(logits.float(), dim=-1)[tokens.no_speech])
 
 
 def detect_language(logits: torch.Tensor, tokens: WhisperTokens) -> str:

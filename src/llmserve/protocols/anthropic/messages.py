@@ -43,6 +43,7 @@ async def create_message() -> Any:
     message_id = anthropic_id("msg")
     kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
     stream = ctx.generate(model, prepared.token_ids, params, request_id=message_id, kind=kind)
+    await stream.ready()  # the constraint compiled while the prompt was computed
     answer = Answer(
         message_id, model.answer_name(req.model), len(prepared.token_ids), pipeline, req.stop_sequences,
         signing_key=key_for(ctx.config.api_key, model.name),

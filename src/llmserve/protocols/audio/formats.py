@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
 
@@ -29,35 +28,22 @@ def vtt(segments: list[Any]) -> str:
     return "WEBVTT\n\n" + "\n".join(cues)
 
 
-def compression_ratio(text: str) -> float:
-    """Whisper's repetition signal: text bytes over their zlib-compressed size."""
-    data = text.encode("utf-8")
-    return round(len(data) / len(zlib.compress(data)), 3) if data else 0.0
-
-
-def verbose(transcript: Any, task: str, temperature: float) -> dict[str, Any]:
-    """The ``verbose_json`` body."""
-    segments = [
-        {
-            "id": s.id,
-            "seek": round(s.start * 100),
-            "start": s.start,
-            "end": s.end,
-            "text": s.text,
-            "tokens": s.tokens,
-            "temperature": temperature,
-            "compression_ratio": compression_ratio(s.text),
-        }
-        for s in transcript.segments
-    ]
-    return {
+def verbose(transcript: Any, task: str, granularities: list[str]) -> dict[str, Any]:
+    """The ``verbose_json`` body: ``segments`` and/or ``words`` as ``granularities`` ask."""
+    fields = ("id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob")
+    fields += ("compression_ratio", "no_speech_prob")
+    segments = [{name: getattr(s, name) for name in fields} for s in transcript.segments]
+    body = {
         "task": task,
         "language": transcript.language,
         "duration": round(transcript.duration, 3),
         "text": transcript.text,
-        "segments": segments,
-        "usage": usage(transcript),
     }
+    if "segment" in granularities:
+        body["segments"] = segments
+    if "word" in granularities:
+        body["words"] = transcript.words
+    return {**body, "usage": usage(transcript)}
 
 
 def usage(transcript: Any) -> dict[str, Any]:

@@ -59,11 +59,18 @@ async def _serve(model_cls, task: str) -> Any:
     req, data, filename = await _form(model_cls)
     ctx = context()
     model = ctx.model_for(req.model, TRANSCRIBE)
-    if "word" in getattr(req, "timestamp_granularities", ()):
-        raise InvalidRequestError(
-            "Word timestamps are not supported; use `segment`.", param="timestamp_granularities"
-        )
     fmt = req.response_format
+    granularities = getattr(req, "timestamp_granularities", ["segment"])
+    words = "word" in granularities
+    if words and fmt != "verbose_json":
+        raise InvalidRequestError(
+            "timestamp_granularities needs response_format `verbose_json`.", param="timestamp_granularities"
+        )
+    if words and not model.transcriber.transcriber.word_timestamps:
+        raise InvalidRequestError(
+            f"The model `{model.name}` has no word timestamps; use `segment`.",
+            param="timestamp_granularities",
+        )
     stream = getattr(req, "stream", False)
     if stream and fmt not in ("json", "text"):
         raise InvalidRequestError("Streaming needs response_format `json` or `text`.", param="stream")
@@ -77,6 +84,8 @@ async def _serve(model_cls, task: str) -> Any:
         timestamps=fmt in ("verbose_json", "srt", "vtt"),
         temperature=req.temperature,
         seed=req.seed,
+        fallback=not stream,
+        words=words,
     )
     if stream:
         return sse_response(_stream(events))
@@ -89,7 +98,7 @@ async def _serve(model_cls, task: str) -> Any:
     if fmt == "json":
         return json_response({"text": transcript.text, "usage": formats.usage(transcript)})
     if fmt == "verbose_json":
-        return json_response(formats.verbose(transcript, task, req.temperature))
+        return json_response(formats.verbose(transcript, task, granularities))
     if fmt == "text":
         return Response(transcript.text + "\n", mimetype="text/plain")
     body = formats.srt(transcript.segments) if fmt == "srt" else formats.vtt(transcript.segments)

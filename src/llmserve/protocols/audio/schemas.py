@@ -63,8 +63,18 @@ class Segment(BaseModel):
     end: float
     text: str
     tokens: list[int]
-    temperature: float
+    temperature: float = Field(description="The temperature its window was decoded at (after any fallback).")
+    avg_logprob: float
     compression_ratio: float
+    no_speech_prob: float
+
+
+class Word(BaseModel):
+    """One word and its times (Whisper's cross-attention alignment)."""
+
+    word: str
+    start: float
+    end: float
 
 
 class TranscriptionVerbose(BaseModel):
@@ -74,7 +84,8 @@ class TranscriptionVerbose(BaseModel):
     language: str
     duration: float
     text: str
-    segments: list[Segment]
+    segments: list[Segment] | None = Field(None, description="With `segment` in timestamp_granularities.")
+    words: list[Word] | None = Field(None, description="With `word` in timestamp_granularities.")
     usage: Usage | None = None
 
 

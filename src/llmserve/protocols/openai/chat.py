@@ -31,6 +31,7 @@ from llmserve.protocols.openai.schemas import ChatCompletionRequest
 from llmserve.protocols.openai.serving import (
     apply_server_defaults,
     check_supported,
+    ready,
     results,
     start_requests,
     stream_flags,
@@ -112,7 +113,7 @@ async def create_chat_completion() -> Any:
     params = ctx.sampling_params(model, req, len(token_ids), **overrides)
     request_id = f"chatcmpl-{req.request_id}" if req.request_id else random_id("chatcmpl")
     kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
-    streams = start_requests(ctx, model, request_id, [prompt], [params], kind, req)
+    streams = await ready(start_requests(ctx, model, request_id, [prompt], [params], kind, req))
     view = _View(model, req, request_id, prompt, tool_choice, ctx.config, pipelines)
     if req.stream:
         return sse_response(view.events(merge_streams(streams), include_usage, continuous))

@@ -27,6 +27,7 @@ from llmserve.protocols.openai.schemas import CompletionRequest
 from llmserve.protocols.openai.serving import (
     apply_server_defaults,
     check_supported,
+    ready,
     results,
     start_requests,
     stream_flags,
@@ -63,7 +64,7 @@ async def create_completion() -> Any:
     params = [ctx.sampling_params(model, req, len(p.token_ids), **overrides) for p in prompts]
     request_id = f"cmpl-{req.request_id}" if req.request_id else random_id("cmpl")
     kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
-    streams = start_requests(ctx, model, request_id, prompts, params, kind, req)
+    streams = await ready(start_requests(ctx, model, request_id, prompts, params, kind, req))
     view = _View(model, req, request_id, prompts, ctx.config.enable_prompt_tokens_details)
     if req.stream:
         return sse_response(view.events(merge_streams(streams), include_usage, continuous))

@@ -6,9 +6,75 @@ Unknown fields are ignored, as by vLLM. Prompt/input shapes are checked by
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# What the request fields accept, stated in the OpenAPI document as the server checks it.
+TokenId = Annotated[int, Field(ge=0)]
+Bias = Annotated[float, Field(ge=-100, le=100)]
+Seed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
+_OBJECT = {"type": "object", "additionalProperties": {}}
+_TEXT_PART = {
+    "type": "object",
+    "properties": {"type": {"enum": ["text", "input_text", "output_text"]}, "text": {"type": "string"}},
+    "required": ["type", "text"],
+}
+# Text only: image, audio and file parts are a 400 (no multimodal model is served).
+CONTENT_SCHEMA = {"anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}, {"type": "null"}]}
+_JSON_SCHEMA_FORMAT = {
+    "type": "object",
+    "properties": {
+        "type": {"const": "json_schema"},
+        "json_schema": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "schema": {"type": "object"},
+                "strict": {"type": "boolean"},
+            },
+            "required": ["name"],
+        },
+    },
+    "required": ["type", "json_schema"],
+}
+RESPONSE_FORMAT_SCHEMA = {
+    "anyOf": [
+        {"type": "object", "properties": {"type": {"enum": ["text", "json_object"]}}, "required": ["type"]},
+        _JSON_SCHEMA_FORMAT,
+        {"type": "null"},
+    ]
+}
+STRUCTURED_SCHEMA = {
+    "anyOf": [
+        {"type": "object", "properties": {"json": {"type": "object"}}, "required": ["json"]},
+        {
+            "type": "object",
+            "properties": {"regex": {"type": "string", "format": "regex"}},
+            "required": ["regex"],
+        },
+        {
+            "type": "object",
+            "properties": {"choice": {"type": "array", "items": {"type": "string"}, "minItems": 1}},
+            "required": ["choice"],
+        },
+        {"type": "object", "properties": {"json_object": {"const": True}}, "required": ["json_object"]},
+        {"type": "null"},
+    ]
+}
+# prompt / input: checked by parse_prompts (so the error names the field in plain words)
+PROMPT_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+        {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+        {
+            "type": "array",
+            "items": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+            "minItems": 1,
+        },
+    ]
+}
 
 
 class OpenAIModel(BaseModel):
@@ -23,17 +89,17 @@ class StreamOptions(OpenAIModel):
 class VLLMSamplingFields(OpenAIModel):
     """vLLM's extra body fields shared by completions and chat."""
 
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    min_tokens: int | None = None
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0, le=2)
+    min_tokens: int | None = Field(None, ge=0)
     ignore_eos: bool | None = None
     skip_special_tokens: bool | None = None
     spaces_between_special_tokens: bool | None = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[TokenId] | None = None
     include_stop_str_in_output: bool | None = None
-    prompt_logprobs: int | None = None
-    allowed_token_ids: list[int] | None = None
+    prompt_logprobs: int | None = Field(None, ge=0)
+    allowed_token_ids: list[TokenId] | None = Field(None, min_length=1)
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
     request_id: str | None = None  # the response id becomes "chatcmpl-<request_id>" (vLLM)
     return_tokens_as_token_ids: bool | None = None
@@ -47,16 +113,33 @@ class VLLMSamplingFields(OpenAIModel):
     use_beam_search: bool = False
     length_penalty: float = 1.0
     # Structured outputs (llmserve.structured reads them; malformed ones are a 400 there)
-    response_format: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = Field(None, json_schema_extra=RESPONSE_FORMAT_SCHEMA)
     structured_outputs: dict[str, Any] | None = Field(
         None,
+        json_schema_extra=STRUCTURED_SCHEMA,
         description="Exactly one of json, regex, choice, grammar, json_object, structural_tag; "
         "plus disable_any_whitespace, disable_additional_properties, whitespace_pattern.",
     )
-    guided_json: Any = Field(None, description="Deprecated: structured_outputs.json.")
-    guided_regex: str | None = Field(None, description="Deprecated: structured_outputs.regex.")
-    guided_choice: list[str] | None = Field(None, description="Deprecated: structured_outputs.choice.")
-    guided_grammar: str | None = Field(None, description="Deprecated: structured_outputs.grammar.")
+    guided_json: Any = Field(
+        None,
+        description="Deprecated: structured_outputs.json.",
+        json_schema_extra={"deprecated": True, **_OBJECT},
+    )
+    guided_regex: str | None = Field(
+        None,
+        description="Deprecated: structured_outputs.regex.",
+        json_schema_extra={"deprecated": True, "format": "regex"},
+    )
+    guided_choice: list[str] | None = Field(
+        None,
+        description="Deprecated: structured_outputs.choice.",
+        json_schema_extra={"deprecated": True, "minItems": 1},
+    )
+    guided_grammar: str | None = Field(
+        None,
+        description="Deprecated: structured_outputs.grammar (EBNF or Lark).",
+        json_schema_extra={"deprecated": True},
+    )
     guided_decoding_backend: str | None = Field(None, description="Deprecated: the request's backend.")
 
 
@@ -64,22 +147,22 @@ class CompletionRequest(VLLMSamplingFields):
     """POST /v1/completions."""
 
     model: str | None = None
-    prompt: Any
-    best_of: int | None = None
+    prompt: Any = Field(json_schema_extra=PROMPT_SCHEMA)
+    best_of: int | None = Field(None, ge=1)
     echo: bool = False
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
-    logprobs: int | None = None
-    max_tokens: int | None = 16
-    n: int = 1
-    presence_penalty: float | None = None
-    seed: int | None = None
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, Bias] | None = None
+    logprobs: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(16, ge=1)
+    n: int = Field(1, ge=1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: Seed | None = None
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     suffix: str | None = None
-    temperature: float | None = None
-    top_p: float | None = None
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
     user: Any = None  # a string for OpenAI; some clients send an object
     add_special_tokens: bool = True
 
@@ -90,7 +173,7 @@ class ChatMessage(OpenAIModel):
     model_config = ConfigDict(extra="allow")
 
     role: str
-    content: str | list[Any] | None = None
+    content: str | list[Any] | None = Field(None, json_schema_extra=CONTENT_SCHEMA)
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
@@ -113,24 +196,24 @@ class ChatTool(OpenAIModel):
 class ChatCompletionRequest(VLLMSamplingFields):
     """POST /v1/chat/completions."""
 
-    messages: list[ChatMessage]
+    messages: list[ChatMessage] = Field(min_length=1)
     model: str | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, Bias] | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(0, ge=0)
     max_tokens: int | None = Field(
-        None, description="Deprecated by OpenAI in favour of max_completion_tokens."
+        None, ge=1, description="Deprecated by OpenAI in favour of max_completion_tokens."
     )
-    max_completion_tokens: int | None = None
-    n: int = 1
-    presence_penalty: float | None = None
-    seed: int | None = None
+    max_completion_tokens: int | None = Field(None, ge=1)
+    n: int = Field(1, ge=1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: Seed | None = None
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = None
-    top_p: float | None = None
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
     tools: list[ChatTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = "none"
     parallel_tool_calls: bool | None = None
@@ -154,9 +237,9 @@ class EmbeddingRequest(OpenAIModel):
     """POST /v1/embeddings."""
 
     model: str | None = None
-    input: Any
+    input: Any = Field(json_schema_extra=PROMPT_SCHEMA)
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    dimensions: int | None = Field(None, ge=1)
     user: Any = None  # a string for OpenAI; some clients send an object
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
     add_special_tokens: bool = True

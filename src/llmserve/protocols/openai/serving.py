@@ -80,6 +80,18 @@ def start_requests(
     return streams
 
 
+async def ready(streams: Sequence[GenerationStream]) -> list[GenerationStream]:
+    """``streams`` once their output constraints are compiled; on a failure (a 400) all are closed."""
+    try:
+        for stream in streams:
+            await stream.ready()
+    except BaseException:
+        for stream in streams:
+            stream.close()
+        raise
+    return streams
+
+
 async def results(streams: Sequence[GenerationStream]) -> list[RequestOutput]:
     """Every request's final output, in order; a failure aborts the others."""
     try:

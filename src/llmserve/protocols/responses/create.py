@@ -126,6 +126,7 @@ async def create_response() -> Any:
     stream = ctx.generate(
         prepared.model, prepared.token_ids, prepared.params, request_id=prepared.shell.id, kind=kind
     )
+    await stream.ready()  # the constraint compiled while the prompt was computed
     if req.stream or req.background:
         writer = EventWriter(
             prepared.shell,

@@ -4,6 +4,11 @@ A record is the response object, the request's own input items, and the context 
 was generated from (earlier turns' items), so a continuation replays the whole exchange,
 function calls and their outputs included. Both stores keep at most ``max_stored`` records and
 drop the oldest first; the SQLite one survives a restart.
+
+Several servers may share one SQLite file (replicas behind a balancer, each reading what the
+others stored): on one host as it is (WAL journal), across hosts on a shared filesystem with
+working POSIX locks as ``sqlite:///PATH?journal_mode=delete`` (WAL needs shared memory, so one
+host only). Writers wait up to 30 s for each other's locks.
 """
 
 from __future__ import annotations
@@ -72,12 +77,12 @@ class MemoryStore:
 class SQLiteStore:
     """Records in one SQLite table, the newest ``max_stored`` kept."""
 
-    def __init__(self, path: str | Path, max_stored: int) -> None:
+    def __init__(self, path: str | Path, max_stored: int, journal_mode: str = "wal") -> None:
         self.max_stored = max_stored
         Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # one connection, used from the event loop's threads
-        self._db = sqlite3.connect(str(Path(path).expanduser()), check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = sqlite3.connect(str(Path(path).expanduser()), check_same_thread=False, timeout=30)
+        self._db.execute(f"PRAGMA journal_mode={journal_mode}")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS responses (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
             "id TEXT UNIQUE NOT NULL, response TEXT NOT NULL, input TEXT NOT NULL, context TEXT NOT NULL)"
@@ -122,10 +127,11 @@ class SQLiteStore:
 
 
 def open_store(url: str, max_stored: int) -> MemoryStore | SQLiteStore:
-    """The store ``--responses-store`` names: ``memory`` or ``sqlite:///PATH``."""
+    """The store ``--responses-store`` names: ``memory`` or ``sqlite:///PATH[?journal_mode=MODE]``."""
     if url == "memory":
         return MemoryStore(max_stored)
-    return SQLiteStore(url.removeprefix("sqlite:///"), max_stored)
+    path, _, query = url.removeprefix("sqlite:///").partition("?")  # the Config checked the query
+    return SQLiteStore(path, max_stored, query.partition("=")[2].lower() or "wal")
 
 
 def current_store() -> MemoryStore | SQLiteStore:

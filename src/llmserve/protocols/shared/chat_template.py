@@ -283,5 +283,8 @@ def render_chat(
             f"The chat template could not render these messages: {type(exc).__name__}: {exc}",
             param="messages",
         ) from None
+    from llmserve.protocols.shared.prompts import check_text_fits
+
+    check_text_fits(tokenizer, text, model.max_model_len, "messages")
     token_ids = tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
     return text, list(token_ids)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -12,6 +13,10 @@ from pydantic import BaseModel, ValidationError
 from llmserve.errors import InvalidRequestError
 
 M = TypeVar("M", bound=BaseModel)
+# Deeper JSON is refused before decoding: Python's decoder and pydantic recurse once per level.
+MAX_NESTING = 64
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
 log = logging.getLogger("llmserve.protocols")
 
 
@@ -31,6 +36,8 @@ def parse_json(raw: bytes | str, model_cls: type[M]) -> M:
     """Like ``parse_body`` for bytes already read (also handy in tests)."""
     if not raw or not raw.strip():
         raise InvalidRequestError("The request body is empty; expected a JSON object.")
+    if _nesting(raw) > MAX_NESTING:
+        raise InvalidRequestError(f"The request body is nested more than {MAX_NESTING} levels deep.")
     try:
         data = json.loads(raw, parse_constant=_reject_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -38,6 +45,19 @@ def parse_json(raw: bytes | str, model_cls: type[M]) -> M:
     if not isinstance(data, dict):
         raise InvalidRequestError(f"The request body must be a JSON object, got {type(data).__name__}.")
     return validate_model(model_cls, data)
+
+
+def _nesting(raw: bytes | str) -> int:
+    """How deep the JSON text's arrays and objects nest (brackets inside strings not counted)."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if data.count(b"[") + data.count(b"{") <= MAX_NESTING:  # the common case, in C
+        return 0
+    brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKET)
+    depth = deepest = 0
+    for byte in brackets:
+        depth += 1 if byte in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def _reject_constant(name: str) -> None:

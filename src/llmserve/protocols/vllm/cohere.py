@@ -15,7 +15,7 @@ import numpy as np
 from quart import Blueprint, Response, jsonify
 
 from llmserve.api import InvalidRequestError, UnsupportedError, document, parse_body, random_id
-from llmserve.protocols.vllm import schemas
+from llmserve.protocols.vllm import cohere_schemas
 from llmserve.protocols.vllm.pooling import (
     check_dimensions,
     document_texts,
@@ -32,12 +32,12 @@ _TRUNCATE = {"NONE": "none", "START": "start", "END": "end"}
 @bp.post("/v2/rerank")
 @document(
     "Cohere v2 rerank: documents ordered by relevance to the query.",
-    request=schemas.CohereRerankRequest,
-    response=schemas.CohereRerankResponse,
+    request=cohere_schemas.CohereRerankRequest,
+    response=cohere_schemas.CohereRerankResponse,
     tags=["cohere"],
 )
 async def rerank_v2() -> Response:
-    req = await parse_body(schemas.CohereRerankRequest)
+    req = await parse_body(cohere_schemas.CohereRerankRequest)
     embedder, _ = embedder_and_model(req.model)
     docs = document_texts(req.documents)
     if not docs:
@@ -59,7 +59,7 @@ async def rerank_v2() -> Response:
     return jsonify({"id": random_id("rerank"), "results": results, "meta": meta})
 
 
-def _texts(req: schemas.CohereEmbedRequest) -> list[str]:
+def _texts(req: cohere_schemas.CohereEmbedRequest) -> list[str]:
     if req.images:
         raise UnsupportedError(
             "images are not supported: the embedding model takes text only", param="images"
@@ -95,12 +95,12 @@ def _quantized(vectors: np.ndarray, kind: str) -> list:
 @bp.post("/v2/embed")
 @document(
     "Cohere v2 embed: embeddings of texts by type (float, int8, uint8, binary, ubinary, base64).",
-    request=schemas.CohereEmbedRequest,
-    response=schemas.CohereEmbedResponse,
+    request=cohere_schemas.CohereEmbedRequest,
+    response=cohere_schemas.CohereEmbedResponse,
     tags=["cohere"],
 )
 async def embed_v2() -> Response:
-    req = await parse_body(schemas.CohereEmbedRequest)
+    req = await parse_body(cohere_schemas.CohereEmbedRequest)
     embedder, _ = embedder_and_model(req.model)
     check_dimensions(embedder, req.output_dimension, "output_dimension")
     texts = _texts(req)

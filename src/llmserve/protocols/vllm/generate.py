@@ -97,6 +97,7 @@ async def generate() -> Response:
     stream = ctx.generate(
         model, prompt_ids, params, request_id=random_id("generate"), kind=kind, priority=req.priority
     )
+    await stream.ready()  # the constraint compiled while the prompt was computed
     want_logprobs = params.logprobs is not None
     if not req.stream:
         return jsonify(_body(await stream.result(), prefix, want_logprobs))

@@ -55,7 +55,7 @@ def _rendered(
 @document(
     "Render a completions request: its prompts' token ids and sampling parameters, without generating.",
     request=schemas.CompletionRenderRequest,
-    response=schemas.RenderedRequest,
+    response=schemas.RenderedRequests,
     tags=["vllm"],
 )
 async def render_completion() -> Response:

@@ -1,0 +1,195 @@
+"""Weight-only quantisation of SmolLM2 on CPU: float32 vs int8 vs int4, in one run (not a test).
+
+    PYTHONPATH=src:tests python tests/bench_quant.py [--rss]
+
+Greedy agreement with the float model, perplexity on a fixed text (our runner's prompt logits),
+linear-weight bytes, decode ms per step at batch 1 and tok/s at batch 32 (runner steps, argmax
+sampling; the variants alternate and the best round is kept, as the machine is shared). With
+``--rss`` it also starts the real server once per variant and reads its RSS after one request.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import torch
+
+from llmserve.backends.base import Batch, BatchItem
+from llmserve.backends.torch.quant_linear import QuantLinear
+from llmserve.backends.torch.runner import TorchModelRunner
+from llmserve.sources import packs
+
+VARIANTS = (("float32", None), ("int8", "int8"), ("int4 g32", "int4"))
+PROMPTS = (
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain in two sentences what a hash table is.",
+    "List three prime numbers and say why they are prime.",
+)
+TEXT = (
+    "The history of the bicycle begins in the early nineteenth century, when inventors in Europe "
+    "experimented with two-wheeled machines pushed along by the rider's feet. Pedals attached to the "
+    "front wheel came later, and the safety bicycle, with a chain driving the rear wheel and two wheels "
+    "of equal size, made cycling popular in the 1890s. Pneumatic tyres, gears and lighter frames "
+    "followed, and today bicycles are used for transport, sport and recreation around the world."
+)
+BLOCK, STEPS, BATCH = 16, 32, 32
+
+
+def cpu_line() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        return platform.processor()
+    model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
+    flags = next((ln for ln in out.splitlines() if ln.startswith("Flags")), "")
+    return f"{model}; AMX: {'yes' if 'amx_tile' in flags else 'no'}; AVX-512: {'yes' if 'avx512f' in flags else 'no'}"
+
+
+class Seqs:
+    """A few sequences on the runner's KV cache, stepped greedily."""
+
+    def __init__(self, runner: TorchModelRunner, prompts: list[list[int]], max_new: int) -> None:
+        self.runner = runner
+        per = -(-(max(map(len, prompts)) + max_new + 1) // BLOCK)
+        self.tables = [list(range(i * per, (i + 1) * per)) for i in range(len(prompts))]
+        self.tokens = [list(p) for p in prompts]
+        self.pos = [0] * len(prompts)
+
+    def step(self, want_prompt: bool = False):
+        items = [
+            BatchItem(i, t[p:], p, self.tables[i], True, None, (), (), want_prompt_logprobs=want_prompt)
+            for i, (t, p) in enumerate(zip(self.tokens, self.pos, strict=True))
+        ]
+        logits, prompt = self.runner.forward(Batch(items, BLOCK))
+        for i, row in enumerate(logits.argmax(-1).tolist()):
+            self.pos[i] = len(self.tokens[i])
+            self.tokens[i].append(row)
+        return prompt
+
+
+def load(model_dir: str, quant: str | None) -> TorchModelRunner:
+    runner = TorchModelRunner(model_dir, "float32", quantization=quant, group_size=32)
+    runner.load()
+    runner.allocate_kv_cache(BATCH * 24 + 64, BLOCK)
+    return runner
+
+
+def greedy(runner, prompts: list[list[int]]) -> list[list[int]]:
+    seqs = Seqs(runner, prompts, STEPS)
+    for _ in range(STEPS):
+        seqs.step()
+    return [t[len(p) :] for t, p in zip(seqs.tokens, prompts, strict=True)]
+
+
+def perplexity(runner, ids: list[int]) -> float:
+    prompt = Seqs(runner, [ids], 1).step(want_prompt=True)[0]  # logits at every prompt position
+    logprobs = torch.log_softmax(prompt[:-1].double(), -1)
+    nll = -logprobs[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].mean().item()
+    return math.exp(nll)
+
+
+def step_time(runner, prompt: list[int], batch: int, steps: int = 16) -> float:
+    seqs = Seqs(runner, [prompt] * batch, steps + 1)
+    seqs.step()  # prefill
+    start = time.perf_counter()
+    for _ in range(steps):
+        seqs.step()
+    return (time.perf_counter() - start) / steps
+
+
+def server_rss(quant: str | None) -> float:
+    """GiB RSS of a real server after one chat request."""
+    from conftest import ServerProcess  # tests/ on PYTHONPATH
+
+    args = ["smollm2", "--embedding-model", "none", "--max-model-len", "1024", "--dtype", "float32"]
+    if quant:
+        args += ["--quantization", quant]
+    server = ServerProcess(*args)
+    try:
+        body = {
+            "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 16,
+        }
+        with server.http(timeout=120) as http:
+            http.post("/v1/chat/completions", json=body).raise_for_status()
+        status = open(f"/proc/{server.proc.pid}/status").read()
+        kb = next(int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmRSS"))
+    finally:
+        server.stop()
+    return kb / 2**20
+
+
+def weight_bytes(model) -> tuple[int, int]:
+    """(bytes of the decoder's linear weights, bytes of every other parameter, tied ones once)."""
+    linear = sum(
+        m.weight_bytes() if isinstance(m, QuantLinear) else m.weight.numel() * m.weight.element_size()
+        for name, m in model.named_modules()
+        if isinstance(m, (QuantLinear, torch.nn.Linear)) and not name.endswith("lm_head")
+    )
+    rest = sum(
+        p.numel() * p.element_size()
+        for name, p in model.named_parameters()
+        if not (name.endswith("proj.weight") or name.endswith("proj.bias"))
+    )
+    return linear, rest
+
+
+def main() -> None:
+    from transformers import AutoTokenizer
+
+    model_dir = str(packs.ensure_model("smollm2"))
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    prompts = [
+        tok(
+            tok.apply_chat_template(
+                [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+            )
+        )["input_ids"]
+        for p in PROMPTS
+    ]
+    print(f"CPU: {cpu_line()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    runners = {name: load(model_dir, quant) for name, quant in VARIANTS}
+    outputs = {name: greedy(r, prompts) for name, r in runners.items()}
+    ref = outputs["float32"]
+    text_ids = tok(TEXT)["input_ids"]
+    best1 = dict.fromkeys(runners, math.inf)
+    best32 = dict.fromkeys(runners, math.inf)
+    for _ in range(int(os.environ.get("ROUNDS", "5"))):  # alternate the variants; keep each one's best
+        for name, r in runners.items():
+            best1[name] = min(best1[name], step_time(r, prompts[0], 1, 32))
+            best32[name] = min(best32[name], step_time(r, prompts[0], BATCH, 8))
+    print(f"\n{len(PROMPTS)} prompts, {STEPS} greedy tokens each; perplexity on {len(text_ids)} tokens\n")
+    print(
+        "| weights | linear weights | other float weights | first tokens = float32 | identical tokens "
+        "| perplexity | decode ms/token, batch 1 | tok/s, batch 32 |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in runners.items():
+        linear, other = weight_bytes(r.model)
+        prefix = [
+            next((i for i, (a, b) in enumerate(zip(o, f, strict=False)) if a != b), STEPS)
+            for o, f in zip(outputs[name], ref, strict=False)
+        ]
+        same = sum(
+            a == b for o, f in zip(outputs[name], ref, strict=False) for a, b in zip(o, f, strict=False)
+        )
+        print(
+            f"| {name} | {linear / 2**20:.1f} MiB | {other / 2**20:.1f} MiB | {'/'.join(map(str, prefix))} "
+            f"| {same}/{len(PROMPTS) * STEPS} | {perplexity(r, text_ids):.3f} | {best1[name] * 1e3:.1f} "
+            f"| {BATCH / best32[name]:.0f} |"
+        )
+    if "--rss" in sys.argv:
+        del runners
+        for name, quant in VARIANTS:
+            print(f"server RSS after one request, {name}: {server_rss(quant):.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()

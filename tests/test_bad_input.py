@@ -1,0 +1,141 @@
+"""Bad input through the real server: each is a 4xx in the protocol's error shape naming the
+field, and none leaves the engine busy or holding KV blocks."""
+
+from __future__ import annotations
+
+import time
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+COMPLETION = {"prompt": "Hi", "max_tokens": 2}
+TEN_MB = "a " * 5_000_000
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server, timeout=120) as client:
+        yield client
+
+
+def openai_error(response: httpx.Response, status: int = 400) -> dict:
+    assert response.status_code == status, response.text[:500]
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    return error
+
+
+def raw(http: httpx.Client, path: str, content: bytes | str) -> httpx.Response:
+    return http.post(path, content=content, headers={"Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ('{"prompt": "Hi",', "not valid JSON"),
+        (b'{"prompt": "\xff\xfe"}', "not valid JSON"),  # invalid UTF-8
+        ('{"prompt": "Hi", "temperature": NaN}', "NaN"),
+        ('{"prompt": "Hi", "temperature": Infinity}', "Infinity"),
+        ('{"prompt": "Hi", "temperature": -Infinity}', "Infinity"),
+        ('{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested more than 64"),
+        ('{"prompt": "Hi", "x": ' + '{"a": ' * 5000 + "1" + "}" * 5000 + "}", "nested more than 64"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions", "/v1/embeddings"])
+def test_malformed_bodies_are_400(http, path, content, says):
+    assert says in openai_error(raw(http, path, content))["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/completions", {**COMPLETION, "max_tokens": "many"}, "max_tokens"),
+        ("/v1/completions", {**COMPLETION, "max_tokens": 10**30}, "max_tokens"),  # past the context
+        ("/v1/completions", {**COMPLETION, "max_tokens": 0}, "max_tokens"),
+        ("/v1/completions", {**COMPLETION, "max_tokens": -1}, "max_tokens"),
+        ("/v1/completions", {**COMPLETION, "temperature": -0.5}, "temperature"),
+        ("/v1/completions", {**COMPLETION, "top_p": 0}, "top_p"),
+        ("/v1/completions", {**COMPLETION, "seed": 2**70}, "seed"),
+        ("/v1/completions", {**COMPLETION, "n": 0}, "n"),
+        ("/v1/completions", {**COMPLETION, "n": 10_000}, "n"),
+        ("/v1/completions", {**COMPLETION, "logprobs": 10_000}, "logprobs"),
+        ("/v1/completions", {**COMPLETION, "prompt_logprobs": 10_000}, "prompt_logprobs"),
+        ("/v1/completions", {**COMPLETION, "stop": [f"s{i}" for i in range(10_000)]}, "stop"),
+        ("/v1/completions", {**COMPLETION, "stop_token_ids": list(range(10_000))}, "stop_token_ids"),
+        ("/v1/completions", {**COMPLETION, "prompt": [49152]}, "prompt"),  # vocabulary is 49152
+        ("/v1/completions", {**COMPLETION, "prompt": [-1]}, "prompt"),
+        ("/v1/completions", {**COMPLETION, "logit_bias": {str(10**20): 1}}, "logit_bias"),
+        ("/v1/completions", {**COMPLETION, "prompt": TEN_MB}, "prompt"),
+        ("/v1/chat/completions", {**CHAT, "n": 0}, "n"),  # was an IndexError (500)
+        ("/v1/chat/completions", {**CHAT, "n": 10_000}, "n"),
+        ("/v1/chat/completions", {**CHAT, "logprobs": True, "top_logprobs": 10_000}, "top_logprobs"),
+        ("/v1/chat/completions", {**CHAT, "stop": [f"s{i}" for i in range(10_000)]}, "stop"),
+        ("/v1/chat/completions", {**CHAT, "max_tokens": 100_000}, "max_tokens"),
+        ("/v1/chat/completions", {**CHAT, "max_completion_tokens": -5}, "max_completion_tokens"),
+        ("/v1/chat/completions", {**CHAT, "messages": []}, "messages"),
+        ("/v1/chat/completions", {**CHAT, "messages": "Hi"}, "messages"),
+        ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": [IMAGE]}]}, "messages"),
+        ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": TEN_MB}]}, "messages"),
+        ("/v1/embeddings", {"input": [[10**9]]}, "input"),  # was an IndexError (500) in the encoder
+        ("/v1/embeddings", {"input": TEN_MB}, "input"),
+        ("/v1/embeddings", {"input": []}, "input"),
+        ("/v1/embeddings", {"input": "x", "dimensions": 10**30}, "dimensions"),
+        ("/detokenize", {"tokens": [10**12]}, "tokens"),
+    ],
+)
+def test_bad_fields_are_400_naming_the_field(http, path, body, param):
+    assert openai_error(http.post(path, json=body))["param"] == param
+
+
+def test_responses_image_and_caps_name_the_field(http):
+    image = {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}]}
+    assert openai_error(http.post("/v1/responses", json=image))["param"] == "input"
+    assert openai_error(http.post("/v1/responses", json={"input": "Hi", "max_output_tokens": 0}))[
+        "param"
+    ] == ("max_output_tokens")
+
+
+def test_anthropic_image_and_bad_fields_are_its_400(server):
+    client = anthropic.Anthropic(base_url=server, api_key="x", max_retries=0)
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+    for kwargs in (
+        {"messages": [{"role": "user", "content": [image]}]},
+        {"messages": []},
+        {"messages": [{"role": "user", "content": "Hi"}], "stop_sequences": [f"s{i}" for i in range(10_000)]},
+    ):
+        with pytest.raises(anthropic.BadRequestError) as info:
+            client.messages.create(model="HuggingFaceTB/SmolLM2-135M-Instruct", max_tokens=2, **kwargs)
+        assert (
+            info.value.body["type"] == "error" and info.value.body["error"]["type"] == "invalid_request_error"
+        )
+
+
+def test_openai_sdk_sees_bad_request_errors(client, model):
+    with pytest.raises(openai.BadRequestError, match="at most 128"):
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], n=10_000)
+    with pytest.raises(openai.BadRequestError, match="at most 20"):
+        client.completions.create(model=model, prompt="Hi", max_tokens=1, logprobs=10_000)
+    with pytest.raises(openai.BadRequestError, match="not multimodal"):
+        client.chat.completions.create(
+            model=model, max_tokens=1, messages=[{"role": "user", "content": [IMAGE]}]
+        )
+
+
+def test_after_bad_input_nothing_runs_and_every_block_is_free(http):
+    deadline = time.monotonic() + 30
+    while True:
+        status = http.get("/v1/status").json()
+        if (
+            status["num_running"] == status["num_waiting"] == 0
+            and status["memory"]["kv_cache_used_bytes"] == 0
+        ):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(0.3)
+    assert http.get("/health").status_code == 200
+    out = http.post("/v1/completions", json={**COMPLETION, "temperature": 0}).json()
+    assert out["choices"][0]["finish_reason"] == "length"
