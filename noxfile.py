@@ -1,5 +1,5 @@
-"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s serve`, `nox -s bench`, `nox -s bench_throughput`, `nox -s fuzz`, `nox -s slow`,
-`nox -s soak`."""
+"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s serve`, `nox -s bench`,
+`nox -s bench_throughput`, `nox -s fuzz`, `nox -s slow`, `nox -s soak`."""
 
 from __future__ import annotations
 
