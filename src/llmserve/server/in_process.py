@@ -22,7 +22,7 @@ async def running_models(config: Config) -> AsyncIterator[ProtocolContext]:
     ``llmserve_startup`` / ``llmserve_shutdown`` hooks are not called and ``context()`` (which
     needs a request) is not available: use the yielded context."""
     from llmserve.plugins import load_plugins
-    from llmserve.server.startup import build_context, check_config
+    from llmserve.server.startup import build_context, check_config, release
 
     plugins = check_config(config, load_plugins(config=config))
     context = build_context(config, plugins)
@@ -39,6 +39,4 @@ async def running_models(config: Config) -> AsyncIterator[ProtocolContext]:
                 await engine.stop()
             except Exception:  # keep releasing the rest
                 log.exception("stopping an engine failed")
-        context.close()
-        for backend in context.backends:
-            backend.shutdown()
+        release(context)

@@ -192,7 +192,7 @@ def run_server(config: Config, plugins: Plugins) -> int:
     try:
         healthy = asyncio.run(_serve(app, config, context))
     finally:
-        _release(context)
+        release(context)
     if not healthy:
         log.error("stopped: an engine failed (see above)")
         return 1
@@ -210,7 +210,7 @@ def load_app(config: Config, plugins: Plugins | None = None):
 
     @app.after_serving
     async def _release_backends() -> None:  # after create_app's own, which stops the engines
-        _release(context)
+        release(context)
 
     return app
 
@@ -239,7 +239,8 @@ def _prepare(config: Config, plugins: Plugins):
     return app, context
 
 
-def _release(context: ProtocolContext) -> None:
+def release(context: ProtocolContext) -> None:
+    """Close the context and shut its backends down (after the engines stopped)."""
     context.close()
     for backend in context.backends:
         backend.shutdown()
