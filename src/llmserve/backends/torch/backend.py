@@ -66,6 +66,12 @@ class TorchBackend(Backend):
             default_seed=self.config.seed,
             eos_token_ids=self.info.eos_token_ids,
         )
+        if torch.device(self.device).type == "cuda":
+            from llmserve.backends.torch.logits_masks import warm_up_bitmask_kernel
+
+            warm_up_bitmask_kernel(
+                self.info.vocab_size, self.device, torch.float32
+            )  # the sampler works in float32
         return self.info
 
     def _on_all_ranks(self, method: str, *args):

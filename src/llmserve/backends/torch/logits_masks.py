@@ -17,6 +17,7 @@ from llmserve.engine.constraints import LogitsProcessor, LogitsRow
 
 log = logging.getLogger("llmserve.torch")
 _SHIFTS: dict[torch.device, torch.Tensor] = {}
+_BROKEN: set[str] = set()  # device types whose xgrammar kernel failed once
 
 
 def _mask_rows(work: torch.Tensor, rows: list[int], banned: torch.Tensor) -> None:
@@ -31,16 +32,23 @@ def apply_token_bitmask(
     work: torch.Tensor, items: list[BatchItem], rows: list[int], bitmask: np.ndarray
 ) -> None:
     """-inf where row ``items[i].bitmask_row`` of the packed int32 bitmask has a 0 bit (bit j of
-    word w: token 32w + j), for each i in ``rows``. On CPU xgrammar's kernel does it (about a
-    thousand times faster than unpacking with torch ops, measured); otherwise it is unpacked on
-    the logits' device."""
+    word w: token 32w + j), for each i in ``rows``. xgrammar's kernel does it: its C++ loop on CPU
+    (about a thousand times faster than unpacking with torch ops, measured), its Triton kernel on
+    CUDA; elsewhere, or if that kernel fails, the bits are unpacked on the logits' device."""
     picks = [items[i].bitmask_row for i in rows]
     kernel = _xgrammar_kernel(work)
     if kernel is not None:
         aligned = np.full((work.shape[0], bitmask.shape[1]), -1, dtype=np.int32)  # row i masks work[i]
         aligned[rows] = bitmask[picks]
-        kernel(work, torch.from_numpy(aligned), vocab_size=work.shape[1], indices=rows)
-        return
+        words = torch.from_numpy(aligned)
+        if work.device.type != "cpu":
+            words = words.to(work.device)
+        try:
+            kernel(work, words, vocab_size=work.shape[1], indices=rows)
+            return
+        except Exception:  # e.g. Triton cannot build for this GPU: unpack from now on
+            log.exception("xgrammar's bitmask kernel failed on %s; unpacking with torch", work.device)
+            _BROKEN.add(work.device.type)
     words = bitmask if picks == list(range(len(bitmask))) else bitmask[picks]
     words = torch.from_numpy(np.ascontiguousarray(words, dtype=np.int32)).to(work.device)
     shifts = _SHIFTS.get(work.device)
@@ -51,14 +59,35 @@ def apply_token_bitmask(
 
 
 def _xgrammar_kernel(work: torch.Tensor):
-    """xgrammar's in-place bitmask kernel when it takes these logits (CPU, float32/bfloat16)."""
-    if work.device.type != "cpu" or work.dtype not in (torch.float32, torch.bfloat16):
+    """xgrammar's in-place bitmask kernel when it takes these logits: CPU (float32/bfloat16) or
+    CUDA (any float dtype; xgrammar picks its Triton kernel there)."""
+    device = work.device.type
+    if device in _BROKEN or not work.is_contiguous():
+        return None
+    if not (device == "cuda" or (device == "cpu" and work.dtype in (torch.float32, torch.bfloat16))):
         return None
     try:
         from xgrammar import apply_token_bitmask_inplace
     except ImportError:
         return None
     return apply_token_bitmask_inplace
+
+
+def warm_up_bitmask_kernel(vocab_size: int, device: str, dtype: torch.dtype) -> None:
+    """Build xgrammar's kernel for these logits now (Triton compiles it at its first call on CUDA),
+    so the first constrained request does not wait for it."""
+    work = torch.zeros((1, vocab_size), dtype=dtype, device=device)
+    words = np.full((1, (vocab_size + 31) // 32), -1, dtype=np.int32)
+    apply_token_bitmask(work, [_Row(0)], [0], words)  # type: ignore[list-item]
+
+
+class _Row:
+    """The one field of a BatchItem the bitmask reads."""
+
+    __slots__ = ("bitmask_row",)
+
+    def __init__(self, row: int) -> None:
+        self.bitmask_row = row
 
 
 def apply_allowed_token_ids(work: torch.Tensor, items: list[BatchItem], rows: list[int]) -> None:
