@@ -25,6 +25,7 @@ import argparse
 import importlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,13 +36,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # (name, module, seconds on a GPU, seconds with --quick: generous, the dry run shares a loaded CPU)
 STAGES = [
-    ("env", "stages_env", 60, 60),
-    ("kernels", "kernel_checks", 120, 120),
+    ("env", "stages_env", 45, 60),
+    ("kernels", "kernel_checks", 150, 120),
     ("bitmask", "stages_env", 60, 120),
     ("model", "model_checks", 100, 120),
     ("speed", "speed_checks", 150, 120),
     ("structured", "speed_checks", 75, 180),
-    ("tuning", "tuning", 120, 120),
+    ("tuning", "tuning", 100, 120),
 ]
 MIN_STAGE_S = 15  # a stage with less time than this left is skipped
 
@@ -146,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    own_work = not args.work
     work = Path(args.work or tempfile.mkdtemp(prefix="llmserve-gpu-checks-"))
     work.mkdir(parents=True, exist_ok=True)
     wanted = [s for s in args.stages.split(",") if s]
@@ -209,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     report["headline"] = headline(report["stages"])
     save()
     say("== headline figures\n" + json.dumps(report["headline"], indent=1, default=str))
+    if own_work:
+        shutil.rmtree(work, ignore_errors=True)  # the random model's weights
     bad = [n for n, s in report["stages"].items() if s["status"] in ("failed", "timeout")]
     say(
         f"== done: {len(report['stages'])} stages, not ok: {', '.join(bad) or 'none'}; {out / 'figures.json'}"
