@@ -8,15 +8,15 @@
 # budget (CHECK_BUDGET seconds for the stages, 540 by default: the whole command ends within about
 # 9.5 minutes). OUTDIR gets figures.json and checks.log. Exit status 0 when every stage passed.
 set -uo pipefail
-out=${1:?usage: tests/gpu/check.sh OUTDIR [WHEELS] [checks.py options]}
+outdir=${1:?usage: tests/gpu/check.sh OUTDIR [WHEELS] [checks.py options]}
 shift
 wheels=${1:-}
 [ $# -gt 0 ] && shift
 budget=${CHECK_BUDGET:-540}
 root=$(cd "$(dirname "$0")/../.." && pwd)
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-log="$out/checks.log"
+mkdir -p "$outdir"
+outdir=$(cd "$outdir" && pwd)
+log="$outdir/checks.log"
 site=$(mktemp -d)
 trap 'rm -rf "$site"' EXIT
 {
@@ -51,7 +51,7 @@ if [ -n "$wheels" ] && [ -f "$wheels/tokenizer/tokenizer.json" ]; then
     tokenizer=(--tokenizer "$(cd "$wheels/tokenizer" && pwd)")
 fi
 cd "$root"
-timeout -k 10 $((budget + 30)) python tests/gpu/checks.py --out "$out" --budget "$budget" "${tokenizer[@]}" "$@"
+timeout -k 10 $((budget + 30)) python tests/gpu/checks.py --out "$outdir" --budget "$budget" "${tokenizer[@]}" "$@"
 rc=$?
 [ $rc -eq 124 ] && echo "== checks.py ran past its hard limit; figures.json holds the stages that finished" | tee -a "$log"
 exit $rc

@@ -8,7 +8,7 @@ run may leave the reference's tokens where the reference's own top-2 logprobs ar
 tolerance; anywhere else a different token is a mismatch. Before the first difference the
 chosen tokens' logprobs must agree within a tolerance too.
 
-Also here: the model directory and the engine helpers the speed stage uses.
+Also here: the model directory and the engine functions the speed stage uses.
 """
 
 from __future__ import annotations
