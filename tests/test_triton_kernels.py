@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import random
 import subprocess
 import sys
 
@@ -50,10 +49,11 @@ finally:
 IN_PROCESS = not _imported_before or isinstance(triton_standard.sum, InterpretedFunction)
 
 from llmserve.backends.base import Batch, BatchItem  # noqa: E402
-from llmserve.backends.torch.layers import TorchOps  # noqa: E402
 from llmserve.backends.torch.triton.cuda_graphs import DecodeGraphs, capture_sizes, pick_bucket  # noqa: E402
 
-TOL = {torch.float32: dict(atol=2e-5, rtol=1e-4), torch.float16: dict(atol=2e-3, rtol=2e-3)}
+sys.path.insert(0, os.path.dirname(__file__))
+import triton_cases as cases  # noqa: E402
+from triton_cases import DECODE_CASES, DECODE_IDS, HEAD_IDS, HEADS, PREFILL_CASES, PREFILL_IDS  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -71,83 +71,18 @@ def interpreter(request):
 
 
 # ------------------------------------------------------------------------------- attention
-
-
-def paged_cache(num_blocks, block_size, kv_heads, head_dim, dtype, seed=0):
-    torch.manual_seed(seed)
-    return torch.randn(num_blocks, block_size, 2, kv_heads, head_dim).to(dtype)  # garbage everywhere
-
-
-def tables_for(lengths, num_blocks, block_size, seed=0) -> torch.Tensor:
-    """Shuffled, disjoint block tables padded to the longest (pads point at block 0)."""
-    free = list(range(num_blocks))
-    random.Random(seed).shuffle(free)
-    width = max(-(-n // block_size) for n in lengths)
-    rows = []
-    for n in lengths:
-        need = -(-n // block_size)
-        rows.append(free[:need] + [0] * (width - need))
-        free = free[need:]
-    return torch.tensor(rows)
-
-
-def reference(q, cache, table, ctx, window):
-    """Attention of q [q_len, H, D] (the last q_len positions of a ctx-token sequence), float64."""
-    q_len, heads, head_dim = q.shape
-    block_size, kv_heads = cache.shape[1], cache.shape[3]
-    pos = torch.arange(ctx)
-    kv = cache.view(-1, 2, kv_heads, head_dim)[
-        table[pos // block_size] * block_size + pos % block_size
-    ].double()
-    k = kv[:, 0].repeat_interleave(heads // kv_heads, 1)
-    v = kv[:, 1].repeat_interleave(heads // kv_heads, 1)
-    scores = torch.einsum("qhd,khd->hqk", q.double(), k) * head_dim**-0.5
-    q_pos = torch.arange(q_len)[:, None] + ctx - q_len
-    allowed = pos[None, :] <= q_pos
-    if window:
-        allowed &= pos[None, :] > q_pos - window
-    out = torch.einsum("hqk,khd->qhd", scores.masked_fill(~allowed, float("-inf")).softmax(-1), v)
-    return out.reshape(q_len, heads * head_dim)
-
-
-HEADS = [(4, 4, 64), (8, 2, 64), (8, 1, 128)]  # GQA ratios 1, 4, 8; head sizes 64, 128
+# The cases and references live in triton_cases.py (tests/gpu/checks.py runs them on a GPU).
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("heads,kv_heads,head_dim", HEADS, ids=["mha", "gqa4", "gqa8"])
-@pytest.mark.parametrize(
-    "block_size,splits,window",
-    [(16, None, None), (4, 3, None), (8, 6, 21)],
-    ids=["one-split", "splits", "splits-window"],
-)
+@pytest.mark.parametrize("heads,kv_heads,head_dim", HEADS, ids=HEAD_IDS)
+@pytest.mark.parametrize("block_size,splits,window", DECODE_CASES, ids=DECODE_IDS)
 def test_paged_decode(dtype, heads, kv_heads, head_dim, block_size, splits, window):
-    # One token; exactly one block; one past a block; a long context over several splits/tiles.
-    lengths = [1, block_size, block_size + 1, 150]
-    cache = paged_cache(64, block_size, kv_heads, head_dim, dtype)
-    tables = tables_for(lengths, 64, block_size)
-    q = torch.randn(len(lengths), heads, head_dim).to(dtype)
-    out = paged_decode.paged_decode(
-        q, cache, tables.view(-1), torch.tensor(lengths), head_dim**-0.5,
-        max_blocks=tables.shape[1], window=window, tile=16, splits=splits,
-    )  # fmt: skip
-    for i, n in enumerate(lengths):
-        ref = reference(q[i : i + 1], cache, tables[i], n, window)
-        torch.testing.assert_close(out[i : i + 1].double(), ref, **TOL[dtype])
+    cases.decode_case(dtype, heads, kv_heads, head_dim, block_size, splits, window)
 
 
 def test_paged_decode_strided_q_and_padded_head_dim():
-    # q is a row-strided view into a fused qkv output; head_dim 80 pads to 128 lanes.
-    heads, kv_heads, head_dim, lengths = 4, 2, 80, [7, 33]
-    cache = paged_cache(16, 8, kv_heads, head_dim, torch.float32)
-    tables = tables_for(lengths, 16, 8)
-    qkv = torch.randn(2, (heads + 2 * kv_heads) * head_dim)
-    q = qkv[:, : heads * head_dim].view(2, heads, head_dim)
-    out = paged_decode.paged_decode(
-        q, cache, tables, torch.tensor(lengths), head_dim**-0.5, max_blocks=tables.shape[1], tile=16
-    )
-    for i, n in enumerate(lengths):
-        ref = reference(q[i : i + 1], cache, tables[i], n, None)
-        torch.testing.assert_close(out[i : i + 1].double(), ref, **TOL[torch.float32])
+    cases.strided_q_case()
 
 
 def test_decode_splits_fill_the_gpu():
@@ -158,26 +93,10 @@ def test_decode_splits_fill_the_gpu():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("heads,kv_heads,head_dim", HEADS, ids=["mha", "gqa4", "gqa8"])
-@pytest.mark.parametrize("block_size,window", [(16, None), (4, 9)], ids=["bs16", "bs4-window"])
+@pytest.mark.parametrize("heads,kv_heads,head_dim", HEADS, ids=HEAD_IDS)
+@pytest.mark.parametrize("block_size,window", PREFILL_CASES, ids=PREFILL_IDS)
 def test_prefill_over_cached_prefix(dtype, heads, kv_heads, head_dim, block_size, window):
-    # (cached, new): a whole prompt, one new token after a prefix, a chunk ending on a block
-    # boundary, a chunk longer than a query tile after a prefix that ends mid-block.
-    shapes = [(0, 5), (16, 1), (3, 29), (21, 35)]
-    lengths = [c + n for c, n in shapes]
-    cache = paged_cache(64, block_size, kv_heads, head_dim, dtype, seed=1)
-    tables = tables_for(lengths, 64, block_size, seed=1)
-    qs = [torch.randn(n, heads, head_dim).to(dtype) for _, n in shapes]
-    starts = [0]
-    for _, n in shapes:
-        starts.append(starts[-1] + n)
-    out = prefill.prefill_attention(
-        torch.cat(qs), cache, tables, torch.tensor(starts), torch.tensor(lengths), head_dim**-0.5,
-        max_query=max(n for _, n in shapes), max_blocks=tables.shape[1], window=window, block_m=16, block_n=16,
-    )  # fmt: skip
-    for i, q in enumerate(qs):
-        ref = reference(q, cache, tables[i], lengths[i], window)
-        torch.testing.assert_close(out[starts[i] : starts[i + 1]].double(), ref, **TOL[dtype])
+    cases.prefill_case(dtype, heads, kv_heads, head_dim, block_size, window)
 
 
 # ----------------------------------------------------------------------------- small fused ops
@@ -185,53 +104,24 @@ def test_prefill_over_cached_prefix(dtype, heads, kv_heads, head_dim, block_size
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_kv_write_skips_padding_slots(dtype):
-    tokens, kv_heads, head_dim, q_size = 5, 2, 64, 4 * 64
-    cache = torch.zeros(6, 4, 2, kv_heads, head_dim, dtype=dtype)
-    qkv = torch.randn(tokens, q_size + 2 * kv_heads * head_dim).to(dtype)
-    kv = qkv[:, q_size:].view(tokens, 2, kv_heads, head_dim)  # strided rows, as in the model
-    slots = torch.tensor([3, 4, -1, 23, 0])  # -1: a padded row, never written
-    kv_write.write_kv(cache, slots, kv)
-    expected = torch.zeros_like(cache).view(-1, 2, kv_heads, head_dim)
-    keep = slots >= 0
-    expected[slots[keep]] = kv[keep]
-    assert torch.equal(cache.view_as(expected), expected)
+    cases.kv_write_case(dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("hidden", [64, 96])
 def test_rms_norm_and_add_rms_norm(dtype, hidden):
-    ops, ref = triton_ops.TritonOps(), TorchOps()
-    torch.manual_seed(0)
-    x, residual = torch.randn(7, hidden).to(dtype), torch.randn(7, hidden).to(dtype)
-    weight = (1 + 0.1 * torch.randn(hidden)).to(dtype)
-    torch.testing.assert_close(ops.rms_norm(x, weight, 1e-6), ref.rms_norm(x, weight, 1e-6), **TOL[dtype])
-    out, new_residual = ops.add_rms_norm(x, residual.clone(), weight, 1e-6)
-    ref_out, ref_residual = ref.add_rms_norm(x, residual, weight, 1e-6)
-    torch.testing.assert_close(new_residual, ref_residual, **TOL[dtype])
-    torch.testing.assert_close(out, ref_out, **TOL[dtype])
+    cases.rms_norm_case(dtype, hidden)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_silu_mul(dtype):
-    gate_up = torch.randn(3, 2 * 1500).to(dtype)  # two column tiles, the second one partial
-    out = silu_mul.silu_mul(gate_up, block=1024)
-    torch.testing.assert_close(out, TorchOps().silu_mul(gate_up.clone()), **TOL[dtype])
+    cases.silu_mul_case(dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("head_dim", [64, 128, 80])
 def test_rotary_on_fused_qkv_leaves_v_alone(dtype, head_dim):
-    ops, ref = triton_ops.TritonOps(), TorchOps()
-    tokens, qk_heads = 5, 11  # more heads than one program takes
-    qkv = torch.randn(tokens, (qk_heads + 2) * head_dim).to(dtype)
-    angles = torch.arange(tokens).float()[:, None] * torch.logspace(0, -3, head_dim // 2)[None, :]
-    ours, theirs = qkv.clone(), qkv.clone()
-    ops.rope_(ours[:, : qk_heads * head_dim].view(tokens, qk_heads, head_dim), ops.rope_tables(angles, dtype))
-    ref.rope_(
-        theirs[:, : qk_heads * head_dim].view(tokens, qk_heads, head_dim), ref.rope_tables(angles, dtype)
-    )
-    torch.testing.assert_close(ours, theirs, **TOL[dtype])
-    assert torch.equal(ours[:, qk_heads * head_dim :], qkv[:, qk_heads * head_dim :])
+    cases.rotary_case(dtype, head_dim)
 
 
 # ----------------------------------------------------------------------- the model on TritonOps

@@ -146,11 +146,13 @@ def paged_decode(
     window: int | None = None,
     tile: int = TILE,
     splits: int | None = None,
+    num_stages: int = 2,
 ) -> torch.Tensor:
     """Attention of ``q`` [B, H, D] (heads and head_dim contiguous; rows may be strided) over the
     paged cache [num_blocks, block_size, 2, kv_heads, D]. ``block_tables`` holds B rows of
     ``max_blocks`` block ids (2-D, or flattened); ``context_lens`` [B] counts each sequence's
-    tokens including the new one. Returns [B, H * D]."""
+    tokens including the new one. Returns [B, H * D]. ``tile``, ``splits`` and ``num_stages`` are
+    tuning knobs (tests/gpu/checks.py times them)."""
     num_seqs, heads, head_dim = q.shape
     _, block_size, _, kv_heads, _ = kv_cache.shape
     if q.stride(2) != 1 or q.stride(1) != head_dim or not kv_cache.is_contiguous():
@@ -180,7 +182,7 @@ def paged_decode(
         GROUP=group, GROUP_PAD=max(_MIN_GROUP, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         D_PAD=d_pad, BLOCK_SIZE=block_size, TILE=tile, SPLIT=splits > 1,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=4, num_stages=2,
+        num_warps=4, num_stages=num_stages,
     )  # fmt: skip
     if splits > 1:
         _reduce_kernel[(num_seqs, heads)](

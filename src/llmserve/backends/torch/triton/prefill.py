@@ -96,6 +96,7 @@ def prefill_attention(
     window: int | None = None,
     block_m: int = BLOCK_M,
     block_n: int = BLOCK_N,
+    num_stages: int = 2,
 ) -> torch.Tensor:
     """Causal attention of packed new queries ``q`` [num_tokens, H, D] over the paged cache that
     already holds their K/V. ``block_tables``: num_seqs rows of ``max_blocks`` ids; ``query_starts``
@@ -121,6 +122,6 @@ def prefill_attention(
         GROUP=heads // kv_heads, HEAD_DIM=head_dim, D_PAD=triton.next_power_of_2(head_dim),
         BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_N=block_n,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=4, num_stages=2,
+        num_warps=4, num_stages=num_stages,
     )  # fmt: skip
     return out.view(num_tokens, heads * head_dim)

@@ -33,10 +33,15 @@ def _rms_norm_kernel(
 
 
 def rms_norm(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    residual: torch.Tensor | None = None,
+    num_warps: int | None = None,
 ) -> torch.Tensor:
     """RMSNorm over the last dim of ``x`` [rows, n] (rows may be strided); with ``residual``
-    (same shape), first ``residual += x`` in place and normalise the sum."""
+    (same shape), first ``residual += x`` in place and normalise the sum. ``num_warps`` defaults
+    to one per 256 lanes (1-16)."""
     n = x.shape[-1]
     x2 = x.reshape(-1, n)
     if x2.stride(-1) != 1 or (residual is not None and residual.stride(-1) != 1):
@@ -45,8 +50,9 @@ def rms_norm(
     res = residual.view(-1, n) if residual is not None else x2
     if x2.shape[0]:
         block = triton.next_power_of_2(n)
+        warps = num_warps or min(max(block // 256, 1), 16)
         _rms_norm_kernel[(x2.shape[0],)](
             x2, x2.stride(0), res, res.stride(0), weight, out, out.stride(0), n, eps,
-            HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=min(max(block // 256, 1), 16),
+            HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=warps,
         )  # fmt: skip
     return out.view(x.shape)
