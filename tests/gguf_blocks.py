@@ -1,5 +1,5 @@
 """GGUF test material: Q4_K blocks built by hand (the gguf package cannot quantise to Q4_K) and a
-SmolLM2 GGUF re-quantised to a mix of Q8_0, Q4_0, Q4_1, Q4_K and F16 tensors."""
+SmolLM2 GGUF re-quantised to a mix of Q8_0, Q5_0, Q4_0, Q4_1, Q4_K and F16 tensors."""
 
 from __future__ import annotations
 
@@ -49,8 +49,14 @@ MIXED_TYPES = {
     "attn_output": "Q4_0",
     "ffn_down": "Q4_K",
 }
-# exceptions that must stay float: an F16 part of layer 0's q/k/v, mixed widths in layer 1's gate/up
-MIXED_EXCEPTIONS = {"blk.0.attn_v.weight": "F16", "blk.1.ffn_gate.weight": "Q8_0"}
+# single tensors: an F16 part of layer 0's q/k/v and mixed widths in layer 1's gate/up (both must
+# stay float), a Q5_0 o_proj in layer 2 (int8)
+MIXED_EXCEPTIONS = {
+    "blk.0.attn_v.weight": "F16",
+    "blk.1.ffn_gate.weight": "Q8_0",
+    "blk.2.attn_output.weight": "Q5_0",
+}
+KEPT_FLOAT = {"model.layers.0.self_attn.qkv_proj", "model.layers.1.mlp.gate_up_proj"}
 
 
 def requantize(weight: np.ndarray, type_name: str) -> np.ndarray:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from gguf import GGMLQuantizationType, quants
-from gguf_blocks import MIXED_EXCEPTIONS, MIXED_TYPES, quantize_q4_k, requantize, write_mixed_gguf
+from gguf_blocks import KEPT_FLOAT, MIXED_TYPES, quantize_q4_k, requantize, write_mixed_gguf
 
 from llmserve.backends.base import Batch, BatchItem
 from llmserve.backends.torch.gguf_linear import decode_blocks
@@ -22,7 +22,7 @@ from llmserve.server.startup import check_config
 from llmserve.sources import packs
 from llmserve.sources.gguf import convert_gguf_to_hf
 
-TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q4_K"]
+TYPES = ["Q8_0", "Q5_0", "Q4_0", "Q4_1", "Q4_K"]
 
 
 def _weight(rows: int = 24, cols: int = 512, seed: int = 0) -> np.ndarray:
@@ -79,7 +79,7 @@ def test_layer_equals_float_matmul_on_the_dequantised_weight(type_name, rows):
     data = requantize(_weight(), type_name)
     bias = torch.randn(24)
     layer = _layer(type_name, data, 24, 512, bias)
-    assert layer.bits == (8 if type_name == "Q8_0" else 4) and layer.group_size == 32
+    assert layer.bits == (8 if type_name in ("Q8_0", "Q5_0") else 4) and layer.group_size == 32
     x = torch.randn(rows, 512)
     torch.testing.assert_close(layer(x), F.linear(x, layer.dequantize(), bias), atol=1e-4, rtol=1e-4)
     reference = torch.from_numpy(quants.dequantize(data, GGMLQuantizationType[type_name]))
@@ -87,7 +87,7 @@ def test_layer_equals_float_matmul_on_the_dequantised_weight(type_name, rows):
     torch.testing.assert_close(layer(x), F.linear(x, reference, bias), atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("type_name", ["F32", "F16", "Q6_K", "Q5_0", "BF16"])
+@pytest.mark.parametrize("type_name", ["F32", "F16", "Q6_K", "Q5_1", "BF16"])
 def test_other_types_stay_float(type_name):
     assert decode_blocks(np.zeros((2, 64), np.uint8), type_name, 2, 64) is None
 
@@ -95,7 +95,8 @@ def test_other_types_stay_float(type_name):
 @pytest.fixture(scope="module")
 def mixed_dir(tmp_path_factory):
     """SmolLM2 re-quantised to Q8_0 (q/k/v), Q4_0 (o), Q4_1 (gate/up), Q4_K (down), with an F16
-    part in layer 0's q/k/v and mixed widths in layer 1's gate/up, converted like any GGUF."""
+    part in layer 0's q/k/v, mixed widths in layer 1's gate/up and a Q5_0 o_proj in layer 2,
+    converted like any GGUF."""
     root = tmp_path_factory.mktemp("gguf")
     source = write_mixed_gguf(packs.ensure_gguf("smollm2"), root / "mixed.gguf")
     return convert_gguf_to_hf(source, root / "mixed")
@@ -120,13 +121,12 @@ def test_mixed_gguf_serves_its_blocks_as_the_float_conversion_reads_them(mixed_d
     floats = dict(float_runner.model.named_modules())
     layers = {name: m for name, m in gguf_runner.model.named_modules() if isinstance(m, QuantLinear)}
     expected_bits = {"qkv_proj": 8, "o_proj": 4, "gate_up_proj": 4, "down_proj": 4}
-    kept = {"model.layers.0.self_attn.qkv_proj", "model.layers.1.mlp.gate_up_proj"}
-    assert len(MIXED_EXCEPTIONS) == len(kept) and len(layers) == 30 * 4 - len(kept)
-    assert not kept & set(layers) and all(type(floats[n]) is torch.nn.Linear for n in kept)
+    assert len(layers) == 30 * 4 - len(KEPT_FLOAT) and not KEPT_FLOAT & set(layers)
+    assert all(type(dict(gguf_runner.model.named_modules())[n]) is torch.nn.Linear for n in KEPT_FLOAT)
     assert type(gguf_runner.model.lm_head) is torch.nn.Linear  # tied to the float embeddings
     for name, layer in layers.items():
         proj = name.rpartition(".")[2]
-        assert layer.bits == expected_bits[proj], name
+        assert layer.bits == (8 if name == "model.layers.2.self_attn.o_proj" else expected_bits[proj]), name
         ours, reference = layer.dequantize(), floats[name].weight.detach()
         if proj == "down_proj":  # Q4_K: float16 scales
             assert MIXED_TYPES["ffn_down"] == "Q4_K"
@@ -134,7 +134,7 @@ def test_mixed_gguf_serves_its_blocks_as_the_float_conversion_reads_them(mixed_d
             bound = (15 * layer.scales.float().abs() + layer.mins.float().abs()) * 2.0**-11 * 1.01
             error = (ours - reference).abs().view(*layer.scales.shape, 32)
             assert (error <= bound[..., None] + 1e-7).all(), name
-        else:  # Q8_0 (un-permuted q/k rows), Q4_0, Q4_1: the same floats
+        else:  # Q8_0 (un-permuted q/k rows), Q5_0, Q4_0, Q4_1: the same floats
             assert torch.equal(ours, reference), name
     ids = list(range(300, 380))
     a, b = _prompt_logits(float_runner, ids), _prompt_logits(gguf_runner, ids)

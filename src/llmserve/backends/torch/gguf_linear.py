@@ -1,12 +1,13 @@
 """``--quantization gguf``: a GGUF file's quantised linear tensors served as they are.
 
 The decoder's projections are rebuilt as QuantLinear layers straight from the file's blocks,
-never expanded to floats: Q8_0 becomes int8 with one float16 scale per 32 weights; Q4_0 and
+never expanded to floats: Q8_0 becomes int8 with one float16 scale per 32 weights (and so does
+Q5_0, whose 5-bit codes minus 16 are int8 values: 1 byte a weight instead of 0.69); Q4_0 and
 Q4_1 become int4 with a scale and a minimum per 32 weights (Q4_0's minimum is ``-8 * scale``;
 their nibble order is the kernel's own); Q4_K's super-blocks of 256 are split into their eight
 32-weight sub-blocks, each with its own scale ``d * sc`` and minimum ``-dmin * m`` (rounded to
 float16, the one difference from llama.cpp's float32 products) and its nibbles re-ordered.
-Every other type (Q6_K, Q5_0, F16, F32, ...) and every tensor that is not a decoder
+Every other type (Q6_K, Q5_1, F16, F32, ...) and every tensor that is not a decoder
 projection (embeddings, LM head, norms) stays as the float model loaded it. A fused projection
 (q/k/v, gate/up) is quantised only when all its parts decode to the same width.
 """
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 GROUP = 32  # weights per scale in every layout here
 # ggml type name -> bytes per block (of 32 weights; 256 for Q4_K)
-BLOCK_BYTES = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20, "Q4_K": 144}
+BLOCK_BYTES = {"Q8_0": 34, "Q5_0": 22, "Q4_0": 18, "Q4_1": 20, "Q4_K": 144}
 
 Decoded = tuple[int, np.ndarray, np.ndarray, np.ndarray | None]  # (bits, codes, scales, mins)
 
@@ -53,6 +54,12 @@ def _decode(raw: np.ndarray, type_name: str, rows: int, cols: int) -> Decoded:
     blocks = np.asarray(raw, dtype=np.uint8).reshape(rows, -1, size)
     if type_name == "Q8_0":
         codes = np.ascontiguousarray(blocks[..., 2:]).view(np.int8).reshape(rows, cols)
+        return 8, codes, _half(blocks, 0), None
+    if type_name == "Q5_0":  # d * (q - 16), q of 5 bits: exactly int8 codes -16..15
+        high = np.unpackbits(np.ascontiguousarray(blocks[..., 2:6]), axis=-1, bitorder="little")
+        qs = blocks[..., 6:]
+        low = np.concatenate([qs & 15, qs >> 4], axis=-1)  # weights 0-15, then 16-31
+        codes = ((low | (high << 4)).astype(np.int8) - 16).reshape(rows, cols)
         return 8, codes, _half(blocks, 0), None
     if type_name in ("Q4_0", "Q4_1"):
         scales = _half(blocks, 0)
