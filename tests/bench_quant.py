@@ -1,11 +1,13 @@
-"""Weight-only quantisation of SmolLM2 on CPU: float32 vs int8 vs int4, in one run (not a test).
+"""Weight-only quantisation of SmolLM2 on CPU: float32 vs int8 vs int4 vs gguf, in one run (not a test).
 
-    PYTHONPATH=src:tests python tests/bench_quant.py [--rss]
+    PYTHONPATH=src:tests python tests/bench_quant.py [--rss] [--mixed] [--qwen]
 
 Greedy agreement with the float model, perplexity on a fixed text (our runner's prompt logits),
 linear-weight bytes, decode ms per step at batch 1 and tok/s at batch 32 (runner steps, argmax
 sampling; the variants alternate and the best round is kept, as the machine is shared). With
-``--rss`` it also starts the real server once per variant and reads its RSS after one request.
+``--rss`` it also starts the real server once per variant and reads its RSS after one request;
+with ``--mixed`` it also compares a GGUF re-quantised to Q8_0 / Q4_0 / Q4_1 / Q4_K (tests/gguf_blocks.py)
+with its own float32 conversion; with ``--qwen``, the Qwen2.5-Coder pack's Q4_K_M GGUF likewise.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from llmserve.backends.torch.quant_linear import QuantLinear
 from llmserve.backends.torch.runner import TorchModelRunner
 from llmserve.sources import packs
 
-VARIANTS = (("float32", None), ("int8", "int8"), ("int4 g32", "int4"))
+# gguf: the pack's own Q4_1 blocks (the float32 model is their dequantisation)
+VARIANTS = (("float32", None), ("int8", "int8"), ("int4 g32", "int4"), ("gguf Q4_1", "gguf"))
 PROMPTS = (
     "What is the capital of France?",
     "Write a haiku about the sea.",
@@ -141,27 +144,14 @@ def weight_bytes(model) -> tuple[int, int]:
     return linear, rest
 
 
-def main() -> None:
-    from transformers import AutoTokenizer
-
-    model_dir = str(packs.ensure_model("smollm2"))
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    prompts = [
-        tok(
-            tok.apply_chat_template(
-                [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-            )
-        )["input_ids"]
-        for p in PROMPTS
-    ]
-    print(f"CPU: {cpu_line()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    runners = {name: load(model_dir, quant) for name, quant in VARIANTS}
+def table(runners: dict, prompts: list[list[int]], text_ids: list[int], timed: bool = False) -> None:
+    """One markdown row per runner: weight bytes, greedy agreement with "float32", perplexity
+    (and, when ``timed``, the best decode step times over ROUNDS alternating rounds)."""
     outputs = {name: greedy(r, prompts) for name, r in runners.items()}
     ref = outputs["float32"]
-    text_ids = tok(TEXT)["input_ids"]
     best1 = dict.fromkeys(runners, math.inf)
     best32 = dict.fromkeys(runners, math.inf)
-    for _ in range(int(os.environ.get("ROUNDS", "5"))):  # alternate the variants; keep each one's best
+    for _ in range(int(os.environ.get("ROUNDS", "5")) if timed else 0):  # keep each one's best
         for name, r in runners.items():
             best1[name] = min(best1[name], step_time(r, prompts[0], 1, 32))
             best32[name] = min(best32[name], step_time(r, prompts[0], BATCH, 8))
@@ -182,9 +172,45 @@ def main() -> None:
         )
         print(
             f"| {name} | {linear / 2**20:.1f} MiB | {other / 2**20:.1f} MiB | {'/'.join(map(str, prefix))} "
-            f"| {same}/{len(PROMPTS) * STEPS} | {perplexity(r, text_ids):.3f} | {best1[name] * 1e3:.1f} "
-            f"| {BATCH / best32[name]:.0f} |"
+            f"| {same}/{len(PROMPTS) * STEPS} | {perplexity(r, text_ids):.3f} "
+            + (f"| {best1[name] * 1e3:.1f} | {BATCH / best32[name]:.0f} |" if timed else "| - | - |")
         )
+
+
+def tokenized(model_dir: str) -> tuple[list[list[int]], list[int]]:
+    """(the chat prompts, the perplexity text) in the model's own tokens."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    chat = [
+        tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in PROMPTS
+    ]
+    return [tok(c)["input_ids"] for c in chat], tok(TEXT)["input_ids"]
+
+
+def main() -> None:
+    model_dir = str(packs.ensure_model("smollm2"))
+    prompts, text_ids = tokenized(model_dir)
+    print(f"CPU: {cpu_line()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    runners = {name: load(model_dir, quant) for name, quant in VARIANTS}
+    table(runners, prompts, text_ids, timed=True)
+    if "--mixed" in sys.argv:  # a GGUF of Q8_0 / Q4_0 / Q4_1 / Q4_K / F16 tensors, against its float32
+        import tempfile
+        from pathlib import Path
+
+        from gguf_blocks import write_mixed_gguf
+
+        from llmserve.sources.gguf import convert_gguf_to_hf
+
+        with tempfile.TemporaryDirectory() as tmp:
+            source = write_mixed_gguf(packs.ensure_gguf("smollm2"), Path(tmp) / "mixed.gguf")
+            mixed = str(convert_gguf_to_hf(source, Path(tmp) / "mixed"))
+            table({"float32": load(mixed, None), "gguf mixed": load(mixed, "gguf")}, prompts, text_ids)
+    if "--qwen" in sys.argv:  # the Qwen2.5-Coder pack's Q4_K_M GGUF (Q4_K, Q5_0, Q6_K, Q8_0)
+        qwen = str(packs.ensure_model("qwen2.5-coder-0.5b"))
+        packs.ensure_gguf("qwen2.5-coder-0.5b")
+        table({"float32": load(qwen, None), "gguf Q4_K_M": load(qwen, "gguf")}, *tokenized(qwen))
     if "--rss" in sys.argv:
         del runners
         for name, quant in VARIANTS:

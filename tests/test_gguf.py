@@ -114,7 +114,7 @@ def test_unpermute_inverts_llama_cpp_permutation():
         weight = rng.standard_normal((rows, 5)).astype(np.float32)
         permuted = llama_cpp_permute(weight, n_head)
         assert not np.array_equal(permuted, weight)
-        np.testing.assert_array_equal(gguf_convert._unpermute(permuted, n_head), weight)
+        np.testing.assert_array_equal(gguf_convert.unpermute(permuted, n_head), weight)
 
 
 def test_tiny_llama_gguf_round_trip(tmp_path, no_tokenizer):
@@ -141,6 +141,7 @@ def test_tiny_llama_gguf_round_trip(tmp_path, no_tokenizer):
     assert config["tie_word_embeddings"] is False
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 2
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp dir left
+    assert gguf_convert.gguf_source(out) == (tmp_path / "tiny.gguf").resolve()  # for --quantization gguf
 
     runner = TorchModelRunner(str(out), "float32")
     runner.load()
@@ -152,6 +153,9 @@ def test_tiny_llama_gguf_round_trip(tmp_path, no_tokenizer):
         ref = model(torch.tensor([ids])).logits[0]
     # One F16 tensor: close, not bit-exact.
     torch.testing.assert_close(prompt[0], ref, atol=2e-3, rtol=1e-3)
+    with open(tmp_path / "tiny.gguf", "ab") as f:
+        f.write(b"\0")  # no longer the file it was converted from
+    assert gguf_convert.gguf_source(out) is None
 
 
 def test_failed_conversion_leaves_nothing_behind(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """--quantization int8 / int4: the quantised linear against float matmuls, the flag's checks, and
-a real server answering greedily close to the float model."""
+a real server answering greedily close to the float model (also under --quantization gguf, which
+serves the pack's own Q4_1 blocks; its decoding is tested in test_quantization_gguf.py)."""
 
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def _float_top5(smollm2_dir, ids: list[int]) -> list[list[int]]:
     return prompt[0].topk(5, -1).indices.tolist()
 
 
-@pytest.fixture(scope="module", params=["int8", "int4"])
+@pytest.fixture(scope="module", params=["int8", "int4", "gguf"])
 def quant_server(request):
     server = ServerProcess(
         "smollm2", "--embedding-model", "none", "--max-model-len", "512", "--dtype", "float32",
@@ -140,3 +141,5 @@ def test_greedy_chat_through_the_server_stays_with_the_float_model(quant_server,
     assert out[0] == top5[0][0], f"{method}: first token differs from the float model's"
     outside = [i for i, (token, top) in enumerate(zip(out, top5, strict=True)) if token not in top]
     assert not outside, f"{method}: tokens {outside} of {tok.decode(out)!r} are outside the float top 5"
+    if method == "gguf":  # the same Q4_1 weights the float model was converted from: its greedy path
+        assert out == [top[0] for top in top5], f"gguf: {tok.decode(out)!r} left the float greedy path"

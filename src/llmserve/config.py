@@ -97,11 +97,11 @@ class Config(ServerFlags):
         description="Model backend: auto (cuda, tpu or cpu, as available), cpu, cuda, jax, tpu, or a plugin's.",
     )
     dtype: str = Field("auto", description="Weights/activations dtype: auto, bfloat16, float16, float32.")
-    quantization: Literal["int8", "int4"] | None = Field(
+    quantization: Literal["int8", "int4", "gguf"] | None = Field(
         None,
-        description="Weight-only quantisation of the linear layers at load (CPU backend): int8 (one "
-        "scale per output channel) or int4 (a scale and minimum per group); the LM head and embeddings "
-        "stay in --dtype.",
+        description="Weight-only quantisation of the linear layers (CPU backend): int8 (one scale per "
+        "output channel) or int4 (a scale and minimum per group), quantised at load; gguf serves a GGUF "
+        "model's own Q8_0/Q4_0/Q4_1/Q4_K blocks. The LM head and embeddings stay in --dtype.",
         json_schema_extra={"aliases": ["-q"]},
     )
     quantization_group_size: int = Field(

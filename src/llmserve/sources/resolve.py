@@ -53,10 +53,12 @@ def _converted_gguf(path: Path) -> Path:
     stat = path.stat()
     key = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     target = packs.cache_dir() / "gguf" / f"{path.stem}-{key}"
-    if not (target / "config.json").exists():
-        from llmserve.sources.gguf import convert_gguf_to_hf
+    from llmserve.sources.gguf import SOURCE_FILE, convert_gguf_to_hf, record_source
 
+    if not (target / "config.json").exists():
         convert_gguf_to_hf(path, target)
+    elif not (target / SOURCE_FILE).exists():  # converted before sources were recorded
+        record_source(target, path)
     return target
 
 

@@ -151,7 +151,7 @@ class TorchBackend(Backend):
 class CpuBackend(TorchBackend):
     name = "cpu"
     description = "torch on CPU"
-    quantization_methods = ("int8", "int4")
+    quantization_methods = ("int8", "int4", "gguf")
 
     @classmethod
     def check_available(cls, config) -> None:

@@ -74,6 +74,21 @@ class TorchModelRunner:
         self.kv_heads = 0  # on this rank
         self.graphs = None  # cuda_graphs.DecodeGraphs once captured
 
+    def _gguf_file(self):
+        from llmserve.sources.gguf import gguf_source
+
+        if self.group_size != 32:
+            raise ConfigError(
+                "--quantization-group-size does not apply to --quantization gguf (its blocks are 32)"
+            )
+        path = gguf_source(self.model_dir)
+        if path is None:
+            raise ConfigError(
+                f"--quantization gguf needs a model made from a GGUF file (a .gguf path or a GGUF pack); "
+                f"{self.model_dir} is not"
+            )
+        return path
+
     def load(self) -> ModelInfo:
         cfg = load_arch_config(self.model_dir)
         if is_encoder(cfg.architecture):
@@ -81,10 +96,15 @@ class TorchModelRunner:
         self.dtype_name = dtype_name = resolve_dtype(self.requested_dtype, self.device.type, cfg)
         self.dtype = TORCH_DTYPES[dtype_name]
         self.cfg = cfg
+        if self.quantization and (self.device.type != "cpu" or (self.tp is not None and self.tp.world > 1)):
+            raise ConfigError("--quantization runs on the CPU backend without tensor parallelism")
+        gguf_file = self._gguf_file() if self.quantization == "gguf" else None
         self.model = load_model(self.model_dir, cfg, self.dtype, self.device, self.tp)
-        if self.quantization:
-            if self.device.type != "cpu" or (self.tp is not None and self.tp.world > 1):
-                raise ConfigError("--quantization runs on the CPU backend without tensor parallelism")
+        if gguf_file is not None:
+            from llmserve.backends.torch.gguf_linear import load_gguf_linears
+
+            load_gguf_linears(self.model, gguf_file)
+        elif self.quantization:
             from llmserve.backends.torch.quant_linear import quantize_linears
 
             quantize_linears(self.model, self.quantization, self.group_size)
