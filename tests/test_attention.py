@@ -33,12 +33,18 @@ def reference(q, k, v, start: int, window: int | None) -> torch.Tensor:
     return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(q.shape[0], -1)
 
 
-def run_case(dtype, heads, kv_heads, head_dim, window, use_kernel, seed=0, decodes=5):
-    """Sequences (cached prefix, new tokens): decodes and two prefill chunks in one step. With few
-    decodes the kernel splits work by KV head, with many by sequence."""
+PREFILLS = [(0, 7), (6, 5)]
+
+
+def run_case(
+    dtype, heads, kv_heads, head_dim, window, use_kernel, seed=0, decodes=5, prefills=PREFILLS, pass_kv=False
+):
+    """Sequences (cached prefix, new tokens): decodes and prefill chunks in one step. With few
+    decodes the kernel splits work by KV head, with many by sequence. ``pass_kv`` hands attention
+    the new tokens' K/V as the layers do (else it reads them back from the cache)."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    shapes = [(9, 1), (30, 1), (0, 1), (17, 1), (4, 1)][:decodes] + [(0, 7), (6, 5)]
+    shapes = [(9, 1), (30, 1), (0, 1), (17, 1), (4, 1)][:decodes] + prefills
     num_blocks = 48
     free = list(range(num_blocks))
     rng.shuffle(free)
@@ -68,7 +74,7 @@ def run_case(dtype, heads, kv_heads, head_dim, window, use_kernel, seed=0, decod
     q = torch.cat([full[i][0] for i in order])
     new_kv = torch.cat([torch.stack((full[i][1], full[i][2]), 1)[full[i][3] :] for i in order])
     write_kv(cache, step.meta.slot_mapping, new_kv)
-    out = paged_attention(q, cache, step.meta, head_dim**-0.5)
+    out = paged_attention(q, cache, step.meta, head_dim**-0.5, new_kv if pass_kv else None)
     for i, (qi, k, v, cached) in enumerate(full):
         rows = slice(step.last_row[i] + 1 - qi.shape[0], step.last_row[i] + 1)
         yield out[rows].double(), reference(qi, k, v, cached, window)
@@ -96,6 +102,31 @@ def test_paged_attention_bfloat16(use_kernel, heads, kv_heads, head_dim, decodes
         torch.bfloat16, heads, kv_heads, head_dim, 5, use_kernel, seed=1, decodes=decodes
     ):
         torch.testing.assert_close(ours, ref, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize(
+    "prefills",
+    [[(0, 20)], [(37, 11)], [(0, 7), (6, 5), (13, 3), (5, 9), (0, 1 + BLOCK)], [(8, 5), (8, 2)]],
+    ids=["one", "one-with-prefix", "varlen", "same-prefix"],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prefill_without_mask(prefills, dtype):
+    """Prompt chunks (alone, with cached prefixes of different lengths, after decodes) attend
+    without a dense mask on CPU and match the reference."""
+    step = StepInputs(
+        [BatchItem(0, [1, 2], 3, [0, 1], True, SamplingParams(), [1], [])],
+        BLOCK,
+        None,
+        torch.device("cpu"),
+        None,
+    )
+    assert step.meta.prefill.split and step.meta.prefill.mask is None
+    tol = {"atol": 2e-5, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    for decodes in (0, 2):
+        for ours, ref in run_case(
+            dtype, 9, 3, 64, None, False, decodes=decodes, prefills=prefills, pass_kv=True
+        ):
+            torch.testing.assert_close(ours, ref, **tol)
 
 
 def test_block_table_too_short_is_rejected():

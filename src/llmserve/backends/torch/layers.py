@@ -163,4 +163,4 @@ class PagedAttention(nn.Module):
         step.ops.rope_(qk, step.rope)  # in place: qkv now holds rotated q and k
         kv = qkv[:, self.q_size :].view(tokens, 2, self.kv_heads, self.head_dim)
         step.ops.write_kv(kv_cache, step.attn.slot_mapping, kv)
-        return self.o_proj(paged_attention(qk[:, : self.heads], kv_cache, step.attn, self.scale))
+        return self.o_proj(paged_attention(qk[:, : self.heads], kv_cache, step.attn, self.scale, kv))

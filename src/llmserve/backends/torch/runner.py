@@ -20,7 +20,13 @@ import torch
 from llmserve.arch.hf_config import ArchConfig, load_arch_config
 from llmserve.arch.registry import UnsupportedModelError, is_encoder
 from llmserve.backends.base import DTYPE_BYTES, Batch, BatchItem, ModelInfo
-from llmserve.backends.torch.attention import AttentionMetadata, DecodeGroup, PrefillGroup, build_masks
+from llmserve.backends.torch.attention import (
+    AttentionMetadata,
+    DecodeGroup,
+    PrefillGroup,
+    build_masks,
+    split_supported,
+)
 from llmserve.backends.torch.cpu_kernels import CpuKernels
 from llmserve.backends.torch.loader import load_model
 from llmserve.backends.torch.packed_linear import pack_linears
@@ -320,10 +326,19 @@ def _prefill_group(
         starts = list(itertools.accumulate(query_lens, initial=0))
         return PrefillGroup(len(group), max_query, tensor(block_ids), max_blocks, None, kernel=kernel,
                             query_starts=tensor(starts), context_lens=tensor(ctx_lens), window=window)  # fmt: skip
-    mask = build_masks(
-        torch.tensor(ctx_lens), torch.tensor(query_lens), max_query, max_blocks * block_size, window
-    )
-    prefill = PrefillGroup(len(group), max_query, tensor(block_ids), max_blocks, mask.to(device))
+    if window is None and split_supported(device):  # no mask: chunk causal + full prefix, merged
+        prefill = PrefillGroup(len(group), max_query, tensor(block_ids), max_blocks, None, split=True)
+        prefixes = [(j, c - n) for j, (c, n) in enumerate(zip(ctx_lens, query_lens, strict=True)) if c > n]
+        if prefixes:
+            prefill.prefix_rows = tensor([j for j, _ in prefixes])
+            prefill.prefix_lens = lens = [p for _, p in prefixes]
+            if min(lens) != max(lens):
+                prefill.prefix_mask = (torch.arange(max(lens)) < torch.tensor(lens)[:, None])[:, None, None]
+    else:
+        mask = build_masks(
+            torch.tensor(ctx_lens), torch.tensor(query_lens), max_query, max_blocks * block_size, window
+        )
+        prefill = PrefillGroup(len(group), max_query, tensor(block_ids), max_blocks, mask.to(device))
     if len(group) > 1:
         pad, unpad, offset = [], [], 0
         for j, n in enumerate(query_lens):

@@ -4,7 +4,8 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
-#ifdef __AVX512F__
+#include <string.h>
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -13,7 +14,7 @@
    ctx_lens: [B]; out: [B, H, D] contiguous. Elements are bf16 (as uint16) or float32.
    A work item is a whole sequence when there are enough sequences to share out, else one
    (sequence, KV head); the G = H / KVH query heads of a KV head share each K/V row loaded.
-   head_dim 64 / 128 with AVX-512: one pass with an online softmax. Otherwise a portable
+   head_dim 64 / 128 with AVX-512 or AVX2: one pass with an online softmax. Otherwise a portable
    two-pass version (scores, then the p-weighted V sum). */
 
 typedef struct {
@@ -27,7 +28,8 @@ typedef struct {
 
 #define MAX_G 64
 #define MAX_D 1024
-#define MAX_VECS 512 /* 16-float vectors per work item: all its query heads times D / 16 */
+#define MAX_FLOATS 8192 /* q / accumulator floats of one work item: all its query heads times D */
+#define MAX_QUERIES 128 /* query heads of one work item */
 
 static inline float get(const void *p, int64_t i, int bf16) {
     if (!bf16) return ((const float *)p)[i];
@@ -85,41 +87,69 @@ static void work_generic(const Args *a, int64_t b, int64_t h, int64_t first, int
     }
 }
 
-#ifdef __AVX512F__
-static inline __m512 load16(const void *p, int64_t i, int bf16) {
+/* The one-pass kernel below in vectors of VW floats: AVX-512 (16) or AVX2 + FMA (8). */
+#if defined(__AVX512F__)
+#define SIMD 1
+#define VW 16
+typedef __m512 vec;
+#define vzero() _mm512_setzero_ps()
+#define vset1(x) _mm512_set1_ps(x)
+#define vmul(a, b) _mm512_mul_ps(a, b)
+#define vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define vsum(a) _mm512_reduce_add_ps(a)
+static inline vec vload(const void *p, int64_t i, int bf16) {
     if (!bf16) return _mm512_loadu_ps((const float *)p + i);
     __m256i raw = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
+#elif defined(__AVX2__) && defined(__FMA__)
+#define SIMD 1
+#define VW 8
+typedef __m256 vec;
+#define vzero() _mm256_setzero_ps()
+#define vset1(x) _mm256_set1_ps(x)
+#define vmul(a, b) _mm256_mul_ps(a, b)
+#define vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
+static inline float vsum(__m256 a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+static inline vec vload(const void *p, int64_t i, int bf16) {
+    if (!bf16) return _mm256_loadu_ps((const float *)p + i);
+    __m128i raw = _mm_loadu_si128((const __m128i *)((const uint16_t *)p + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+#endif
 
-static inline void store16(void *p, int64_t i, __m512 v, int bf16) {
-    if (!bf16) { _mm512_storeu_ps((float *)p + i, v); return; }
-    __m512i u = _mm512_castps_si512(v);
-    __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    u = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd)); /* nearest even */
-    _mm256_storeu_si256((__m256i *)((uint16_t *)p + i), _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
+#ifdef SIMD
+static inline void vstore(void *p, int64_t i, vec v, int bf16) {
+    float f[VW];
+    memcpy(f, &v, sizeof f);
+    for (int k = 0; k < VW; k++) put(p, i + k, f[k], bf16);
 }
 
 /* Heads h0..h1-1 of sequence b, in one pass over the context with an online softmax: each chunk of
    up to 16 tokens is scored (q.k), folded into the running max / sum, and its V rows accumulated
-   while the rows are still in cache. NV = D / 16 vectors per row and BF16 are compile-time
+   while the rows are still in cache. NV = D / VW vectors per row and BF16 are compile-time
    constants in each specialisation. A whole sequence per item streams whole cache rows. */
 #define CHUNK 16
-static inline __attribute__((always_inline)) void work_avx512(const Args *a, int64_t b, int64_t h0, int64_t h1,
+#define MAX_NV (128 / VW)
+static inline __attribute__((always_inline)) void work_simd(const Args *a, int64_t b, int64_t h0, int64_t h1,
     int64_t first, int64_t ctx, const int NV, const int BF16) {
-    const int64_t D = 16 * NV, G = a->H / a->KVH, bs = a->block_size, queries = (h1 - h0) * G;
+    const int64_t D = VW * NV, G = a->H / a->KVH, bs = a->block_size, queries = (h1 - h0) * G;
     const int64_t row = 2 * a->KVH * D, esize = BF16 ? 2 : 4, span = (h1 - h0) * D * esize;
     const int64_t *table = a->tables + b * a->max_blocks;
     const char *cache = a->cache;
-    __m512 qv[MAX_VECS], acc[MAX_VECS];
-    float maxs[MAX_VECS], sums[MAX_VECS], p[MAX_VECS][CHUNK];
-    const __m512 scale = _mm512_set1_ps(a->scale);
+    vec qv[MAX_FLOATS / VW], acc[MAX_FLOATS / VW];
+    float maxs[MAX_QUERIES], sums[MAX_QUERIES], p[MAX_QUERIES][CHUNK];
+    const vec scale = vset1(a->scale);
     for (int64_t j = 0; j < queries; j++) { /* query head h0 * G + j */
         maxs[j] = -3.0e38f;
         sums[j] = 0.0f;
         for (int c = 0; c < NV; c++) {
-            qv[j * NV + c] = _mm512_mul_ps(load16(a->q, b * a->q_stride + (h0 * G + j) * D + 16 * c, BF16), scale);
-            acc[j * NV + c] = _mm512_setzero_ps();
+            qv[j * NV + c] = vmul(vload(a->q, b * a->q_stride + (h0 * G + j) * D + VW * c, BF16), scale);
+            acc[j * NV + c] = vzero();
         }
     }
     for (int64_t t0 = first - first % bs; t0 < ctx; t0 += bs) {
@@ -138,12 +168,12 @@ static inline __attribute__((always_inline)) void work_avx512(const Args *a, int
             for (int64_t i = 0; i < len; i++) { /* scores */
                 const char *k = block + (c0 - t0 + i) * row * esize;
                 for (int64_t kh = 0; kh < h1 - h0; kh++) {
-                    __m512 x[8];
-                    for (int c = 0; c < NV; c++) x[c] = load16(k, kh * D + 16 * c, BF16);
+                    vec x[MAX_NV];
+                    for (int c = 0; c < NV; c++) x[c] = vload(k, kh * D + VW * c, BF16);
                     for (int64_t j = kh * G; j < (kh + 1) * G; j++) {
-                        __m512 dot = _mm512_mul_ps(qv[j * NV], x[0]);
-                        for (int c = 1; c < NV; c++) dot = _mm512_fmadd_ps(qv[j * NV + c], x[c], dot);
-                        p[j][i] = _mm512_reduce_add_ps(dot);
+                        vec dot = vmul(qv[j * NV], x[0]);
+                        for (int c = 1; c < NV; c++) dot = vfma(qv[j * NV + c], x[c], dot);
+                        p[j][i] = vsum(dot);
                     }
                 }
             }
@@ -154,7 +184,7 @@ static inline __attribute__((always_inline)) void work_avx512(const Args *a, int
                 if (m > maxs[j]) {
                     const float correction = expf(maxs[j] - m);
                     sums[j] *= correction;
-                    for (int c = 0; c < NV; c++) acc[j * NV + c] = _mm512_mul_ps(acc[j * NV + c], _mm512_set1_ps(correction));
+                    for (int c = 0; c < NV; c++) acc[j * NV + c] = vmul(acc[j * NV + c], vset1(correction));
                     maxs[j] = m;
                 }
                 sums[j] += total;
@@ -162,20 +192,20 @@ static inline __attribute__((always_inline)) void work_avx512(const Args *a, int
             for (int64_t i = 0; i < len; i++) { /* weighted V */
                 const char *v = block + ((c0 - t0 + i) * row + a->KVH * D) * esize;
                 for (int64_t kh = 0; kh < h1 - h0; kh++) {
-                    __m512 x[8];
-                    for (int c = 0; c < NV; c++) x[c] = load16(v, kh * D + 16 * c, BF16);
+                    vec x[MAX_NV];
+                    for (int c = 0; c < NV; c++) x[c] = vload(v, kh * D + VW * c, BF16);
                     for (int64_t j = kh * G; j < (kh + 1) * G; j++) {
-                        const __m512 w = _mm512_set1_ps(p[j][i]);
-                        for (int c = 0; c < NV; c++) acc[j * NV + c] = _mm512_fmadd_ps(w, x[c], acc[j * NV + c]);
+                        const vec w = vset1(p[j][i]);
+                        for (int c = 0; c < NV; c++) acc[j * NV + c] = vfma(w, x[c], acc[j * NV + c]);
                     }
                 }
             }
         }
     }
     for (int64_t j = 0; j < queries; j++) {
-        const __m512 inv = _mm512_set1_ps(1.0f / sums[j]);
+        const vec inv = vset1(1.0f / sums[j]);
         for (int c = 0; c < NV; c++)
-            store16(a->out, (b * a->H + h0 * G + j) * D + 16 * c, _mm512_mul_ps(acc[j * NV + c], inv), BF16);
+            vstore(a->out, (b * a->H + h0 * G + j) * D + VW * c, vmul(acc[j * NV + c], inv), BF16);
     }
 }
 #endif
@@ -240,16 +270,16 @@ void paged_decode(const void *q, int64_t q_stride, const void *cache, const int6
     const Args a = {q, cache, tables, ctx_lens, out, q_stride, H, KVH, D, block_size, max_blocks, window,
                     scale, bf16};
     /* Whole sequences per work item when there are enough of them to keep the threads busy. */
-    const int64_t per_item = (B >= 2 * nthreads && H * (D / 16) <= MAX_VECS) ? KVH : 1;
+    const int64_t per_item = (B >= 2 * nthreads && H * D <= MAX_FLOATS && H <= MAX_QUERIES) ? KVH : 1;
     #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int64_t work = 0; work < B * (KVH / per_item); work++) {
         const int64_t b = work / (KVH / per_item), h0 = work % (KVH / per_item) * per_item;
         const int64_t ctx = ctx_lens[b], first = (window > 0 && ctx > window) ? ctx - window : 0;
-#ifdef __AVX512F__
-        if (D == 64 && bf16) { work_avx512(&a, b, h0, h0 + per_item, first, ctx, 4, 1); continue; }
-        if (D == 64) { work_avx512(&a, b, h0, h0 + per_item, first, ctx, 4, 0); continue; }
-        if (D == 128 && bf16) { work_avx512(&a, b, h0, h0 + per_item, first, ctx, 8, 1); continue; }
-        if (D == 128) { work_avx512(&a, b, h0, h0 + per_item, first, ctx, 8, 0); continue; }
+#ifdef SIMD
+        if (D == 64 && bf16) { work_simd(&a, b, h0, h0 + per_item, first, ctx, 64 / VW, 1); continue; }
+        if (D == 64) { work_simd(&a, b, h0, h0 + per_item, first, ctx, 64 / VW, 0); continue; }
+        if (D == 128 && bf16) { work_simd(&a, b, h0, h0 + per_item, first, ctx, 128 / VW, 1); continue; }
+        if (D == 128) { work_simd(&a, b, h0, h0 + per_item, first, ctx, 128 / VW, 0); continue; }
 #endif
         float *scores = malloc(sizeof(float) * (H / KVH) * (ctx - first));
         for (int64_t h = h0; h < h0 + per_item; h++) work_generic(&a, b, h, first, ctx, scores);
