@@ -21,7 +21,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from llmserve.backends.base import Transcriber, TranscriptionStart
@@ -101,16 +101,18 @@ class _Job:
 class TranscriptionService:
     """Tokenizer plus a loaded Transcriber, stepped on the device thread while it has work.
 
-    ``kv_tokens``: size of the KV pool in tokens; by default as many as ``max_windows`` full
-    sequences, and never less than ``best_of`` of them (one window's candidates must fit)."""
+    ``kv_tokens``: size of the KV pool in tokens, at least one full sequence; by default as many
+    as ``max_windows`` full sequences and at least ``BEST_OF``. A window samples no more
+    candidates than the pool holds full sequences."""
 
     def __init__(self, transcriber: Transcriber, kv_tokens: int | None = None) -> None:
         self.transcriber = transcriber
         self.tokenizer = transcriber.tokenizer
         self.max_model_len = transcriber.max_tokens
         positions = transcriber.max_positions
-        tokens = max(kv_tokens or transcriber.max_windows * positions, BEST_OF * positions)
+        tokens = max(kv_tokens or max(transcriber.max_windows, BEST_OF) * positions, positions)
         self.blocks = BlockManager(-(-tokens // BLOCK_SIZE), BLOCK_SIZE, enable_prefix_caching=False)
+        self.max_candidates = self.blocks.num_blocks // self.blocks.blocks_for(positions)
         device_thread().run(transcriber.allocate_kv_cache, self.blocks.num_blocks, BLOCK_SIZE)
         self.num_preemptions = 0
         self._ids = itertools.count()
@@ -162,6 +164,7 @@ class TranscriptionService:
 
     def _enqueue(self, samples, options: TranscriptionOptions, emit) -> _Job:
         long_form = len(samples) > WINDOW_FRAMES * SAMPLES_PER_FRAME  # seeking needs timestamps
+        options = replace(options, best_of=max(1, min(options.best_of, self.max_candidates)))
         temperatures = temperature_schedule(options.temperature, options.fallback)
         seed = options.seed if options.seed is not None else random.randrange(2**31)
         job = _Job(samples, options, emit, temperatures, options.timestamps or long_form, seed)

@@ -123,7 +123,8 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x, kv_cache, meta: AttentionMetadata | None, cross) -> torch.Tensor:
         # x [B, T, D]: B decodes (T = 1) or one prompt (B = 1); kv_cache [blocks, block_size, 2, H, hd],
-        # or None: plain causal attention over x alone; cross: (k, v) each [B, H, 1500, hd]
+        # or None: plain causal attention over x alone; cross: (k, v) each [B, H, 1500, hd], or
+        # for decodes (k, v) [W, H, 1500, hd] of W windows and (pad, unpad, m) grouping rows by window
         b, t, d = x.shape
         qkv = self.self_qkv(self.self_norm(x))
         if kv_cache is None:
@@ -135,8 +136,15 @@ class DecoderLayer(nn.Module):
             scale = (d // self.n_heads) ** -0.5
             attn = paged_attention(q, kv_cache, meta, scale).view(b, t, d)
         x = x + self.self_out(attn)
-        q = _heads(self.cross_q(self.cross_norm(x)), self.n_heads)
-        x = x + self.cross_out(_merge(F.scaled_dot_product_attention(q, cross[0], cross[1])))
+        q = self.cross_q(self.cross_norm(x))
+        if len(cross) == 2:
+            attn = _merge(F.scaled_dot_product_attention(_heads(q, self.n_heads), *cross))
+        else:  # decodes grouped by window: rows ``pad`` [W * m] of q attend to window w's audio
+            k, v, (pad, unpad, m) = cross
+            q = q[:, 0].index_select(0, pad).view(k.shape[0], m, d)
+            attn = _merge(F.scaled_dot_product_attention(_heads(q, self.n_heads), k, v))
+            attn = attn.reshape(-1, d).index_select(0, unpad).view(b, 1, d)
+        x = x + self.cross_out(attn)
         return x + self.ffn(x)
 
     def cross_keys_values(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

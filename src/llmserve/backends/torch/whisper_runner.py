@@ -84,6 +84,7 @@ class WhisperRunner(Transcriber):
         self.block_size = 0
         self.kernel = decode_kernel(self.device, torch.float32, cfg.n_heads, cfg.head_dim)
         self.seqs: dict[int, _Sequence] = {}
+        self._rows = None  # (windows, gathered crosses) of the last decode batch
         self._free = list(range(max_windows - 1, -1, -1))
         self.alignment_heads = _alignment_heads(model_dir, cfg.decoder_layers, cfg.n_heads)
         self.word_timestamps = True
@@ -165,16 +166,39 @@ class WhisperRunner(Transcriber):
         starts = [seq.length for seq in seqs]
         positions, meta = step_metadata(block_tables, starts, 1, self.block_size, self.device, self.kernel)
         last = torch.tensor([[seq.state.sampled[-1]] for seq in seqs], device=self.device)
-        index = torch.tensor([seq.window for seq in seqs], device=self.device)
-        crosses = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.crosses]
+        crosses = self._batch_crosses(tuple(seq.window for seq in seqs))
         logits = self.model.decoder(last, positions, self.kv_caches, meta, crosses)[:, -1]
         for seq in seqs:
             seq.length += 1
         return select_tokens(logits, [seq.state for seq in seqs], self.tokens)
 
+    def _batch_crosses(self, windows: tuple[int, ...]):
+        """Per layer, the audio keys/values of the batch's distinct windows [W, H, 1500, hd] and how
+        rows group by window (candidates of one window share its audio, never copied per row); kept
+        while the rows stay the same, since gathering the audio is the largest copy of a step."""
+        if self._rows is None or self._rows[0] != windows:
+            distinct = list(dict.fromkeys(windows))
+            rows = [[b for b, w in enumerate(windows) if w == window] for window in distinct]
+            m = max(len(r) for r in rows)
+            pad = [r[min(j, len(r) - 1)] for r in rows for j in range(m)]
+            slot = {b: i * m + j for i, r in enumerate(rows) for j, b in enumerate(r)}
+            unpad = [slot[b] for b in range(len(windows))]
+            index, group = (
+                torch.tensor(distinct, device=self.device),
+                (
+                    torch.tensor(pad, device=self.device),
+                    torch.tensor(unpad, device=self.device),
+                    m,
+                ),
+            )
+            crosses = [(k.index_select(0, index), v.index_select(0, index), group) for k, v in self.crosses]
+            self._rows = windows, crosses
+        return self._rows[1]
+
     def release(self, seq_ids: list[int]) -> None:
         windows = {seq.window for s in seq_ids if (seq := self.seqs.pop(s, None)) is not None}
         self._free.extend(windows - set(self._free))
+        self._rows = None  # a freed audio slot may be filled with new audio
 
     def scores(self, seq_id: int) -> tuple[float, float]:
         state = self.seqs[seq_id].state
