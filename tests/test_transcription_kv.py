@@ -148,3 +148,23 @@ def test_best_of_keeps_the_candidate_likeliest_per_token(runner, clips):
     assert best.text == chosen.text and best.segments[0].avg_logprob == chosen.segments[0].avg_logprob
     assert best.segments[0].temperature == 1.0
     assert service.blocks.num_free_blocks == service.blocks.num_blocks
+
+
+def test_a_stream_falls_back_and_sends_only_the_chosen_decoding(runner, tmp_path):
+    # German speech transcribed as English: greedy decoding is unsure (average log-probability
+    # below -1), so the window is decoded again hotter, 5 candidates each time.
+    german = "Guten Morgen, wie geht es dir heute? Ich gehe jetzt nach Hause."
+    samples = decode_audio(espeak(german, tmp_path / "de.wav", voice="de").read_bytes())
+    service = _service(runner)
+
+    async def main():
+        out = await _run(service, samples, seed=1)
+        await _idle(service)
+        return out
+
+    transcript, deltas = asyncio.run(main())
+    (segment,) = transcript.segments
+    assert segment.temperature > 0  # it fell back
+    assert deltas == [segment.text.lstrip()]  # one delta: the chosen decoding, nothing rejected
+    assert "".join(deltas) == transcript.text
+    assert service.blocks.num_free_blocks == service.blocks.num_blocks
