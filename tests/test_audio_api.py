@@ -190,6 +190,41 @@ def test_errors_are_4xx(sdk, speech_server, clips):
     assert r.status_code == 400 and "multipart" in r.json()["error"]["message"]
 
 
+def test_realtime_websocket_transcribes_streamed_pcm(speech_server, clips):
+    import base64
+    import json
+
+    from websockets.sync.client import connect
+
+    from llmserve.engine.audio_input import decode_audio
+
+    samples = decode_audio(clips[3].read_bytes())  # 16 kHz float32
+    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+    url = speech_server.replace("http://", "ws://") + "/v1/realtime"
+    with connect(url, open_timeout=30) as ws:
+        created = json.loads(ws.recv(timeout=30))
+        assert created["type"] == "session.created" and created["id"]
+        ws.send(json.dumps({"type": "session.update", "model": "whisper-tiny.en", "language": "en"}))
+        ws.send(json.dumps({"type": "input_audio_buffer.commit"}))  # vLLM's clients begin with one
+        ws.send(json.dumps({"type": "no.such.event"}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "error"
+        ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": "not base64!"}))
+        assert json.loads(ws.recv(timeout=30))["code"] == "invalid_audio"
+        for i in range(0, len(pcm), 6400):  # 200 ms chunks
+            chunk = base64.b64encode(pcm[i : i + 6400]).decode()
+            ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
+        ws.send(json.dumps({"type": "input_audio_buffer.commit", "final": True}))
+        events = []
+        while not events or events[-1]["type"] != "transcription.done":
+            events.append(json.loads(ws.recv(timeout=300)))
+        deltas = [e["delta"] for e in events if e["type"] == "transcription.delta"]
+        assert deltas and "".join(deltas) == events[-1]["text"]
+        assert word_error_rate(SENTENCES[3], events[-1]["text"]) <= MAX_WER
+        assert 2 < events[-1]["usage"]["seconds"] < 6
+        with pytest.raises(Exception, match="1000|closed"):  # the final commit ends the session
+            ws.recv(timeout=30)
+
+
 def test_the_chat_model_still_chats_and_whisper_does_not(sdk):
     out = sdk.chat.completions.create(
         model="HuggingFaceTB/SmolLM2-135M-Instruct",
