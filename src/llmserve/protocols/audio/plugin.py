@@ -31,7 +31,11 @@ def make_blueprint() -> Blueprint:
             summary, request=request_model, response=answers, tags=_TAGS, **_multipart(request_model)
         )(view)
         bp.add_url_rule(path, view_func=view, methods=["POST"])
-    bp.add_websocket("/v1/realtime", view_func=realtime.realtime)
+    summary = (
+        "WebSocket (vLLM's Realtime API): input_audio_buffer.append / .commit in, "
+        "transcription.delta / .done out."
+    )
+    bp.add_websocket("/v1/realtime", view_func=document(summary, tags=_TAGS)(realtime.realtime))
     return bp
 
 
