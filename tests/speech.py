@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import subprocess
@@ -72,6 +73,60 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
         for j, h in enumerate(hyp, start=1):
             prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
     return row[-1] / max(len(ref), 1)
+
+
+class Decoding:
+    """Windows decoded straight on a Transcriber, with KV blocks from the engine's BlockManager
+    (as ``TranscriptionService`` hands them out), one candidate per window."""
+
+    def __init__(self, runner, num_blocks: int = 128, block_size: int = 16) -> None:
+        from llmserve.engine.kv_cache import BlockManager
+
+        self.runner = runner
+        self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching=False)
+        runner.allocate_kv_cache(num_blocks, block_size)
+        self.ids = itertools.count()
+
+    def begin(self, starts) -> list[tuple[object, int]]:
+        """(sequence, first token) per start."""
+        seqs = []
+        for start in starts:
+            seq = _Seq(next(self.ids))
+            seq.num_tokens = self.runner.prompt_len(start)
+            self.blocks.allocate(seq, [], seq.num_tokens)
+            start.seq_ids, start.block_tables = [seq.seq_id], [seq.block_table]
+            seqs.append(seq)
+        begun = self.runner.begin(starts)
+        return [(seq, window.tokens[0]) for seq, window in zip(seqs, begun, strict=True)]
+
+    def advance(self, seqs) -> list[int]:
+        for seq in seqs:
+            if not self.blocks.grow(seq, seq.num_tokens + 1):
+                raise RuntimeError("out of KV blocks")
+            seq.num_tokens += 1
+        return self.runner.advance([s.seq_id for s in seqs], [s.block_table for s in seqs])
+
+    def release(self, seq) -> None:
+        self.blocks.free(seq)
+        self.runner.release([seq.seq_id])
+
+    def greedy(self, mel, timestamps: bool = False, language: str | None = None) -> list[int]:
+        """One window's greedy tokens, without end-of-text."""
+        from llmserve.backends.base import TranscriptionStart
+
+        runner = self.runner
+        ((seq, token),) = self.begin([TranscriptionStart(mel, language=language, timestamps=timestamps)])
+        out = [token]
+        while out[-1] != runner.eot and len(out) < runner.max_tokens:
+            out += self.advance([seq])
+        self.release(seq)
+        assert self.blocks.num_free_blocks == self.blocks.num_blocks
+        return out[:-1] if out[-1] == runner.eot else out
+
+
+class _Seq:
+    def __init__(self, seq_id: int) -> None:
+        self.seq_id, self.block_table, self.num_registered_blocks, self.num_tokens = seq_id, [], 0, 0
 
 
 def save_as_transformers(ct2_dir: Path, out_dir: Path) -> Path:

@@ -21,6 +21,7 @@ from llmserve.server.registry import ModelRegistry, ServedModel
 NO_REQUEST_BODY = {"/ping", "/sleep", "/wake_up"}
 NO_JSON_ANSWER = {"/", "/health", "/ping", "/metrics", "/docs", "/openapi.json", "/sleep", "/wake_up"}
 NO_JSON_ANSWER |= {"/classify"}  # always a 400: no classification model is served
+NO_JSON_ANSWER |= {"/v1/realtime"}  # a WebSocket upgrade
 
 
 class EchoIn(BaseModel):

@@ -8,10 +8,9 @@ import json
 
 import pytest
 import torch
-from speech import SENTENCES, espeak, save_as_transformers
+from speech import SENTENCES, Decoding, espeak, save_as_transformers
 from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperModel
 
-from llmserve.backends.base import TranscriptionStart
 from llmserve.backends.torch.audio_features import chunk_features
 from llmserve.backends.torch.whisper_hf import load_hf_whisper
 from llmserve.engine.audio_input import decode_audio
@@ -72,24 +71,16 @@ def test_unsupported_configs_are_refused(tmp_path):
         load_hf_whisper(tmp_path)
 
 
-def _greedy(runner, mel) -> list[int]:
-    ((slot, token, _),) = runner.begin([TranscriptionStart(mel, language="en", timestamps=True)])
-    out = [token]
-    while out[-1] != runner.eot and len(out) < runner.max_tokens:
-        out += runner.advance([slot])
-    runner.release(slot)
-    return out
-
-
 def test_real_weights_in_the_transformers_layout_decode_as_from_model_bin(tmp_path):
     from llmserve.backends.torch.whisper_runner import WhisperRunner
 
     ct2_dir = packs.ensure_model("whisper-tiny.en")
     hf_dir = save_as_transformers(ct2_dir, tmp_path / "hf")
     assert json.loads((hf_dir / "config.json").read_text())["model_type"] == "whisper"
-    from_bin, from_hf = WhisperRunner(str(ct2_dir), max_slots=1), WhisperRunner(str(hf_dir), max_slots=1)
-    assert from_hf.tokens == from_bin.tokens
+    from_bin = Decoding(WhisperRunner(str(ct2_dir), max_windows=1))
+    from_hf = Decoding(WhisperRunner(str(hf_dir), max_windows=1))
+    assert from_hf.runner.tokens == from_bin.runner.tokens
     for i, sentence in enumerate(SENTENCES[:2]):
         mel = chunk_features(decode_audio(espeak(sentence, tmp_path / f"{i}.wav").read_bytes()))[0][2]
-        tokens = _greedy(from_hf, mel)
-        assert tokens == _greedy(from_bin, mel) and len(tokens) > 5
+        tokens = from_hf.greedy(mel, timestamps=True, language="en")
+        assert tokens == from_bin.greedy(mel, timestamps=True, language="en") and len(tokens) > 5

@@ -11,7 +11,7 @@ import wave
 
 import numpy as np
 import pytest
-from speech import SENTENCES, espeak
+from speech import SENTENCES, Decoding, espeak
 
 from llmserve.backends.base import TranscriptionStart
 from llmserve.backends.torch.audio_features import chunk_features, mel_filters
@@ -135,47 +135,46 @@ def _ctranslate2():
     return importlib.import_module("ctranslate2")
 
 
-def _greedy(runner, mel, timestamps: bool, language=None) -> list[int]:
-    ((slot, token, _),) = runner.begin([TranscriptionStart(mel, language=language, timestamps=timestamps)])
-    out = [token]
-    while out[-1] != runner.eot and len(out) < runner.max_tokens:
-        out += runner.advance([slot])
-    runner.release(slot)
-    return out[:-1] if out[-1] == runner.eot else out
-
-
 @pytest.mark.parametrize("alias", ["whisper-tiny.en", "whisper-base"])
 def test_greedy_tokens_equal_ctranslate2(alias, tmp_path):
     ct2 = _ctranslate2()
     from llmserve.backends.torch.whisper_runner import WhisperRunner
 
     model_dir = packs.ensure_model(alias)
-    ours = WhisperRunner(str(model_dir), max_slots=2)
+    ours = Decoding(WhisperRunner(str(model_dir), max_windows=2))
     theirs = ct2.models.Whisper(str(model_dir), device="cpu", compute_type="float32")
     for i, sentence in enumerate(SENTENCES[:3]):
         samples = decode_audio(espeak(sentence, tmp_path / f"{i}.wav").read_bytes())
         mel = chunk_features(samples)[0][2]
         features = ct2.StorageView.from_array(mel[None].numpy())
         for timestamps in (False, True):
-            prompt = ours.tokens.prompt("en", "transcribe", timestamps, [])
+            prompt = ours.runner.tokens.prompt("en", "transcribe", timestamps, [])
             expected = theirs.generate(features, [prompt], beam_size=1)[0].sequences_ids[0]
-            assert _greedy(ours, mel, timestamps, language="en") == expected, (sentence, timestamps)
+            assert ours.greedy(mel, timestamps, language="en") == expected, (sentence, timestamps)
 
 
 def test_batched_decoding_equals_one_at_a_time(tmp_path):
     from llmserve.backends.torch.whisper_runner import WhisperRunner
 
-    runner = WhisperRunner(str(packs.ensure_model("whisper-tiny.en")), max_slots=3)
+    decoding = Decoding(WhisperRunner(str(packs.ensure_model("whisper-tiny.en")), max_windows=3))
+    eot = decoding.runner.eot
     mels = [
         chunk_features(decode_audio(espeak(s, tmp_path / f"{i}.wav").read_bytes()))[0][2]
         for i, s in enumerate(SENTENCES[:3])
     ]
-    alone = [_greedy(runner, mel, timestamps=False) for mel in mels]
-    started = runner.begin([TranscriptionStart(mel) for mel in mels])
-    outs = {slot: [token] for slot, token, _ in started}
-    while any(seq[-1] != runner.eot for seq in outs.values()):
-        live = [slot for slot, seq in outs.items() if seq[-1] != runner.eot]
-        for slot, token in zip(live, runner.advance(live), strict=True):
-            outs[slot].append(token)
-    together = [outs[slot][:-1] for slot, _, _ in started]
+    alone = [decoding.greedy(mel) for mel in mels]
+    started = decoding.begin([TranscriptionStart(mel) for mel in mels])
+    outs = {seq: [token] for seq, token in started}
+    peak = 0
+    while any(out[-1] != eot for out in outs.values()):
+        live = [seq for seq, out in outs.items() if out[-1] != eot]
+        for seq, token in zip(live, decoding.advance(live), strict=True):
+            outs[seq].append(token)
+        peak = max(peak, decoding.blocks.num_blocks - decoding.blocks.num_free_blocks)
+    together = [outs[seq][:-1] for seq, _ in started]
     assert together == alone
+    # blocks were taken as the sequences grew: each holds only what its tokens need
+    assert peak == sum(decoding.blocks.blocks_for(seq.num_tokens) for seq, _ in started)
+    for seq, _ in started:
+        decoding.release(seq)
+    assert decoding.blocks.num_free_blocks == decoding.blocks.num_blocks

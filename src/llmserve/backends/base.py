@@ -150,10 +150,13 @@ class Embedder(ABC):
 
 @dataclass(slots=True)
 class TranscriptionStart:
-    """A sequence to begin: one 30 s window of log-mel features and how to decode it.
+    """A window to begin: 30 s of log-mel features, how to decode it, and its sequences.
 
     ``language`` None on a multilingual model means: detect it. ``previous`` are text tokens of
-    an initial prompt (``<|startofprev|>`` context).
+    an initial prompt (``<|startofprev|>`` context). ``seq_ids`` name the window's candidates
+    (several when sampling ``best_of``) and ``block_tables`` are their KV blocks from the engine's
+    block manager, each holding ``Transcriber.prompt_len`` tokens; the candidates share the full
+    blocks of the prompt (same ids) and have their own copy of its last, partly filled one.
     """
 
     features: Any
@@ -163,17 +166,32 @@ class TranscriptionStart:
     temperature: float = 0.0
     previous: list[int] = field(default_factory=list)
     seed: int | None = None
+    seq_ids: list[int] = field(default_factory=lambda: [0])
+    block_tables: list[list[int]] = field(default_factory=lambda: [[]])
+
+
+@dataclass(slots=True)
+class TranscriptionBegun:
+    """A begun window: the first sampled token of each candidate, the language used, and the
+    number of prompt tokens now in each candidate's KV blocks."""
+
+    tokens: list[int]
+    language: str | None
+    prompt_len: int
 
 
 class Transcriber(ABC):
-    """A loaded speech-to-text model that decodes many sequences at once, one slot each.
+    """A loaded speech-to-text model that decodes many sequences at once on a paged KV cache.
 
-    All calls come from the device thread. ``begin`` fills free slots (encoding the audio once and
-    keeping its cross-attention keys/values) and returns each new slot with its first token;
-    ``advance`` runs one batched decode step over slots and returns their next tokens.
+    All calls come from the device thread. The engine owns the KV blocks: it sizes the pool
+    (``kv_bytes_per_token``, ``allocate_kv_cache``), hands each sequence its block table and grows
+    it before each step. ``begin`` encodes windows (keeping their cross-attention keys/values, one
+    of the ``max_windows`` audio slots each) and returns each candidate's first token; ``advance``
+    runs one batched decode step and returns the next tokens; ``release`` forgets a window.
     """
 
-    max_slots: int
+    max_windows: int  # windows decoded at once (audio slots)
+    max_positions: int  # decoder positions per sequence
     max_tokens: int  # sampled tokens per window
     eot: int
     timestamp_begin: int
@@ -186,38 +204,47 @@ class Transcriber(ABC):
         """16 kHz mono float samples -> (start s, end s, features) per 30 s window."""
 
     @abstractmethod
-    def begin(self, starts: list[TranscriptionStart]) -> list[tuple[int, int, str | None]]:
-        """Take a free slot per start: (slot, first token, language used)."""
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of decoder self-attention KV one token takes over all layers."""
 
     @abstractmethod
-    def advance(self, slots: list[int]) -> list[int]:
-        """One decode step for each slot (fed its last token); the next token of each."""
+    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
+        """Create the paged KV cache the engine's block tables index."""
 
     @abstractmethod
-    def release(self, slot: int) -> None:
-        """Free a slot."""
+    def prompt_len(self, start: TranscriptionStart) -> int:
+        """Decoder prompt tokens ``begin`` puts in each of ``start``'s block tables."""
+
+    @abstractmethod
+    def begin(self, starts: list[TranscriptionStart]) -> list[TranscriptionBegun]:
+        """Take a free audio slot per start and prefill its prompt."""
+
+    @abstractmethod
+    def advance(self, seq_ids: list[int], block_tables: list[list[int]]) -> list[int]:
+        """One decode step for each sequence (fed its last token; its table already has room for
+        it); the next token of each."""
+
+    @abstractmethod
+    def release(self, seq_ids: list[int]) -> None:
+        """Forget a window's sequences (all of them) and free its audio slot."""
 
     word_timestamps: bool = False  # whether ``align`` works
 
-    def align(self, slot: int, text_tokens: list[int], frames: int, language: str | None, task: str):
-        """For a busy slot: its window's ``text_tokens`` as words with (start, end) seconds from
+    def align(self, seq_id: int, text_tokens: list[int], frames: int, language: str | None, task: str):
+        """For a sequence's window: ``text_tokens`` as words with (start, end) seconds from
         the window's start, as dicts ``{"word", "start", "end"}``; ``frames`` log-mel frames hold
         audio."""
         raise NotImplementedError("this model has no word timestamps")
 
     @abstractmethod
-    def scores(self, slot: int) -> tuple[float, float]:
-        """For a busy slot: the sum of its sampled tokens' log-probabilities (after the token
+    def scores(self, seq_id: int) -> tuple[float, float]:
+        """For a begun sequence: the sum of its sampled tokens' log-probabilities (after the token
         rules, before temperature) and the probability of no speech in its window."""
 
-    @abstractmethod
-    def room(self, slot: int) -> int:
-        """Positions left in the slot's decoder cache."""
-
     @property
-    def free_slots(self) -> int:
-        """Slots ``begin`` can fill now."""
-        return self.max_slots
+    def free_windows(self) -> int:
+        """Windows ``begin`` can take now."""
+        return self.max_windows
 
 
 class Backend(ABC):

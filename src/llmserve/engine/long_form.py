@@ -3,8 +3,8 @@
 A clip is decoded in 30 s windows that start where the previous one's speech ended: at the last
 timestamp pair of a window, or after the whole window when it ends on a single timestamp or has
 no pair. A window decoded too repetitively (compression ratio) or too unsurely (average
-log-probability) is decoded again at the next temperature; a window that is likely silence is
-skipped.
+log-probability) is decoded again at the next temperature (sampling ``BEST_OF`` candidates and
+keeping the likeliest per token); a window that is likely silence is skipped.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ LOGPROB_THRESHOLD = -1.0
 NO_SPEECH_THRESHOLD = 0.6
 MAX_PROMPT_TOKENS = 223  # Whisper keeps n_text_ctx // 2 - 1 tokens of earlier text
 PROMPT_RESET_TEMPERATURE = 0.5  # windows sampled hotter than this are not carried as context
+BEST_OF = 5  # candidates sampled per window above temperature 0 (Whisper's CLI default)
 
 
 def temperature_schedule(temperature: float, fallback: bool = True) -> tuple[float, ...]:

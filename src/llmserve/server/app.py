@@ -7,7 +7,7 @@ import inspect
 import logging
 import uuid
 
-from quart import Quart, Response, jsonify, request
+from quart import Quart, Response, jsonify, request, websocket
 from werkzeug.exceptions import HTTPException
 
 from llmserve.errors import LLMServeError, PluginError, UnauthorizedError
@@ -115,17 +115,26 @@ def _install_middleware(app: Quart, config, context: ProtocolContext) -> None:
     async def _auth():
         if request.method == "OPTIONS":
             return _preflight()
-        if api_key is None or request.path in open_paths or context.is_open_path(request.path):
+        if _authorized(request):
             return None
-        header = request.headers.get("Authorization", "")
-        # Anthropic's clients send the key as x-api-key
-        token = header[7:] if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-        if not hmac.compare_digest(token.encode(), api_key):
-            err = UnauthorizedError(
-                "Invalid or missing API key (expected 'Authorization: Bearer <key>' or 'x-api-key: <key>')."
-            )
-            return _render(context, 401, err.message, err.type)
+        err = UnauthorizedError(
+            "Invalid or missing API key (expected 'Authorization: Bearer <key>' or 'x-api-key: <key>')."
+        )
+        return _render(context, 401, err.message, err.type)
+
+    @app.before_websocket
+    async def _auth_websocket():
+        if not _authorized(websocket):
+            return Response("Invalid or missing API key.", status=401)  # refuses the handshake
         return None
+
+    def _authorized(req) -> bool:
+        if api_key is None or req.path in open_paths or context.is_open_path(req.path):
+            return True
+        header = req.headers.get("Authorization", "")
+        # Anthropic's clients send the key as x-api-key
+        token = header[7:] if header.lower().startswith("bearer ") else req.headers.get("x-api-key", "")
+        return hmac.compare_digest(token.encode(), api_key)
 
     def _allowed_origin() -> str | None:
         origin = request.headers.get("Origin")

@@ -286,7 +286,8 @@ class ProtocolContext:
         of events: text deltas, then one with ``done`` and the ``Transcript`` (text, language,
         duration, segments). Clips over 30 s are decoded window after window as Whisper does.
         ``fallback``: a window that decodes too repetitively or unsurely is decoded again at
-        ``temperature`` + 0.2, ... up to 1.0 (leave it off where text is streamed as it comes).
+        ``temperature`` + 0.2, ... up to 1.0 (the stream's deltas then carry each window's text
+        once it is final; without it, greedy text streams token by token).
         ``words``: the transcript's ``words`` get times too (where the model supports it).
         Undecodable audio or a bad option is a 400 raised here."""
         from llmserve.engine.audio_input import decode_audio

@@ -41,7 +41,10 @@ def rss_bytes() -> int:
 async def model_status(model, now: float) -> dict[str, Any]:
     engine = model.engine
     if engine is None:
-        return {"status": "running", "model": model.name, "kind": model.kind}
+        base = {"status": "running", "model": model.name, "kind": model.kind}
+        if model.transcriber is not None:  # windows running / waiting and its KV pool
+            base.update(model.transcriber.stats())
+        return base
     stats = engine.stats()
     phases = {} if engine.is_dead else await engine.request_phases()
     block_bytes = engine.model_info.kv_bytes_per_token() * engine.engine.config.block_size

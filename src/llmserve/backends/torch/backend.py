@@ -124,7 +124,7 @@ class TorchBackend(Backend):
     def load_transcription_model(self, model_dir: str):
         from llmserve.backends.torch.whisper_runner import WhisperRunner
 
-        return WhisperRunner(model_dir, device=self.device, max_slots=min(self.config.max_num_seqs, 8))
+        return WhisperRunner(model_dir, device=self.device, max_windows=min(self.config.max_num_seqs, 8))
 
     def describe(self) -> str:
         tp = f", tensor parallel x{self.config.tensor_parallel_size}" if self.tp is not None else ""

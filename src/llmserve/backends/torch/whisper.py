@@ -1,9 +1,9 @@
 """Whisper's encoder-decoder in torch, loaded from CTranslate2's model.bin (here) or from a
 transformers safetensors directory (``whisper_hf``).
 
-The decoder keeps its self-attention keys and values in a slot cache (one slot per sequence being
-decoded, ``max_len`` positions each) and the cross-attention keys and values of the encoder output
-once per slot, computed when the slot is filled, so a decode step only projects the new token.
+The decoder's self-attention keys and values live in the paged KV cache (``attention.py``'s layout,
+blocks handed out by the engine's block manager), and the cross-attention keys and values of the
+encoder output are computed once per window, so a decode step only projects the new token.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmserve.backends.torch.attention import AttentionMetadata, paged_attention, write_kv
 from llmserve.backends.torch.ct2_reader import CT2Model
 
 
@@ -106,7 +107,7 @@ class AudioEncoder(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Causal self-attention on the slot cache, cross-attention on the slot's audio, FFN."""
+    """Causal self-attention on the paged cache, cross-attention on the window's audio, FFN."""
 
     def __init__(self, d: int, n_heads: int, ffn: int) -> None:
         super().__init__()
@@ -120,18 +121,30 @@ class DecoderLayer(nn.Module):
         self.cross_out = _linear(d, d)
         self.ffn = FeedForward(d, ffn)
 
-    def forward(self, x, cache, cross, slots, positions, mask) -> torch.Tensor:
-        # x [B, T, D]; cache: (k, v) each [S, H, L, hd]; cross: (k, v) each [B, H, 1500, hd]
-        q, k, v = (_heads(t, self.n_heads) for t in self.self_qkv(self.self_norm(x)).chunk(3, dim=-1))
-        k_cache, v_cache = cache
-        rows = slots[:, None]
-        k_cache[rows, :, positions] = k.transpose(1, 2).to(k_cache.dtype)
-        v_cache[rows, :, positions] = v.transpose(1, 2).to(v_cache.dtype)
-        length = mask.shape[-1]
-        keys, values = k_cache[slots, :, :length], v_cache[slots, :, :length]
-        x = x + self.self_out(_merge(F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)))
-        q = _heads(self.cross_q(self.cross_norm(x)), self.n_heads)
-        x = x + self.cross_out(_merge(F.scaled_dot_product_attention(q, cross[0], cross[1])))
+    def forward(self, x, kv_cache, meta: AttentionMetadata | None, cross) -> torch.Tensor:
+        # x [B, T, D]: B decodes (T = 1) or one prompt (B = 1); kv_cache [blocks, block_size, 2, H, hd],
+        # or None: plain causal attention over x alone; cross: (k, v) each [B, H, 1500, hd], or
+        # for decodes (k, v) [W, H, 1500, hd] of W windows and (pad, unpad, m) grouping rows by window
+        b, t, d = x.shape
+        qkv = self.self_qkv(self.self_norm(x))
+        if kv_cache is None:
+            q, k, v = (_heads(p, self.n_heads) for p in qkv.chunk(3, dim=-1))
+            attn = _merge(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        else:
+            q, k, v = qkv.view(b * t, 3, self.n_heads, d // self.n_heads).unbind(1)  # [N, H, hd] each
+            write_kv(kv_cache, meta.slot_mapping, torch.stack((k, v), dim=1))
+            scale = (d // self.n_heads) ** -0.5
+            attn = paged_attention(q, kv_cache, meta, scale).view(b, t, d)
+        x = x + self.self_out(attn)
+        q = self.cross_q(self.cross_norm(x))
+        if len(cross) == 2:
+            attn = _merge(F.scaled_dot_product_attention(_heads(q, self.n_heads), *cross))
+        else:  # decodes grouped by window: rows ``pad`` [W * m] of q attend to window w's audio
+            k, v, (pad, unpad, m) = cross
+            q = q[:, 0].index_select(0, pad).view(k.shape[0], m, d)
+            attn = _merge(F.scaled_dot_product_attention(_heads(q, self.n_heads), k, v))
+            attn = attn.reshape(-1, d).index_select(0, unpad).view(b, 1, d)
+        x = x + self.cross_out(attn)
         return x + self.ffn(x)
 
     def cross_keys_values(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,7 +153,7 @@ class DecoderLayer(nn.Module):
 
 
 class TextDecoder(nn.Module):
-    """Token ids at given positions -> logits, reading and extending the slot caches."""
+    """Token ids at given positions -> logits, reading and extending the paged caches."""
 
     def __init__(self, cfg: WhisperConfig) -> None:
         super().__init__()
@@ -152,13 +165,13 @@ class TextDecoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.d_model)
         self.proj = _linear(cfg.d_model, cfg.vocab_size, bias=False)
 
-    def forward(self, tokens, positions, slots, caches, crosses) -> torch.Tensor:
-        # tokens, positions [B, T]; slots [B]; returns logits [B, T, V]
+    def forward(self, tokens, positions, kv_caches, meta, crosses) -> torch.Tensor:
+        # tokens, positions [B, T]; kv_caches: one per layer, or None (whole sequences from
+        # position 0, no cache); returns logits [B, T, V]
         x = self.embed(tokens) + self.positions[positions]
-        length = int(positions.max()) + 1
-        mask = (torch.arange(length, device=tokens.device)[None, None, :] <= positions[:, :, None])[:, None]
+        caches = kv_caches if kv_caches is not None else [None] * len(self.layers)
         for layer, cache, cross in zip(self.layers, caches, crosses, strict=True):
-            x = layer(x, cache, cross, slots, positions, mask)
+            x = layer(x, cache, meta, cross)
         return self.proj(self.norm(x))
 
 
@@ -172,17 +185,13 @@ class Whisper(nn.Module):
         self.decoder = TextDecoder(cfg)
 
     def forward(self, mel: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Whole sequences at once: [B, n_mels, 3000] and [B, T] ids -> logits [B, T, V] (a fresh
-        cache per call; serving goes through ``WhisperRunner`` instead)."""
-        cfg = self.cfg
+        """Whole sequences at once: [B, n_mels, 3000] and [B, T] ids -> logits [B, T, V] (no
+        cache; serving goes through ``WhisperRunner`` instead)."""
         audio = self.encoder(mel)
         b, t = tokens.shape
-        shape = (b, cfg.n_heads, t, cfg.head_dim)
-        caches = [(audio.new_zeros(shape), audio.new_zeros(shape)) for _ in self.decoder.layers]
         crosses = [layer.cross_keys_values(audio) for layer in self.decoder.layers]
         positions = torch.arange(t, device=tokens.device).expand(b, t)
-        slots = torch.arange(b, device=tokens.device)
-        return self.decoder(tokens, positions, slots, caches, crosses)
+        return self.decoder(tokens, positions, None, None, crosses)
 
     # ours -> CTranslate2's, per layer kind ({i} is the layer index)
     CT2_GLOBAL = {

@@ -1,13 +1,15 @@
-"""WhisperRunner: a loaded Whisper and its slot caches, behind the backend's Transcriber contract."""
+"""WhisperRunner: a loaded Whisper, its audio slots and its paged KV cache, behind the backend's
+Transcriber contract."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from llmserve.backends.base import Transcriber, TranscriptionStart
+from llmserve.backends.base import Transcriber, TranscriptionBegun, TranscriptionStart
 from llmserve.backends.torch.audio_features import chunk_features
 from llmserve.backends.torch.ct2_reader import read_ct2
 from llmserve.backends.torch.whisper import Whisper
@@ -20,6 +22,7 @@ from llmserve.backends.torch.whisper_decoding import (
     select_tokens,
 )
 from llmserve.backends.torch.whisper_hf import load_hf_whisper
+from llmserve.backends.torch.whisper_paged import copy_blocks, decode_kernel, step_metadata
 from llmserve.sources.speech import is_hf_whisper_dir
 
 
@@ -48,10 +51,20 @@ def _alignment_heads(model_dir: str | Path, layers: int, heads: int) -> list[tup
     return [(layer, head) for layer in range(layers // 2, layers) for head in range(heads)]
 
 
-class WhisperRunner(Transcriber):
-    """Encodes windows into free slots and decodes all busy slots one token per step."""
+CANDIDATE_SEED_STEP = 1_000_003  # candidate i of a window samples with seed + i * this
 
-    def __init__(self, model_dir: str, device: str = "cpu", max_slots: int = 8) -> None:
+
+@dataclass(slots=True)
+class _Sequence:
+    window: int  # audio slot
+    state: DecodeState
+    length: int  # tokens in its KV blocks
+
+
+class WhisperRunner(Transcriber):
+    """Encodes windows into free audio slots and decodes all their sequences one token per step."""
+
+    def __init__(self, model_dir: str, device: str = "cpu", max_windows: int = 8) -> None:
         self.device = torch.device(device)
         self.model = load_whisper(model_dir, self.device)
         cfg = self.model.cfg
@@ -62,15 +75,17 @@ class WhisperRunner(Transcriber):
         self.timestamp_begin = self.tokens.timestamp_begin
         self.multilingual = self.tokens.multilingual
         self.languages = tuple(self.tokens.languages) if self.multilingual else ("en",)
-        self.max_slots = max_slots
+        self.max_windows = max_windows
+        self.max_positions = cfg.n_text_ctx
         self.max_tokens = cfg.n_text_ctx // 2  # Whisper's own sample length
-        shape = (max_slots, cfg.n_heads, cfg.n_text_ctx, cfg.head_dim)
-        cross = (max_slots, cfg.n_heads, cfg.n_audio_ctx, cfg.head_dim)
-        self.caches = [(self._zeros(shape), self._zeros(shape)) for _ in range(cfg.decoder_layers)]
+        cross = (max_windows, cfg.n_heads, cfg.n_audio_ctx, cfg.head_dim)
         self.crosses = [(self._zeros(cross), self._zeros(cross)) for _ in range(cfg.decoder_layers)]
-        self.states: dict[int, DecodeState] = {}
-        self.lengths: dict[int, int] = {}  # tokens in the slot's cache
-        self._free = list(range(max_slots - 1, -1, -1))
+        self.kv_caches: list[torch.Tensor] = []
+        self.block_size = 0
+        self.kernel = decode_kernel(self.device, torch.float32, cfg.n_heads, cfg.head_dim)
+        self.seqs: dict[int, _Sequence] = {}
+        self._rows = None  # (windows, gathered crosses) of the last decode batch
+        self._free = list(range(max_windows - 1, -1, -1))
         self.alignment_heads = _alignment_heads(model_dir, cfg.decoder_layers, cfg.n_heads)
         self.word_timestamps = True
 
@@ -78,81 +93,122 @@ class WhisperRunner(Transcriber):
         return torch.zeros(shape, device=self.device)
 
     @property
-    def free_slots(self) -> int:
+    def free_windows(self) -> int:
         return len(self._free)
 
     def features(self, samples):
         return chunk_features(samples, self.cfg.n_mels)
 
+    def kv_bytes_per_token(self) -> int:
+        return self.cfg.decoder_layers * 2 * self.cfg.d_model * 4  # float32 K and V
+
+    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
+        shape = (num_blocks, block_size, 2, self.cfg.n_heads, self.cfg.head_dim)
+        self.kv_caches = [self._zeros(shape) for _ in range(self.cfg.decoder_layers)]
+        self.block_size = block_size
+
+    def prompt_len(self, start: TranscriptionStart) -> int:
+        language = (start.language or "en") if self.multilingual else None
+        return len(self.tokens.prompt(language, start.task, start.timestamps, start.previous))
+
     @torch.inference_mode()
-    def begin(self, starts: list[TranscriptionStart]) -> list[tuple[int, int, str | None]]:
+    def begin(self, starts: list[TranscriptionStart]) -> list[TranscriptionBegun]:
         if len(starts) > len(self._free):
-            raise RuntimeError(f"{len(starts)} windows for {len(self._free)} free slots")
-        slots = [self._free.pop() for _ in starts]
+            raise RuntimeError(f"{len(starts)} windows for {len(self._free)} free audio slots")
+        windows = [self._free.pop() for _ in starts]
         mels = torch.stack([torch.as_tensor(s.features) for s in starts]).to(self.device)
         audio = self.model.encoder(mels)  # [n, 1500, D], once per window
-        index = torch.tensor(slots, device=self.device)
+        index = torch.tensor(windows, device=self.device)
         for layer, (k, v) in zip(self.model.decoder.layers, self.crosses, strict=True):
             ck, cv = layer.cross_keys_values(audio)
             k[index], v[index] = ck, cv
-        out = []
-        for slot, start in zip(slots, starts, strict=True):
-            language = start.language if self.multilingual else "en"
-            if self.multilingual and language is None:
-                first = self._forward(slot, [self.tokens.sot], 0)[-1]
-                language = detect_language(first, self.tokens)
-            prompt = self.tokens.prompt(language, start.task, start.timestamps, start.previous)
-            all_logits = self._forward(slot, prompt, 0)
-            logits = all_logits[-1]
+        return [self._begin(window, start) for window, start in zip(windows, starts, strict=True)]
+
+    def _begin(self, window: int, start: TranscriptionStart) -> TranscriptionBegun:
+        table = start.block_tables[0]
+        language = start.language if self.multilingual else "en"
+        if self.multilingual and language is None:
+            first = self._prefill(window, table, [self.tokens.sot])[-1]
+            language = detect_language(first, self.tokens)
+        prompt = self.tokens.prompt(language, start.task, start.timestamps, start.previous)
+        all_logits = self._prefill(window, table, prompt)
+        blocks = -(-len(prompt) // self.block_size)
+        own = [(a, b) for other in start.block_tables[1:] for a, b in zip(table[:blocks], other, strict=True)]
+        copy_blocks(self.kv_caches, [(a, b) for a, b in own if a != b])  # blocks a candidate does not share
+        sot_index = len(prompt) - 1 - prompt[::-1].index(self.tokens.sot)
+        silence = no_speech_prob(all_logits[sot_index], self.tokens)
+        seed = start.seed if start.seed is not None else start.seq_ids[0]
+        states = []
+        for i, seq_id in enumerate(start.seq_ids):
             generator = None
             if start.temperature > 0:
-                generator = torch.Generator().manual_seed(start.seed if start.seed is not None else slot)
-            state = DecodeState(start.timestamps, start.temperature, generator=generator)
-            sot_index = len(prompt) - 1 - prompt[::-1].index(self.tokens.sot)
-            state.no_speech_prob = no_speech_prob(all_logits[sot_index], self.tokens)
-            self.states[slot] = state
-            self.lengths[slot] = len(prompt)
-            out.append((slot, select_tokens(logits[None], [state], self.tokens)[0], language))
-        return out
+                generator = torch.Generator().manual_seed(seed + i * CANDIDATE_SEED_STEP)
+            state = DecodeState(
+                start.timestamps, start.temperature, generator=generator, no_speech_prob=silence
+            )
+            self.seqs[seq_id] = _Sequence(window, state, len(prompt))
+            states.append(state)
+        logits = all_logits[-1:].expand(len(states), -1).clone()
+        return TranscriptionBegun(select_tokens(logits, states, self.tokens), language, len(prompt))
 
-    def _forward(self, slot: int, ids: list[int], offset: int) -> torch.Tensor:
-        """Prefill ``ids`` into one slot; the logits after each of them [T, V]."""
+    def _prefill(self, window: int, table: list[int], ids: list[int]) -> torch.Tensor:
+        """Prefill ``ids`` from position 0 into one block table; the logits after each [T, V]."""
+        positions, meta = step_metadata([table], [0], len(ids), self.block_size, self.device)
         tokens = torch.tensor([ids], device=self.device)
-        positions = torch.arange(offset, offset + len(ids), device=self.device)[None]
-        crosses = [(k[slot : slot + 1], v[slot : slot + 1]) for k, v in self.crosses]
-        slots = torch.tensor([slot], device=self.device)
-        return self.model.decoder(tokens, positions, slots, self.caches, crosses)[0]
+        crosses = [(k[window : window + 1], v[window : window + 1]) for k, v in self.crosses]
+        return self.model.decoder(tokens, positions, self.kv_caches, meta, crosses)[0]
 
     @torch.inference_mode()
-    def advance(self, slots: list[int]) -> list[int]:
-        if not slots:
+    def advance(self, seq_ids: list[int], block_tables: list[list[int]]) -> list[int]:
+        if not seq_ids:
             return []
-        index = torch.tensor(slots, device=self.device)
-        last = torch.tensor([[self.states[s].sampled[-1]] for s in slots], device=self.device)
-        positions = torch.tensor([[self.lengths[s]] for s in slots], device=self.device)
-        crosses = [(k[index], v[index]) for k, v in self.crosses]
-        logits = self.model.decoder(last, positions, index, self.caches, crosses)[:, -1]
-        for s in slots:
-            self.lengths[s] += 1
-        return select_tokens(logits, [self.states[s] for s in slots], self.tokens)
+        seqs = [self.seqs[s] for s in seq_ids]
+        starts = [seq.length for seq in seqs]
+        positions, meta = step_metadata(block_tables, starts, 1, self.block_size, self.device, self.kernel)
+        last = torch.tensor([[seq.state.sampled[-1]] for seq in seqs], device=self.device)
+        crosses = self._batch_crosses(tuple(seq.window for seq in seqs))
+        logits = self.model.decoder(last, positions, self.kv_caches, meta, crosses)[:, -1]
+        for seq in seqs:
+            seq.length += 1
+        return select_tokens(logits, [seq.state for seq in seqs], self.tokens)
 
-    def release(self, slot: int) -> None:
-        if self.states.pop(slot, None) is not None:
-            self.lengths.pop(slot, None)
-            self._free.append(slot)
+    def _batch_crosses(self, windows: tuple[int, ...]):
+        """Per layer, the audio keys/values of the batch's distinct windows [W, H, 1500, hd] and how
+        rows group by window (candidates of one window share its audio, never copied per row); kept
+        while the rows stay the same, since gathering the audio is the largest copy of a step."""
+        if self._rows is None or self._rows[0] != windows:
+            distinct = list(dict.fromkeys(windows))
+            rows = [[b for b, w in enumerate(windows) if w == window] for window in distinct]
+            m = max(len(r) for r in rows)
+            pad = [r[min(j, len(r) - 1)] for r in rows for j in range(m)]
+            slot = {b: i * m + j for i, r in enumerate(rows) for j, b in enumerate(r)}
+            unpad = [slot[b] for b in range(len(windows))]
+            index, group = (
+                torch.tensor(distinct, device=self.device),
+                (
+                    torch.tensor(pad, device=self.device),
+                    torch.tensor(unpad, device=self.device),
+                    m,
+                ),
+            )
+            crosses = [(k.index_select(0, index), v.index_select(0, index), group) for k, v in self.crosses]
+            self._rows = windows, crosses
+        return self._rows[1]
 
-    def scores(self, slot: int) -> tuple[float, float]:
-        state = self.states[slot]
+    def release(self, seq_ids: list[int]) -> None:
+        windows = {seq.window for s in seq_ids if (seq := self.seqs.pop(s, None)) is not None}
+        self._free.extend(windows - set(self._free))
+        self._rows = None  # a freed audio slot may be filled with new audio
+
+    def scores(self, seq_id: int) -> tuple[float, float]:
+        state = self.seqs[seq_id].state
         return state.sum_logprob, state.no_speech_prob
 
     @torch.inference_mode()
-    def align(self, slot: int, text_tokens: list[int], frames: int, language: str | None, task: str):
+    def align(self, seq_id: int, text_tokens: list[int], frames: int, language: str | None, task: str):
+        window = self.seqs[seq_id].window
         prefix = self.tokens.prompt(language if self.multilingual else None, task, False, [])
-        crosses = [(k[slot : slot + 1], v[slot : slot + 1]) for k, v in self.crosses]
+        crosses = [(k[window : window + 1], v[window : window + 1]) for k, v in self.crosses]
         tokens = [*prefix, *text_tokens, self.eot]
         weights = alignment_weights(self.model.decoder, tokens, crosses, self.alignment_heads)
         return word_times(weights, self.tokenizer, text_tokens, len(prefix), frames // 2)
-
-    def room(self, slot: int) -> int:
-        """Positions left in the slot's cache."""
-        return self.cfg.n_text_ctx - self.lengths[slot]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from quart import Blueprint
 
 from llmserve.api import TRANSCRIBE, document, hookimpl
-from llmserve.protocols.audio import routes
+from llmserve.protocols.audio import realtime, routes
 from llmserve.protocols.audio import schemas as s
 
 _TAGS = ["audio"]
@@ -18,7 +18,7 @@ def _multipart(model) -> dict:
 
 
 def make_blueprint() -> Blueprint:
-    """/v1/audio/transcriptions and /v1/audio/translations."""
+    """/v1/audio/transcriptions, /v1/audio/translations and the /v1/realtime WebSocket."""
     bp = Blueprint("audio", __name__)
     answers = (s.Transcription, s.TranscriptionVerbose)
     for path, view, request_model, summary in (
@@ -31,6 +31,11 @@ def make_blueprint() -> Blueprint:
             summary, request=request_model, response=answers, tags=_TAGS, **_multipart(request_model)
         )(view)
         bp.add_url_rule(path, view_func=view, methods=["POST"])
+    summary = (
+        "WebSocket (vLLM's Realtime API): input_audio_buffer.append / .commit in, "
+        "transcription.delta / .done out."
+    )
+    bp.add_websocket("/v1/realtime", view_func=document(summary, tags=_TAGS)(realtime.realtime))
     return bp
 
 

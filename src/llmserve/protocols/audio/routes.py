@@ -84,7 +84,6 @@ async def _serve(model_cls, task: str) -> Any:
         timestamps=fmt in ("verbose_json", "srt", "vtt"),
         temperature=req.temperature,
         seed=req.seed,
-        fallback=not stream,
         words=words,
     )
     if stream:

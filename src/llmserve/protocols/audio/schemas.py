@@ -23,7 +23,11 @@ class TranscriptionRequest(BaseModel):
     response_format: ResponseFormat = "json"
     temperature: float = Field(0.0, ge=0.0, le=1.0)
     timestamp_granularities: list[Literal["segment", "word"]] = Field(default_factory=lambda: ["segment"])
-    stream: bool = False
+    stream: bool = Field(
+        False,
+        description="Send transcript.text.delta events: each 30 s window's text, segment by segment, "
+        "once its decoding is final (after any temperature fallback and best-of sampling).",
+    )
     seed: int | None = None
 
 
