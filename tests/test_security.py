@@ -141,3 +141,25 @@ async def test_api_key_is_compared_in_constant_time(monkeypatch):
         response = await test_app.test_client().get("/v1/models", headers={"Authorization": "Bearer nope"})
     assert response.status_code == 401
     assert calls == [(b"nope", KEY.encode())]
+
+
+async def test_websocket_handshakes_need_the_api_key():
+    from quart import websocket
+    from quart.testing import WebsocketResponseError
+
+    app = create_app(build_config(api_key=KEY))
+
+    @app.websocket("/v1/echo")
+    async def echo():
+        await websocket.send(await websocket.receive())
+
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        with pytest.raises(WebsocketResponseError) as refused:
+            async with client.websocket("/v1/echo") as ws:
+                await ws.send("hello")
+                await ws.receive()
+        assert refused.value.response.status_code == 401
+        async with client.websocket("/v1/echo", headers={"Authorization": f"Bearer {KEY}"}) as ws:
+            await ws.send("hello")
+            assert await ws.receive() == "hello"
