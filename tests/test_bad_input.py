@@ -195,3 +195,10 @@ def test_truncating_requests_tokenize_only_the_kept_end(http):
 def test_prompts_past_the_context_name_their_field(http, path, body, param, says):
     error = openai_error(http.post(path, json=body))
     assert error["param"] == param and says in error["message"] and "2048" in error["message"], error
+
+
+@pytest.mark.parametrize("path", ["/tokenize", "/v1/chat/completions/render", "/v1/chat/completions"])
+def test_a_content_part_type_that_is_no_string_is_400(http, path):
+    # an object as `type` was a TypeError (unhashable), a 500; found by nox -s fuzz
+    body = {**CHAT, "messages": [{"role": "user", "content": [{"type": {"a": 1}, "text": "Hi"}]}]}
+    assert openai_error(http.post(path, json=body))["param"] == "messages"
