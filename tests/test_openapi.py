@@ -127,5 +127,7 @@ async def test_the_served_document_states_the_servers_bounds():
     assert "ImageBlock" not in json.dumps(schemas["Message"]) and "TextBlock" in json.dumps(
         schemas["Message"]
     )
+    streamed = spec["paths"]["/generate"]["post"]["responses"]["200"]["content"]
+    assert {"application/json", "application/x-ndjson", "text/event-stream"} == set(streamed)
     include = prop("ResponseRequest", "include")["items"]["enum"]
     assert include == ["message.output_text.logprobs", "reasoning.encrypted_content"]

@@ -82,6 +82,7 @@ def _body(output: RequestOutput, prefix: str, want_logprobs: bool) -> dict[str, 
     request=schemas.GenerateRequest,
     response=schemas.GenerateResponse,
     tags=["vllm"],
+    stream_types=("application/x-ndjson", "text/event-stream"),  # NDJSON unless SSE is asked for
 )
 async def generate() -> Response:
     req = await parse_body(schemas.GenerateRequest)
