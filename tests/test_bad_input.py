@@ -3,6 +3,7 @@ field, and none leaves the engine busy or holding KV blocks."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import anthropic
@@ -202,3 +203,19 @@ def test_a_content_part_type_that_is_no_string_is_400(http, path):
     # an object as `type` was a TypeError (unhashable), a 500; found by nox -s fuzz
     body = {**CHAT, "messages": [{"role": "user", "content": [{"type": {"a": 1}, "text": "Hi"}]}]}
     assert openai_error(http.post(path, json=body))["param"] == "messages"
+
+
+@pytest.mark.parametrize(("thinking", "signature"), [("Hm", "é"), ("\ud800", "x"), ("Hm", "\udc00")])
+def test_anthropic_thinking_signature_of_any_text_is_a_400(http, thinking, signature):
+    # a non-ASCII signature was a TypeError in hmac.compare_digest, a lone surrogate a
+    # UnicodeEncodeError: 500s, found by the fuzz run
+    block = {"type": "thinking", "thinking": thinking, "signature": signature}
+    body = {"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "max_tokens": 2,
+            "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": [block]},
+                         {"role": "user", "content": "Go on"}]}  # fmt: skip
+    response = http.post(
+        "/v1/messages", content=json.dumps(body), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.text[:300]
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert "signature" in response.json()["error"]["message"]
