@@ -121,6 +121,7 @@ def _transformers_serve(session: nox.Session, cache: Path) -> Path | None:
     return cli
 
 
+@nox.session
 def fuzz(session: nox.Session) -> None:
     """Schemathesis over /openapi.json: every phase, a few thousand cases (docs/RELIABILITY.md)."""
     session.install(TORCH, "-e", ".[test]")

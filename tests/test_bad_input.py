@@ -3,6 +3,7 @@ field, and none leaves the engine busy or holding KV blocks."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import anthropic
@@ -139,3 +140,82 @@ def test_after_bad_input_nothing_runs_and_every_block_is_free(http):
     assert http.get("/health").status_code == 200
     out = http.post("/v1/completions", json={**COMPLETION, "temperature": 0}).json()
     assert out["choices"][0]["finish_reason"] == "length"
+
+
+def _quick(http: httpx.Client, path: str, body: dict) -> httpx.Response:
+    """The answer, which must come in well under the ~20 s tokenizing 10 MB takes here."""
+    start = time.monotonic()
+    response = http.post(path, json=body)
+    assert time.monotonic() - start < 10, f"{path} took {time.monotonic() - start:.1f} s"
+    return response
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/tokenize", {"prompt": TEN_MB}, "prompt"),
+        ("/tokenize", {"messages": [{"role": "user", "content": TEN_MB}]}, "messages"),
+        ("/detokenize", {"tokens": [1] * 700_000}, "tokens"),  # past 2 x 162 x 2048 ids
+        ("/generate", {"prompt": TEN_MB}, "prompt"),
+        ("/v1/completions/render", {"prompt": TEN_MB}, "prompt"),
+        ("/pooling", {"input": TEN_MB}, "input"),
+        ("/v1/score", {"text_1": "Hi", "text_2": TEN_MB}, "text_2"),
+    ],
+)
+def test_huge_texts_are_refused_before_tokenizing(http, path, body, param):
+    assert openai_error(_quick(http, path, body))["param"] == param
+
+
+def test_truncating_requests_tokenize_only_the_kept_end(http):
+    """truncate_prompt_tokens with a 10 MB text: only its end is tokenized, and the ids kept are
+    those of the whole text's end."""
+    short = http.post("/tokenize", json={"prompt": "a " * 1000}).json()["tokens"]
+    rendered = _quick(http, "/v1/completions/render", {"prompt": TEN_MB, "truncate_prompt_tokens": 8})
+    assert rendered.status_code == 200, rendered.text[:300]
+    assert rendered.json()[0]["token_ids"] == short[-8:]
+    done = _quick(http, "/v1/completions", {**COMPLETION, "prompt": TEN_MB, "truncate_prompt_tokens": 8})
+    assert done.status_code == 200 and done.json()["usage"]["prompt_tokens"] == 8
+    embedded = _quick(http, "/v1/embeddings", {"input": TEN_MB, "truncate_prompt_tokens": -1})
+    assert embedded.status_code == 200 and embedded.json()["usage"]["prompt_tokens"] == 512
+    ranked = _quick(http, "/v2/rerank", {"query": "a", "documents": [TEN_MB, "b"]})  # Cohere truncates
+    assert ranked.status_code == 200 and len(ranked.json()["results"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param", "says"),
+    [
+        ("/v1/completions", {**COMPLETION, "prompt": [1] * 3_000_000}, "prompt", "3000000 in the prompt"),
+        ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "Hi " * 3000}]},
+         "messages", "in the messages"),
+        ("/v1/chat/completions/render", {"messages": [{"role": "user", "content": "Hi " * 3000}]},
+         "messages", "in the messages"),
+        ("/generate", {"prompt_token_ids": [1] * 3000}, "prompt_token_ids", "in the prompt_token_ids"),
+        ("/v1/responses", {"input": "Hi " * 3000}, "input", "in the input"),
+    ],
+)  # fmt: skip
+def test_prompts_past_the_context_name_their_field(http, path, body, param, says):
+    error = openai_error(http.post(path, json=body))
+    assert error["param"] == param and says in error["message"] and "2048" in error["message"], error
+
+
+@pytest.mark.parametrize("path", ["/tokenize", "/v1/chat/completions/render", "/v1/chat/completions"])
+def test_a_content_part_type_that_is_no_string_is_400(http, path):
+    # an object as `type` was a TypeError (unhashable), a 500; found by nox -s fuzz
+    body = {**CHAT, "messages": [{"role": "user", "content": [{"type": {"a": 1}, "text": "Hi"}]}]}
+    assert openai_error(http.post(path, json=body))["param"] == "messages"
+
+
+@pytest.mark.parametrize(("thinking", "signature"), [("Hm", "é"), ("\ud800", "x"), ("Hm", "\udc00")])
+def test_anthropic_thinking_signature_of_any_text_is_a_400(http, thinking, signature):
+    # a non-ASCII signature was a TypeError in hmac.compare_digest, a lone surrogate a
+    # UnicodeEncodeError: 500s, found by the fuzz run
+    block = {"type": "thinking", "thinking": thinking, "signature": signature}
+    body = {"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "max_tokens": 2,
+            "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": [block]},
+                         {"role": "user", "content": "Go on"}]}  # fmt: skip
+    response = http.post(
+        "/v1/messages", content=json.dumps(body), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.text[:300]
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert "signature" in response.json()["error"]["message"]

@@ -158,8 +158,9 @@ async def test_soak_keeps_rss_flat_and_latency_steady(server):
         half = [value for t, value in rss if t >= SOAK_S / 2]
         growth = (half[-1] - half[0]) / half[0]
         first, second = _halves(latencies, SOAK_S)
-        print(f"soak {SOAK_S:.0f} s: {len(latencies)} requests, RSS {rss[0][1] / 2**20:.0f} -> "
-              f"{rss[-1][1] / 2**20:.0f} MiB (last half {growth:+.1%}), median latency "
+        print(f"soak {SOAK_S:.0f} s: {len(latencies)} requests, RSS {rss[0][1] / 2**20:.0f} (start) -> "
+              f"{half[0] / 2**20:.0f} (middle) -> {rss[-1][1] / 2**20:.0f} MiB (end; last half {growth:+.1%}), "
+              f"{len(rss)} samples, median latency "
               f"{first * 1000:.0f} ms first half, {second * 1000:.0f} ms second half")  # fmt: skip
         assert growth < 0.05, rss
         assert second < first * 1.5 + 0.05, (first, second)

@@ -51,7 +51,7 @@ def _app(**config):
     models = ModelRegistry(
         [
             ServedModel("chat", "/m", "generate", None, 64, engine=SimpleNamespace(is_dead=False)),
-            ServedModel("emb", "/e", "embed", None, 64, embedder=SimpleNamespace()),
+            ServedModel("emb", "/e", "embed", None, 64, embedder=SimpleNamespace(dim=384)),
             ServedModel("stt", "/s", "transcribe", None, 224, transcriber=SimpleNamespace()),
         ]
     )
@@ -97,3 +97,38 @@ async def test_sleep_routes_need_the_flag():
     assert "/sleep" not in paths and "/wake_up" not in paths and "/is_sleeping" not in paths
     client = _app().test_client()
     assert (await client.post("/sleep")).status_code == 404
+
+
+async def test_the_served_document_states_the_servers_bounds():
+    spec = await (await _app(max_n=3).test_client().get("/openapi.json")).get_json()
+    schemas = spec["components"]["schemas"]
+
+    def prop(schema, name, kind=None):
+        found = schemas[schema]["properties"][name]
+        return next((b for b in found.get("anyOf", []) if b.get("type") == kind), found) if kind else found
+
+    # the served names (unknown ones are a 404), the embedding size, the flags' caps
+    assert prop("ChatCompletionRequest", "model", "string")["enum"] == ["chat", "emb", "stt", "default", ""]
+    assert prop("MessagesRequest", "model")["enum"] == ["chat", "emb", "stt", "default", ""]
+    assert "enum" not in prop("ChatCompletionResponse", "model")  # answers are not requests
+    assert prop("EmbeddingRequest", "dimensions", "integer")["enum"] == [384]
+    assert prop("CohereEmbedRequest", "output_dimension", "integer")["enum"] == [384]
+    assert prop("GenerateRequest", "n", "integer") == {"type": "integer", "minimum": 1, "maximum": 3}
+    assert prop("CompletionRenderRequest", "max_tokens", "integer")["maximum"] == 64
+    # Anthropic's max_tokens is a ceiling (cut to what fits), not refused past the context
+    assert "maximum" not in prop("MessagesRequest", "max_tokens")
+    # vLLM's own routes carry the OpenAI models' bounds
+    assert prop("ChatRenderRequest", "temperature", "number") == {"type": "number", "minimum": 0}
+    assert prop("ChatRenderRequest", "messages")["items"]["properties"]["role"] == {
+        "type": "string",
+        "minLength": 1,
+    }
+    assert schemas["GenerateRequest"]["oneOf"][0]["required"] == ["prompt"]
+    # no image or document blocks: no served model takes them
+    assert "ImageBlock" not in json.dumps(schemas["Message"]) and "TextBlock" in json.dumps(
+        schemas["Message"]
+    )
+    streamed = spec["paths"]["/generate"]["post"]["responses"]["200"]["content"]
+    assert {"application/json", "application/x-ndjson", "text/event-stream"} == set(streamed)
+    include = prop("ResponseRequest", "include")["items"]["enum"]
+    assert include == ["message.output_text.logprobs", "reasoning.encrypted_content"]

@@ -673,8 +673,11 @@ def test_constraints_mask_accept_and_complete_each_choice_on_its_own() -> None:
     r_bad = req("bad", prompt(2, 5), max_tokens=10, constraint=bad)
     r_rej = req("rej", prompt(4, 5), max_tokens=10, constraint=rejecting)
     r_dead = req("dead", prompt(5, 5), max_tokens=10, constraint=EvenSpec(dead=True))
+    # allowed_token_ids with only odd ids: nothing the constraint allows is left (was a junk token)
+    r_odd = req("odd", prompt(6, 5), max_tokens=10, constraint=EvenSpec(), allowed_token_ids=[3, 5])
+    r_some = req("some", prompt(7, 5), max_tokens=10, constraint=EvenSpec(), allowed_token_ids=[3, 4])
     plain = req("plain", prompt(3, 5), max_tokens=4)
-    for r in (r_good, r_bad, r_rej, r_dead, plain):
+    for r in (r_good, r_bad, r_rej, r_dead, r_odd, r_some, plain):
         sched.add_request(r)
     drive(sched, backend)
     assert len(good.made) == 2  # one constraint per choice, each with its own state
@@ -687,6 +690,8 @@ def test_constraints_mask_accept_and_complete_each_choice_on_its_own() -> None:
     assert "bad grammar" in r_bad.seqs[0].error
     assert r_rej.seqs[0].finish_reason == "abort" and "rejected token" in r_rej.seqs[0].error
     assert r_dead.seqs[0].output_token_ids == [] and "allows no next token" in r_dead.seqs[0].error
+    assert r_odd.seqs[0].output_token_ids == [] and "none of allowed_token_ids" in r_odd.seqs[0].error
+    assert r_some.seqs[0].error is None
     assert plain.seqs[0].finish_reason == "length" and len(plain.seqs[0].output_token_ids) == 4
     assert plain.seqs[0].error is None and sched.blocks.num_free_blocks == 32
 

@@ -79,7 +79,7 @@ from llmserve.parsers.markers import locate
 from llmserve.parsers.pipeline import ParsedOutput, ParserPipeline
 from llmserve.protocols.shared.ids import now, random_id
 from llmserve.protocols.shared.parsing import parse_body, parse_json, validate_model
-from llmserve.protocols.shared.prompts import Prompt
+from llmserve.protocols.shared.prompts import Prompt, bounded_text, check_text_fits
 from llmserve.protocols.shared.sse import (
     SSE_DONE,
     error_body,
@@ -161,8 +161,10 @@ __all__ = [
     "document",
     "arguments_at",
     "bitmask_words",
+    "bounded_text",
     "calls_schema",
     "call_sequence",
+    "check_text_fits",
     "close_after",
     "error_body",
     "error_response",

@@ -139,9 +139,10 @@ class AsyncEngine:
         priority: int = 0,
         deadline: float | None = None,
         stream_interval: int = 1,
+        prompt_param: str = "prompt",
     ) -> GenerationStream:
         """Check the request and queue it; raises a 4xx/503 LLMServeError, or returns its stream."""
-        self.check(prompt_token_ids, params, priority)
+        self.check(prompt_token_ids, params, priority, prompt_param)
         if request_id in self._streams:
             raise InvalidRequestError(f"request id {request_id} is already in use", param="request_id")
         prompt = list(prompt_token_ids)
@@ -153,13 +154,20 @@ class AsyncEngine:
         self._send(AddRequest(request_id, prompt, params, priority))
         return stream
 
-    def check(self, prompt_token_ids: list[int], params: SamplingParams, priority: int = 0) -> None:
-        """Every check ``add_request`` makes, without queuing anything (render routes use it)."""
+    def check(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        priority: int = 0,
+        prompt_param: str = "prompt",
+    ) -> None:
+        """Every check ``add_request`` makes, without queuing anything (render routes use it);
+        errors about the prompt name ``prompt_param``."""
         if self.is_dead:
             raise EngineDeadError(f"The engine stopped after an error: {self.error}")
         if self.is_sleeping:
             raise OverloadedError("The engine is sleeping; POST /wake_up first.")
-        self.engine.validate(prompt_token_ids, params, priority)
+        self.engine.validate(prompt_token_ids, params, priority, prompt_param)
         if len(self._streams) >= self.config.max_num_seqs + self.config.max_waiting_requests:
             raise OverloadedError("Too many requests in flight; try again later.")
 

@@ -14,6 +14,9 @@ from llmserve.engine.constraints import bitmask_words
 from llmserve.engine.request import Sequence
 
 log = logging.getLogger("llmserve.engine")
+# How the errors the request itself causes begin (a constraint no token can meet, also with the
+# request's allowed_token_ids): the API answers them with a 400, not a 500.
+NO_TOKEN_FITS = "no token fits the output constraint"
 
 
 class StepBitmask:
@@ -41,9 +44,20 @@ class StepBitmask:
                 bitmask[row] = -1
         for row in np.flatnonzero(~bitmask.any(axis=1)):  # a dead end: sampling would pick junk
             seq = seqs[row]
-            failures.setdefault(seq.seq_id, "the output constraint allows no next token")
+            failures.setdefault(seq.seq_id, f"{NO_TOKEN_FITS}: it allows no next token")
             bitmask[row] = -1
+        for row, seq in enumerate(seqs):  # nor may allowed_token_ids leave nothing it allows
+            allowed = seq.params.allowed_token_ids
+            if allowed is not None and seq.seq_id not in failures and not _any_set(bitmask[row], allowed):
+                failures[seq.seq_id] = f"{NO_TOKEN_FITS}: it allows none of allowed_token_ids next"
+                bitmask[row] = -1
         return bitmask, failures
+
+
+def _any_set(row: np.ndarray, token_ids: list[int]) -> bool:
+    ids = np.asarray(token_ids, dtype=np.int64)
+    ids = ids[(ids >= 0) & (ids < row.shape[0] * 32)]
+    return bool(((row.view(np.uint32)[ids >> 5] >> (ids & 31).astype(np.uint32)) & 1).any())
 
 
 def accept_token(seq: Sequence, token_id: int) -> tuple[str | None, bool]:
@@ -52,7 +66,7 @@ def accept_token(seq: Sequence, token_id: int) -> tuple[str | None, bool]:
     try:
         if not constraint.accept(token_id):
             log.warning("token constraint of request %s rejected token %d", seq.request_id, token_id)
-            return f"the output constraint rejected token {token_id}", False
+            return f"{NO_TOKEN_FITS}: it rejected token {token_id} (no allowed token was left)", False
         return None, bool(constraint.is_terminated())
     except Exception as exc:
         log.exception("token constraint of request %s failed on token %d", seq.request_id, token_id)

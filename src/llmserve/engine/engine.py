@@ -116,8 +116,15 @@ class LLMEngine:
     def kv_capacity_tokens(self) -> int:
         return self.num_blocks * self.config.block_size
 
-    def validate(self, prompt_token_ids: list[int], params: SamplingParams, priority: int = 0) -> None:
-        """Reject what can never run, with a message naming the numbers."""
+    def validate(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        priority: int = 0,
+        prompt_param: str = "prompt",
+    ) -> None:
+        """Reject what can never run, with a message naming the numbers; ``prompt_param`` is the
+        request field the prompt came from (``messages`` for chat, ``input`` for Responses)."""
         policy = self.scheduler.config.scheduling_policy
         if priority != 0 and policy != "priority":
             raise InvalidRequestError(
@@ -125,11 +132,15 @@ class LLMEngine:
                 param="priority",
             )
         if not prompt_token_ids:
-            raise InvalidRequestError("The prompt is empty; at least one token is required.", param="prompt")
+            raise InvalidRequestError(
+                f"The prompt ({prompt_param}) is empty; at least one token is required.", param=prompt_param
+            )
         vocab = self.model_info.vocab_size
         bad = next((t for t in prompt_token_ids if not 0 <= t < vocab), None)
         if bad is not None:
-            raise InvalidRequestError(f"Token id {bad} is out of vocabulary (size {vocab}).", param="prompt")
+            raise InvalidRequestError(
+                f"{prompt_param}: token id {bad} is out of vocabulary (size {vocab}).", param=prompt_param
+            )
         params.check_vocab(vocab)
         params.check_limits(self.config)
         prompt_len = len(prompt_token_ids)
@@ -137,9 +148,9 @@ class LLMEngine:
         if prompt_len + max_tokens > self.max_model_len or prompt_len >= self.max_model_len:
             raise InvalidRequestError(
                 f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
-                f"{prompt_len + max_tokens} tokens ({prompt_len} in the messages, {max_tokens} in the completion). "
-                "Please reduce the length of the messages or completion.",
-                param="max_tokens" if max_tokens and prompt_len < self.max_model_len else "prompt",
+                f"{prompt_len + max_tokens} tokens ({prompt_len} in the {prompt_param}, {max_tokens} in the "
+                f"completion). Please reduce the length of the {prompt_param} or completion.",
+                param="max_tokens" if max_tokens and prompt_len < self.max_model_len else prompt_param,
             )
 
     def add_request(

@@ -15,11 +15,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from llmserve.engine.constraint_steps import NO_TOKEN_FITS
 from llmserve.engine.detokenizer import IncrementalDetokenizer
 from llmserve.engine.engine import SeqEvent
 from llmserve.engine.outputs import CompletionOutput, RequestOutput
 from llmserve.engine.sampling import SamplingParams
-from llmserve.errors import EngineDeadError, LLMServeError, RequestTimeoutError
+from llmserve.errors import EngineDeadError, InvalidRequestError, LLMServeError, RequestTimeoutError
 
 log = logging.getLogger("llmserve.engine")
 
@@ -234,6 +235,8 @@ class GenerationStream:
                 self.prompt_logprobs = [None, *event.prompt_logprobs]
             if event.error is not None:  # the engine ended this choice (a failed constraint)
                 self._mark_done()
+                if event.error.startswith(NO_TOKEN_FITS):  # what the request asked for cannot be met
+                    raise InvalidRequestError(f"Generation failed: {event.error}", param="structured_outputs")
                 raise LLMServeError(f"Generation failed: {event.error}")
             delta = choice.step(event, self.params, now, self._stop_seq)
             if delta is not None:

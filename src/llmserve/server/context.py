@@ -95,8 +95,13 @@ class ProtocolContext:
 
     # --- prompts ---------------------------------------------------------------------------------
 
-    def tokenize(self, model: ServedModel, text: str, add_special_tokens: bool = True) -> list[int]:
-        """``text`` as the model's token ids."""
+    def tokenize(
+        self, model: ServedModel, text: str, add_special_tokens: bool = True, param: str | None = "prompt"
+    ) -> list[int]:
+        """``text`` as the model's token ids. A text too long to fit the model's context is a
+        400 naming ``param``, refused before it is tokenized; ``param=None`` takes any length."""
+        if param is not None:
+            prompt_parsing.check_text_fits(model.tokenizer, text, model.max_model_len, param)
         return list(model.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
     def detokenize(
@@ -106,7 +111,15 @@ class ProtocolContext:
         skip_special_tokens: bool = False,
         param: str = "tokens",
     ) -> str:
-        """Token ids back to text; an id outside the vocabulary is a 400 naming ``param``."""
+        """Token ids back to text; an id outside the vocabulary is a 400 naming ``param``, and so
+        are more ids than ``most_tokens`` (far above the context; keeps decoding short)."""
+        most = prompt_parsing.most_tokens(model.tokenizer, model.max_model_len)
+        if most is not None and len(token_ids) > most:
+            raise InvalidRequestError(
+                f"{param} has {len(token_ids)} token ids: at most {most} can be decoded "
+                f"({model.max_model_len}-token context).",
+                param=param,
+            )
         size = len(model.tokenizer)
         for i, token in enumerate(token_ids):
             if not 0 <= token < size:
@@ -222,6 +235,7 @@ class ProtocolContext:
         priority: int = 0,
         timeout: float | None = None,
         stream_interval: int | None = None,
+        prompt_param: str = "prompt",
     ) -> GenerationStream:
         """Start generating; returns the request's stream once every check passed.
 
@@ -229,6 +243,7 @@ class ProtocolContext:
         an unknown priority policy, a sleeping or overloaded engine, a client over its limits.
         ``timeout`` (seconds) may lower --timeout; past it the stream raises RequestTimeoutError
         (504) and the request is aborted. ``stream_interval`` overrides --stream-interval.
+        ``prompt_param`` is the request field errors about the prompt name (``messages`` for chat).
         """
         engine = self._engine(model)
         budget = self.config.timeout if timeout is None else min(timeout, self.config.timeout)
@@ -239,13 +254,19 @@ class ProtocolContext:
         return engine.add_request(
             request_id, list(prompt_token_ids), params, kind=kind, priority=priority,
             deadline=time.monotonic() + budget, stream_interval=stream_interval or self.config.stream_interval,
+            prompt_param=prompt_param,
         )  # fmt: skip
 
     def check_generate(
-        self, model: ServedModel, prompt_token_ids: Sequence[int], params: SamplingParams, priority: int = 0
+        self,
+        model: ServedModel,
+        prompt_token_ids: Sequence[int],
+        params: SamplingParams,
+        priority: int = 0,
+        prompt_param: str = "prompt",
     ) -> None:
         """The checks of ``generate``, without generating."""
-        self._engine(model).check(list(prompt_token_ids), params, priority)
+        self._engine(model).check(list(prompt_token_ids), params, priority, prompt_param)
 
     def _engine(self, model: ServedModel):
         if model.engine is None:

@@ -26,7 +26,9 @@ async def openapi_json() -> Response:
     if spec is None:  # routes are fixed once the app serves: build once
         ctx = current_app.extensions["llmserve"]
         lengths = [m.max_model_len for m in ctx.models if m.engine is not None]
-        spec = apply_limits(build_spec(current_app), ctx.config, max(lengths, default=None))
+        names = [name for m in ctx.models for name in m.names]
+        dims = sorted({m.embedder.dim for m in ctx.models if m.embedder is not None})
+        spec = apply_limits(build_spec(current_app), ctx.config, max(lengths, default=None), names, dims)
         current_app.extensions["llmserve.openapi"] = spec
     return jsonify(spec)
 

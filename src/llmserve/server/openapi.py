@@ -23,7 +23,9 @@ def document(
     summary: str, request: Models = None, response: Models = None, tags: Iterable[str] = (), **extra: Any
 ) -> Callable[[Callable], Callable]:
     """Attach OpenAPI facts to a view function: its request/response models (one model or a
-    tuple of alternatives), a summary and tags. ``extra`` goes into the operation verbatim."""
+    tuple of alternatives), a summary and tags. ``extra`` goes into the operation verbatim,
+    except ``stream_types``: the content types a ``stream: true`` answer comes in (default
+    ``("text/event-stream",)``)."""
 
     def mark(fn: Callable) -> Callable:
         setattr(
@@ -97,10 +99,11 @@ def build_spec(app: Any, title: str = "llmserve") -> dict[str, Any]:
                 "application/json": {"schema": _one_of([refs[(m, "serialization")] for m in resp])}
             }
         if any("stream" in m.model_fields for m in req):  # `stream: true` answers server-sent events
-            ok.setdefault("content", {})["text/event-stream"] = {"schema": {}}
+            for kind in info.get("stream_types", ("text/event-stream",)):
+                ok.setdefault("content", {})[kind] = {"schema": {}}
         op["responses"] = {"200": ok, "default": {"description": "Error (an `error` object)."}}
         for key, value in info.items():
-            if key not in ("summary", "request", "response", "tags", "endpoint"):
+            if key not in ("summary", "request", "response", "tags", "endpoint", "stream_types"):
                 op[key] = value
         paths.setdefault(path, {})[method] = op
 

@@ -42,7 +42,9 @@ async def create_message() -> Any:
     params = await _sampling_params(ctx, model, req, prepared, pipeline)
     message_id = anthropic_id("msg")
     kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
-    stream = ctx.generate(model, prepared.token_ids, params, request_id=message_id, kind=kind)
+    stream = ctx.generate(
+        model, prepared.token_ids, params, request_id=message_id, kind=kind, prompt_param="messages"
+    )
     await stream.ready()  # the constraint compiled while the prompt was computed
     answer = Answer(
         message_id, model.answer_name(req.model), len(prepared.token_ids), pipeline, req.stop_sequences,

@@ -15,6 +15,30 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+_REFUSED = ("ImageBlock", "DocumentBlock")
+
+
+def _without_media(schema: dict[str, Any]) -> None:
+    """The schema of a content field without image and document blocks: the models accept them
+    so that the 400 names the block, but no served model takes them, so the document leaves
+    them out."""
+    for key in ("oneOf", "anyOf"):
+        if key in schema:
+            schema[key] = [b for b in schema[key] if not _refused(b.get("$ref", ""))]
+            for branch in schema[key]:
+                _without_media(branch)
+    if isinstance(schema.get("items"), dict):
+        _without_media(schema["items"])
+    mapping = schema.get("discriminator", {}).get("mapping", {})
+    for name in [n for n, ref in mapping.items() if _refused(ref)]:
+        del mapping[name]
+
+
+def _refused(ref: str) -> bool:
+    # refs are still pydantic's temporary names here ("...ImageBlock-Input__1")
+    return any(name in ref for name in _REFUSED)
+
+
 class TextBlock(_Wire):
     """A text block (``cache_control`` accepted and ignored)."""
 
@@ -52,7 +76,7 @@ class ToolResultBlock(_Wire):
     tool_use_id: str
     content: (
         str | list[Annotated[TextBlock | ImageBlock | DocumentBlock, Field(discriminator="type")]] | None
-    ) = None
+    ) = Field(None, json_schema_extra=_without_media)
     is_error: bool | None = None
 
 
@@ -107,7 +131,7 @@ class Message(_Wire):
     """One turn; ``system`` turns (Claude Code sends some) are folded into the system prompt."""
 
     role: Literal["user", "assistant", "system"]
-    content: str | list[ContentBlock]
+    content: str | list[ContentBlock] = Field(json_schema_extra=_without_media)
 
 
 class Tool(_Wire):
@@ -153,7 +177,11 @@ class CountTokensRequest(BaseModel):
     """POST /v1/messages/count_tokens: a Messages request without ``max_tokens``."""
 
     model: str
-    messages: list[Message] = Field(min_length=1)
+    # system turns are folded into the system prompt: one user or assistant turn is needed
+    messages: list[Message] = Field(
+        min_length=1,
+        json_schema_extra={"contains": {"properties": {"role": {"enum": ["user", "assistant"]}}}},
+    )
     system: str | list[TextBlock] | None = None
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
@@ -164,7 +192,11 @@ class CountTokensRequest(BaseModel):
 class MessagesRequest(CountTokensRequest):
     """POST /v1/messages."""
 
-    max_tokens: int = Field(gt=0)
+    max_tokens: int = Field(
+        gt=0,
+        description="A ceiling: more than the context leaves room for is cut to what fits.",
+        json_schema_extra={"x-ceiling": True},
+    )
     stop_sequences: list[str] | None = None
     stream: bool = False
     temperature: float | None = Field(None, ge=0.0, le=1.0)

@@ -20,10 +20,12 @@ def key_for(api_key: str | None, model: str) -> bytes:
 
 def sign(key: bytes, thinking: str) -> str:
     """The signature of ``thinking`` (urlsafe base64, unpadded)."""
-    digest = hmac.new(key, thinking.encode(), hashlib.sha256).digest()
+    # surrogatepass: JSON may carry lone surrogates (\ud800), which strict UTF-8 cannot encode
+    digest = hmac.new(key, thinking.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def verify(key: bytes, thinking: str, signature: str) -> bool:
     """True when ``signature`` is the one this server gave ``thinking``."""
-    return hmac.compare_digest(sign(key, thinking), signature)
+    # bytes: compare_digest refuses str with non-ASCII characters (a client may send any)
+    return hmac.compare_digest(sign(key, thinking).encode(), signature.encode("utf-8", "surrogatepass"))

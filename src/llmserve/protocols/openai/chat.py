@@ -82,7 +82,9 @@ def prepare_chat(
     )
     token_ids = rendered.token_ids
     if req.truncate_prompt_tokens is not None:
-        truncated = ctx.prompts(model, token_ids, truncate_prompt_tokens=req.truncate_prompt_tokens)
+        truncated = ctx.prompts(
+            model, token_ids, truncate_prompt_tokens=req.truncate_prompt_tokens, param="messages"
+        )
         token_ids = truncated[0].token_ids
     return rendered.text, token_ids
 
@@ -113,7 +115,7 @@ async def create_chat_completion() -> Any:
     params = ctx.sampling_params(model, req, len(token_ids), **overrides)
     request_id = f"chatcmpl-{req.request_id}" if req.request_id else random_id("chatcmpl")
     kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
-    streams = await ready(start_requests(ctx, model, request_id, [prompt], [params], kind, req))
+    streams = await ready(start_requests(ctx, model, request_id, [prompt], [params], kind, req, "messages"))
     view = _View(model, req, request_id, prompt, tool_choice, ctx.config, pipelines)
     if req.stream:
         return sse_response(view.events(merge_streams(streams), include_usage, continuous))

@@ -54,9 +54,11 @@ def start_requests(
     params: Sequence[SamplingParams],
     kind: OutputKind,
     req: Any,
+    prompt_param: str = "prompt",
 ) -> list[GenerationStream]:
     """One engine request per prompt (with the request's priority, timeout and stream interval);
-    if one is refused, those already started are closed."""
+    if one is refused, those already started are closed. Errors about a prompt name
+    ``prompt_param`` (chat: ``messages``)."""
     streams: list[GenerationStream] = []
     try:
         for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
@@ -71,6 +73,7 @@ def start_requests(
                     priority=req.priority,
                     timeout=req.timeout,
                     stream_interval=req.stream_interval,
+                    prompt_param=prompt_param,
                 )  # fmt: skip
             )
     except BaseException:

@@ -23,7 +23,7 @@ from llmserve.protocols.responses import tools as tool_rules
 from llmserve.protocols.responses.events import EventWriter
 from llmserve.protocols.responses.logprobs import LogprobWriter
 from llmserve.protocols.responses.output import ResponseShell, Usage, output_items
-from llmserve.protocols.responses.schemas import ResponseRequest
+from llmserve.protocols.responses.schemas import INCLUDE, ResponseRequest
 from llmserve.protocols.responses.store import StoredResponse, current_store
 
 
@@ -56,7 +56,7 @@ async def prepare(ctx: ProtocolContext, req: ResponseRequest) -> Prepared:
     """Every check and the prompt, before anything generates; bad input is a 400 or 404 here."""
     if req.background and not req.store:
         raise InvalidRequestError("background responses must be stored (store: true)", param="store")
-    if req.include and set(req.include) - {"message.output_text.logprobs", "reasoning.encrypted_content"}:
+    if req.include and set(req.include) - set(INCLUDE):
         raise InvalidRequestError(f"unsupported include values: {req.include}", param="include")
     model = ctx.model_for(req.model)
     new_items = item_rules.normalize_input(req.input)
@@ -124,8 +124,9 @@ async def create_response() -> Any:
     prepared = await prepare(ctx, req)
     kind = OutputKind.DELTA if req.stream or req.background else OutputKind.FINAL_ONLY
     stream = ctx.generate(
-        prepared.model, prepared.token_ids, prepared.params, request_id=prepared.shell.id, kind=kind
-    )
+        prepared.model, prepared.token_ids, prepared.params, request_id=prepared.shell.id, kind=kind,
+        prompt_param="input",
+    )  # fmt: skip
     await stream.ready()  # the constraint compiled while the prompt was computed
     if req.stream or req.background:
         writer = EventWriter(

@@ -10,6 +10,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# the ``include`` values served (others are a 400)
+INCLUDE = ("message.output_text.logprobs", "reasoning.encrypted_content")
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", protected_namespaces=(), allow_inf_nan=False)
@@ -50,7 +53,7 @@ class ResponseRequest(_Model):
     max_tool_calls: int | None = Field(None, ge=1)
     text: TextOptions | None = None
     reasoning: ReasoningOptions | None = None
-    include: list[str] | None = None
+    include: list[str] | None = Field(None, json_schema_extra={"items": {"enum": list(INCLUDE)}})
     top_logprobs: int | None = Field(
         None, ge=0, le=20, description="With include message.output_text.logprobs."
     )

@@ -203,6 +203,11 @@ def _texts(content: Any, i: int) -> list[str]:
             texts.append(part)
             continue
         kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str):  # a list or an object is no part type (and unhashable)
+            raise InvalidRequestError(
+                f"messages[{i}].content: each part needs a string `type`, got {kind!r}"[:300],
+                param="messages",
+            )
         if kind in TEXT_PARTS:
             value = part.get(kind if kind == "refusal" else "text")
             if not isinstance(value, str):

@@ -21,24 +21,55 @@ _SPACE = re.compile(r"\s+")
 _LONGEST: dict[int, int] = {}  # id(tokenizer) -> characters in its longest token
 
 
-def check_text_fits(tokenizer: Any, text: str, max_model_len: int | None, param: str = "prompt") -> None:
-    """Refuse, without tokenizing, a text that cannot fit in ``max_model_len`` tokens: a token
-    covers at most as many non-space characters as its own string has (twice that, for
-    normalizers that fold characters). Keeps a 10 MB prompt from holding the event loop for
-    the seconds its tokenization takes."""
-    if max_model_len is None or len(text) <= max_model_len:
-        return
+def _chars_per_token(tokenizer: Any) -> int:
+    """At most how many non-space characters one token covers: the longest token string, twice
+    over for normalizers that fold characters."""
     longest = _LONGEST.get(id(tokenizer))
     if longest is None:
         vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
         longest = _LONGEST[id(tokenizer)] = max(map(len, vocab), default=0) or 64
-    limit = 2 * longest * max_model_len
+    return 2 * longest
+
+
+def most_tokens(tokenizer: Any, max_model_len: int | None) -> int | None:
+    """How many token ids /detokenize decodes at most: twice the non-space characters
+    ``check_text_fits`` lets through; None without a context length."""
+    return None if max_model_len is None else 2 * _chars_per_token(tokenizer) * max_model_len
+
+
+def check_text_fits(tokenizer: Any, text: str, max_model_len: int | None, param: str = "prompt") -> None:
+    """Refuse (400 naming ``param``), without tokenizing, a text that cannot fit in
+    ``max_model_len`` tokens: one token covers at most ``_chars_per_token`` non-space
+    characters. Keeps a 10 MB prompt from holding the event loop for the seconds its
+    tokenization takes."""
+    if max_model_len is None or len(text) <= max_model_len:
+        return
+    limit = _chars_per_token(tokenizer) * max_model_len
     if len(text) > limit and len(_SPACE.sub("", text)) > limit:
         raise InvalidRequestError(
             f"{param} is {len(text)} characters: more than this model's context of {max_model_len} "
             "tokens can hold. Please shorten it.",
             param=param,
         )
+
+
+# Tokens tokenized past the ones kept, so that the kept ones do not depend on where the text was cut.
+_MARGIN = 64
+
+
+def bounded_text(tokenizer: Any, text: str, tokens: int, keep: str = "end") -> str:
+    """The end (``keep="end"``) or start of ``text`` that surely holds more than ``tokens``
+    tokens, or ``text`` when it is not that long: tokenizing it and keeping its last (first)
+    ``tokens`` ids gives the ids of the whole text's end (start), at a bounded cost. For
+    truncating requests, whose text may be far longer than the context."""
+    need = _chars_per_token(tokenizer) * (tokens + _MARGIN)  # non-space characters
+    size = need
+    while size < len(text):
+        part = text[-size:] if keep == "end" else text[:size]
+        if len(_SPACE.sub("", part)) >= need:
+            return part
+        size *= 2  # mostly spaces: take more
+    return text
 
 
 def is_token_ids(value: object) -> bool:
@@ -78,6 +109,9 @@ def parse_prompts(
     if truncate_prompt_tokens is None:
         for text in texts:
             check_text_fits(tokenizer, text, max_model_len, param)
+    else:  # only the kept end is tokenized
+        keep = kept_tokens(truncate_prompt_tokens, max_model_len)
+        texts = [bounded_text(tokenizer, text, keep) for text in texts]
     encoded = iter(tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"] if texts else [])
     out = []
     for i, item in enumerate(items):
@@ -93,10 +127,8 @@ def parse_prompts(
     return out
 
 
-def truncate_tokens(token_ids: list[int], keep: int | None, max_model_len: int | None) -> list[int]:
-    """vLLM's truncate_prompt_tokens: keep the last ``keep`` tokens; -1 means max_model_len."""
-    if keep is None:
-        return token_ids
+def kept_tokens(keep: int, max_model_len: int | None) -> int:
+    """How many tokens vLLM's truncate_prompt_tokens keeps (-1: max_model_len); 400 when out of range."""
     if keep == -1 and max_model_len is not None:
         keep = max_model_len
     if keep < 1:
@@ -109,4 +141,11 @@ def truncate_tokens(token_ids: list[int], keep: int | None, max_model_len: int |
             "Please, select a smaller truncation size.",
             param="truncate_prompt_tokens",
         )
-    return token_ids[-keep:]
+    return keep
+
+
+def truncate_tokens(token_ids: list[int], keep: int | None, max_model_len: int | None) -> list[int]:
+    """vLLM's truncate_prompt_tokens: keep the last ``keep`` tokens; -1 means max_model_len."""
+    if keep is None:
+        return token_ids
+    return token_ids[-kept_tokens(keep, max_model_len) :]

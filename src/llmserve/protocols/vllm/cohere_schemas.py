@@ -14,7 +14,7 @@ from llmserve.protocols.vllm.schemas import Request, RerankDocument, RerankDocum
 class CohereRerankRequest(Request):
     model: str | None = None
     query: str
-    documents: list[str | RerankDocumentIn]
+    documents: list[str | RerankDocumentIn] = Field(min_length=1)
     top_n: int | None = Field(None, ge=1)
     max_tokens_per_doc: int | None = Field(None, ge=1)
     return_documents: bool = False
@@ -50,6 +50,14 @@ EmbeddingType = Literal["float", "int8", "uint8", "binary", "ubinary", "base64"]
 
 
 class CohereContent(Request):
+    # text only (other parts are a 400 naming `inputs`): what the schema says
+    model_config = ConfigDict(
+        json_schema_extra={
+            "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+            "required": ["type", "text"],
+        }
+    )
+
     type: str
     text: str | None = None
 
@@ -59,9 +67,20 @@ class CohereInput(Request):
 
 
 class CohereEmbedRequest(Request):
+    # at least one text, in `texts` or `inputs`
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["texts"], "properties": {"texts": {"type": "array", "minItems": 1}}},
+                {"required": ["inputs"], "properties": {"inputs": {"type": "array", "minItems": 1}}},
+            ]
+        }
+    )
+
     model: str | None = None
     texts: list[str] | None = None
-    images: list[str] | None = None
+    # refused (400 naming `images`): the embedding model takes text only
+    images: list[str] | None = Field(None, json_schema_extra={"maxItems": 0})
     inputs: list[CohereInput] | None = None
     input_type: str | None = None
     embedding_types: list[EmbeddingType] | None = None

@@ -82,6 +82,7 @@ def _body(output: RequestOutput, prefix: str, want_logprobs: bool) -> dict[str, 
     request=schemas.GenerateRequest,
     response=schemas.GenerateResponse,
     tags=["vllm"],
+    stream_types=("application/x-ndjson", "text/event-stream"),  # NDJSON unless SSE is asked for
 )
 async def generate() -> Response:
     req = await parse_body(schemas.GenerateRequest)
@@ -95,8 +96,9 @@ async def generate() -> Response:
     params = ctx.sampling_params(model, req, len(prompt_ids), constraint=constraint)
     kind = OutputKind.CUMULATIVE if req.stream else OutputKind.FINAL_ONLY
     stream = ctx.generate(
-        model, prompt_ids, params, request_id=random_id("generate"), kind=kind, priority=req.priority
-    )
+        model, prompt_ids, params, request_id=random_id("generate"), kind=kind, priority=req.priority,
+        prompt_param="prompt" if req.prompt is not None else "prompt_token_ids",
+    )  # fmt: skip
     await stream.ready()  # the constraint compiled while the prompt was computed
     want_logprobs = params.logprobs is not None
     if not req.stream:

@@ -17,6 +17,8 @@ from llmserve.api import (
     EMBED,
     InvalidRequestError,
     UnsupportedError,
+    bounded_text,
+    check_text_fits,
     context,
     document,
     now,
@@ -76,6 +78,12 @@ def encode_texts(
     """
     tokenizer = embedder.tokenizer
     limit = min(limit or embedder.max_model_len, embedder.max_model_len)
+    # a text far past the limit: refused before tokenizing, or only the part kept is tokenized
+    if truncate == "none":
+        for text in texts:
+            check_text_fits(tokenizer, text, limit, param)
+    else:
+        texts = [bounded_text(tokenizer, t, limit, "start" if truncate == "end" else "end") for t in texts]
     out = []
     for text, ids in zip(texts, tokenizer(texts)["input_ids"] if texts else [], strict=True):
         ids = list(ids)
@@ -209,7 +217,9 @@ async def score() -> Response:
             f"Input lengths must be either 1:1, 1:N or N:N, got {len(left)}:{len(right)}", param="text_2"
         )
     limit, truncate = token_limit(embedder, req.truncate_prompt_tokens)
-    vectors, lengths = await embed_texts(embedder, left + right, limit, truncate, "text_1")
+    first, first_lengths = await embed_texts(embedder, left, limit, truncate, "text_1")
+    second, second_lengths = await embed_texts(embedder, right, limit, truncate, "text_2")
+    vectors, lengths = np.concatenate([first, second]), first_lengths + second_lengths
     data, used = [], 0
     for index, (i, j) in enumerate(pairs):
         value = float(vectors[i] @ vectors[len(left) + j])

@@ -36,10 +36,16 @@ def sampling_dict(params: SamplingParams) -> dict[str, Any]:
 
 
 def _rendered(
-    ctx: ProtocolContext, model: ServedModel, req: Any, request_id: str, ids: list[int], text: str | None
+    ctx: ProtocolContext,
+    model: ServedModel,
+    req: Any,
+    request_id: str,
+    ids: list[int],
+    text: str | None,
+    prompt_param: str = "prompt",
 ) -> dict[str, Any]:
     params = ctx.sampling_params(model, req, len(ids))
-    ctx.check_generate(model, ids, params, req.priority)
+    ctx.check_generate(model, ids, params, req.priority, prompt_param)
     return schemas.RenderedRequest(
         request_id=request_id,
         model=model.answer_name(req.model),
@@ -98,4 +104,6 @@ async def render_chat_completion() -> Response:
         reasoning_effort=req.reasoning_effort,
         add_special_tokens=req.add_special_tokens,
     )
-    return jsonify(_rendered(ctx, model, req, random_id("chatcmpl"), rendered.token_ids, rendered.text))
+    return jsonify(
+        _rendered(ctx, model, req, random_id("chatcmpl"), rendered.token_ids, rendered.text, "messages")
+    )

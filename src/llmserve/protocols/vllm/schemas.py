@@ -4,7 +4,7 @@ unknown request fields are ignored, like vLLM does."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -21,6 +21,46 @@ class Request(BaseModel):
     """Base of request bodies: unknown fields are ignored."""
 
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+
+# What the request fields accept, stated in the OpenAPI document as the server checks it (the
+# same bounds as the OpenAI request models).
+TokenId = Annotated[int, Field(ge=0)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+Bias = Annotated[float, Field(ge=-100, le=100)]
+Seed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
+# -1 (the context length) or at least 1 token
+Truncate = Annotated[int, Field(ge=1)] | Literal[-1]
+_ROLE = {"type": "string", "minLength": 1}
+_TEXT_PART = {
+    "type": "object",
+    "properties": {"type": {"enum": ["text", "input_text", "output_text"]}, "text": {"type": "string"}},
+    "required": ["type", "text"],
+}
+# A chat message as the template renderer takes it: a role, and text content (image, audio and
+# file parts are a 400: no multimodal model is served).
+MESSAGE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "role": _ROLE,
+        "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}, {"type": "null"}]},
+    },
+    "required": ["role"],
+}
+Messages = Annotated[list[dict[str, Any]], Field(min_length=1, json_schema_extra={"items": MESSAGE_SCHEMA})]
+# prompt: checked by parse_prompts (so the error names the field in plain words)
+PROMPT_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+        {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+        {
+            "type": "array",
+            "items": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+            "minItems": 1,
+        },
+    ]
+}
 
 
 class Wire(BaseModel):
@@ -65,7 +105,7 @@ class TokenizeCompletionRequest(Request):
 
 class TokenizeChatRequest(Request):
     model: str | None = None
-    messages: list[dict[str, Any]]
+    messages: Messages
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     add_special_tokens: bool = False
@@ -90,7 +130,7 @@ class TokenizeResponse(Wire):
 
 class DetokenizeRequest(Request):
     model: str | None = None
-    tokens: list[int]
+    tokens: list[TokenId]
 
 
 class DetokenizeResponse(Wire):
@@ -103,23 +143,23 @@ class DetokenizeResponse(Wire):
 class SamplingFields(Request):
     """vLLM SamplingParams fields; None means "the model's default" (generation_config)."""
 
-    n: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    repetition_penalty: float | None = None
-    seed: int | None = None
+    n: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(None, gt=0, le=2)
+    seed: Seed | None = None
     stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[TokenId] | None = None
     include_stop_str_in_output: bool | None = None
     ignore_eos: bool | None = None
-    max_tokens: int | None = None
-    min_tokens: int | None = None
-    logit_bias: dict[str, float] | None = None
-    allowed_token_ids: list[int] | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    min_tokens: int | None = Field(None, ge=0)
+    logit_bias: dict[str, Bias] | None = None
+    allowed_token_ids: TokenIds | None = None
     skip_special_tokens: bool | None = None
     spaces_between_special_tokens: bool | None = None
     priority: int = Field(0, description="Lower runs first under --scheduling-policy priority.")
@@ -129,15 +169,24 @@ class SamplingFields(Request):
 # --- generate ------------------------------------------------------------------------------------------
 
 
+# exactly one of prompt / prompt_token_ids, not null (null counts as left out)
+_ONE_PROMPT = [
+    {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+    {"required": ["prompt_token_ids"], "properties": {"prompt_token_ids": {"type": "array"}}},
+]
+
+
 class GenerateRequest(SamplingFields):
     """vLLM's low-level ``/generate``: a prompt (text or token ids) plus SamplingParams fields."""
 
+    model_config = ConfigDict(json_schema_extra={"oneOf": _ONE_PROMPT})
+
     model: str | None = None
-    prompt: str | None = None
-    prompt_token_ids: list[int] | None = None
+    prompt: str | None = Field(None, json_schema_extra={"minLength": 1})
+    prompt_token_ids: TokenIds | None = None
     stream: bool = False
-    max_tokens: int | None = 16  # vLLM's SamplingParams default
-    logprobs: int | None = Field(None, description="Return this many top logprobs per generated token.")
+    max_tokens: int | None = Field(16, ge=1)  # vLLM's SamplingParams default
+    logprobs: int | None = Field(None, ge=0, description="Return this many top logprobs per generated token.")
     structured_outputs: dict[str, Any] | None = Field(
         None,
         description="Constrain the output: exactly one of json, regex, choice, grammar, json_object, structural_tag.",
@@ -176,18 +225,18 @@ class GenerateResponse(Wire):
 
 class CompletionRenderRequest(SamplingFields):
     model: str | None = None
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Any = Field(json_schema_extra=PROMPT_SCHEMA)
     add_special_tokens: bool = True
-    truncate_prompt_tokens: int | None = None
+    truncate_prompt_tokens: Truncate | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0)
     echo: bool = False
 
 
 class ChatRenderRequest(SamplingFields):
     model: str | None = None
-    messages: list[dict[str, Any]]
+    messages: Messages
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     add_special_tokens: bool = False
@@ -198,9 +247,9 @@ class ChatRenderRequest(SamplingFields):
     tool_choice: str | dict[str, Any] | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
-    max_completion_tokens: int | None = None
+    max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _one_ending(self) -> ChatRenderRequest:
