@@ -240,7 +240,10 @@ class EngineClient(AsyncEngine):
             self._loop.remove_reader(conn.fileno())
             self._running = False
             if not self.backend._stopping:
-                code = self.backend.proc.wait(STOP_TIMEOUT_S)
+                try:
+                    code = self.backend.proc.wait(2)
+                except subprocess.TimeoutExpired:
+                    code = "none yet (its socket closed)"
                 self._die(f"the engine process (pid {self.pid}) exited with code {code}")
 
     def _handle(self, msg) -> None:

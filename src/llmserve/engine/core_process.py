@@ -39,6 +39,7 @@ class EngineCore:
         self._lock = threading.Lock()  # the device thread and the compile pool both send
         self._sent_stats: EngineStats | None = None
         self._compiler = None
+        self._compiling: dict = {}  # structured outputs still compiling, by what they compile
         self._device = device_thread()
 
     def send(self, message) -> None:
@@ -88,7 +89,8 @@ class EngineCore:
             def verdict(exc: BaseException | None) -> None:
                 self.send(m.ConstraintReady(rid, None if exc is None else m.error_to_wire(exc)))
 
-            params.constraint = constraint_from_wire(command.constraint, self.compiler, verdict)
+            wire = command.constraint
+            params.constraint = constraint_from_wire(wire, self.compiler, verdict, self._compiling)
             self.engine.add_request(rid, command.prompt_token_ids, params, priority=command.priority)
         except Exception as exc:  # e.g. a request the scheduler can never fit
             if not isinstance(exc, LLMServeError):

@@ -36,8 +36,10 @@ class RemoteSpec(ConstraintSpec):
         raise LLMServeError("this constraint is compiled in the engine process")
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Expect the engine's verdict (the request is being sent)."""
-        self._verdict = loop.create_future()
+        """Expect the engine's verdict (a request with it is being sent). The prompts of one
+        request body share a spec: the first verdict, the same for all, answers every one."""
+        if self._verdict is None:
+            self._verdict = loop.create_future()
 
     def resolve(self, error: BaseException | None) -> None:
         """The engine's verdict: compiled (None), or the error to raise from ``ready``."""
@@ -102,25 +104,33 @@ def constraint_from_wire(
     data: dict[str, Any] | None,
     compiler: Callable[[], Any],
     on_verdict: Callable[[BaseException | None], None],
+    compiling: dict[str, ConstraintSpec],
 ) -> ConstraintSpec | None:
     """The engine process's ConstraintSpec of ``constraint_to_wire``'s data. A structured output
-    starts compiling on ``compiler()``'s pool; ``on_verdict`` hears how it went (from that pool's
-    thread, or at once when it was cached)."""
+    starts compiling on ``compiler()``'s pool, or joins the same one still compiling (kept in
+    ``compiling``: the prompts of one request body come as several requests); ``on_verdict``
+    hears how it went (from that pool's thread, or at once when it was cached)."""
     if data is None:
         return None
     kind = data["kind"]
     if kind == "structured":
-        values = dict(data["spec"])
-        if values.get("choice") is not None:
-            values["choice"] = tuple(values["choice"])
-        spec = compiler().start(StructuredOutputs(**values))
+        key = repr(sorted(data["spec"].items()))
+        spec = compiling.get(key)
+        if spec is None:
+            values = dict(data["spec"])
+            if values.get("choice") is not None:
+                values["choice"] = tuple(values["choice"])
+            spec = compiler().start(StructuredOutputs(**values))
+            if isinstance(spec, PendingSpec):
+                compiling[key] = spec
+                spec.future.add_done_callback(lambda f: compiling.pop(key, None))
         if isinstance(spec, PendingSpec):
             spec.future.add_done_callback(lambda f: on_verdict(f.exception()))
         else:
             on_verdict(None)
         return spec
     if kind == "after":
-        inner = constraint_from_wire(data["inner"], compiler, on_verdict)
+        inner = constraint_from_wire(data["inner"], compiler, on_verdict, compiling)
         return AfterMarker(inner, data["marker"], data["budget"])
     if kind == "pickle":
         return pickle.loads(data["data"])
