@@ -180,7 +180,10 @@ def load_engine(config, model_dir: str) -> LLMEngine:
 
 
 def main(fd: int) -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the API process decides when to stop
+    # The API process decides when to stop (Shutdown, or its end of the socket closing): a Ctrl-C
+    # or a SIGTERM sent to the whole process group must not look like an engine death.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     conn = Connection(fd)
     config, model_dir = pickle.loads(conn.recv_bytes())
     from llmserve.server.logs import setup_logging
