@@ -19,7 +19,7 @@ SERVE_FLAGS = (
     "--enable-prefix-caching --enable-auto-tool-choice --tool-call-parser --reasoning-parser "
     "--allowed-origins --enable-request-id-headers --embedding-model --backend --log-level "
     "--enforce-eager --no-enable-prefix-caching -tp --max-request-body-bytes --max-waiting-requests "
-    "--trust-request-chat-template --scheduling-policy --enable-sleep-mode --logits-processors"
+    "--trust-request-chat-template --scheduling-policy --enable-sleep-mode --logits-processors --engine-process"
 ).split()
 
 

@@ -164,13 +164,29 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+def _tp_workers(pid: int) -> list[int]:
+    """The tensor-parallel workers under ``pid``: its children, or with --engine-process its
+    engine process's children."""
+    found = []
+    for child in _children(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"worker_main" in cmdline:
+            found.append(child)
+        elif b"core_process" in cmdline:
+            found += _tp_workers(child)
+    return found
+
+
 def test_killed_tensor_parallel_worker_makes_the_server_unhealthy_and_exit(smollm2_dir):
     proc = ServerProcess(
         str(smollm2_dir), "--embedding-model", "none", "--tensor-parallel-size", "2", "--max-model-len", "512",
         "--dtype", "float32", timeout=300,
     )  # fmt: skip
     try:
-        workers = _children(proc.proc.pid)
+        workers = _tp_workers(proc.proc.pid)
         assert len(workers) == 1, workers
         lines: list[str] = []
         got_first = threading.Event()

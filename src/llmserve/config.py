@@ -163,6 +163,13 @@ class Config(ServerFlags):
         json_schema_extra=ENGINE,
         description="Allow /sleep and /wake_up to release and restore the models' device memory.",
     )
+    engine_process: bool = Field(
+        False,
+        json_schema_extra=ENGINE,
+        description="Run each generative model's engine core (scheduler, backend) in its own process, "
+        "apart from HTTP handling and detokenizing (vLLM v1's engine-core process). The offline LLM "
+        "always runs in process.",
+    )
     logits_processors: StrList = Field(
         default_factory=list,
         json_schema_extra=ENGINE,

@@ -167,9 +167,14 @@ class AsyncEngine:
             raise EngineDeadError(f"The engine stopped after an error: {self.error}")
         if self.is_sleeping:
             raise OverloadedError("The engine is sleeping; POST /wake_up first.")
-        self.engine.validate(prompt_token_ids, params, priority, prompt_param)
+        self._validate(prompt_token_ids, params, priority, prompt_param)
         if len(self._streams) >= self.config.max_num_seqs + self.config.max_waiting_requests:
             raise OverloadedError("Too many requests in flight; try again later.")
+
+    def _validate(
+        self, prompt_token_ids: list[int], params: SamplingParams, priority: int, prompt_param: str
+    ) -> None:
+        self.engine.validate(prompt_token_ids, params, priority, prompt_param)
 
     async def abort(self, request_id: str) -> None:
         self._send(AbortRequest(request_id))

@@ -33,7 +33,7 @@ class SeqEvent:
     stop_reason: int | str | None
     num_output_tokens: int
     num_cached_tokens: int
-    prompt_logprobs: list | None = None
+    prompt_logprobs: list[tuple[TokenLogprob, list[TokenLogprob]]] | None = None
     scheduled_time: float | None = None  # when the request was first scheduled (queue time ends)
     error: str | None = None  # with finish_reason "abort": the engine ended it (a failed constraint)
 
@@ -125,33 +125,11 @@ class LLMEngine:
     ) -> None:
         """Reject what can never run, with a message naming the numbers; ``prompt_param`` is the
         request field the prompt came from (``messages`` for chat, ``input`` for Responses)."""
-        policy = self.scheduler.config.scheduling_policy
-        if priority != 0 and policy != "priority":
-            raise InvalidRequestError(
-                f"priority {priority} needs the 'priority' scheduling policy (this engine is {policy!r})",
-                param="priority",
-            )
-        if not prompt_token_ids:
-            raise InvalidRequestError(
-                f"The prompt ({prompt_param}) is empty; at least one token is required.", param=prompt_param
-            )
-        vocab = self.model_info.vocab_size
-        bad = next((t for t in prompt_token_ids if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise InvalidRequestError(
-                f"{prompt_param}: token id {bad} is out of vocabulary (size {vocab}).", param=prompt_param
-            )
-        params.check_vocab(vocab)
-        params.check_limits(self.config)
-        prompt_len = len(prompt_token_ids)
-        max_tokens = params.max_tokens or 0
-        if prompt_len + max_tokens > self.max_model_len or prompt_len >= self.max_model_len:
-            raise InvalidRequestError(
-                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
-                f"{prompt_len + max_tokens} tokens ({prompt_len} in the {prompt_param}, {max_tokens} in the "
-                f"completion). Please reduce the length of the {prompt_param} or completion.",
-                param="max_tokens" if max_tokens and prompt_len < self.max_model_len else prompt_param,
-            )
+        validate_request(
+            prompt_token_ids, params, priority, policy=self.scheduler.config.scheduling_policy,
+            vocab_size=self.model_info.vocab_size, max_model_len=self.max_model_len, config=self.config,
+            prompt_param=prompt_param,
+        )  # fmt: skip
 
     def add_request(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int = 0
@@ -271,3 +249,38 @@ class LLMEngine:
             computed = min(seq.num_computed_tokens, seq.num_prompt_tokens)
             phases[request_id] = ("prefill" if computed < seq.num_prompt_tokens else "generation", computed)
         return phases
+
+
+def validate_request(
+    prompt_token_ids: list[int], params: SamplingParams, priority: int, *, policy: str, vocab_size: int,
+    max_model_len: int, config, prompt_param: str = "prompt",
+) -> None:  # fmt: skip
+    """Reject what can never run on an engine of this policy, vocabulary and context length, with
+    a message naming the numbers (the API process checks with it before sending a request).
+    ``prompt_param`` is the request field the prompt came from."""
+    if priority != 0 and policy != "priority":
+        raise InvalidRequestError(
+            f"priority {priority} needs the 'priority' scheduling policy (this engine is {policy!r})",
+            param="priority",
+        )
+    if not prompt_token_ids:
+        raise InvalidRequestError(
+            f"The prompt ({prompt_param}) is empty; at least one token is required.", param=prompt_param
+        )
+    vocab = vocab_size
+    bad = next((t for t in prompt_token_ids if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise InvalidRequestError(
+            f"{prompt_param}: token id {bad} is out of vocabulary (size {vocab}).", param=prompt_param
+        )
+    params.check_vocab(vocab)
+    params.check_limits(config)
+    prompt_len = len(prompt_token_ids)
+    max_tokens = params.max_tokens or 0
+    if prompt_len + max_tokens > max_model_len or prompt_len >= max_model_len:
+        raise InvalidRequestError(
+            f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+            f"{prompt_len + max_tokens} tokens ({prompt_len} in the {prompt_param}, {max_tokens} in the "
+            f"completion). Please reduce the length of the {prompt_param} or completion.",
+            param="max_tokens" if max_tokens and prompt_len < max_model_len else prompt_param,
+        )

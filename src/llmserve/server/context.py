@@ -209,6 +209,13 @@ class ProtocolContext:
         if compiler is None:
             engine = self._engine(model)
             info = engine.model_info
+            if engine.engine is None:  # an engine process: it compiles (structured/remote.py)
+                from llmserve.structured.remote import RemoteCompiler
+
+                compiler = self._compilers[model.name] = RemoteCompiler(
+                    self.config.structured_outputs_timeout
+                )
+                return compiler
             compiler = self._compilers[model.name] = StructuredOutputCompiler(
                 model.tokenizer,
                 info.vocab_size,

@@ -107,6 +107,10 @@ def build_context(config: Config, plugins: Plugins) -> ProtocolContext:
         elif kind == EMBED:
             embed_backend = embed_backend or backend_cls(config)
             context.models.add(_load_embedder(embed_backend, model.path, names))
+        elif config.engine_process:
+            served = _load_engine_process(share, model.path, names)
+            context.backends.append(served.engine.backend)  # the process, stopped by release()
+            context.models.add(served)
         else:
             backend = backend_cls(share)
             context.backends.append(backend)
@@ -139,6 +143,16 @@ def _load_generator(config: Config, plugins: Plugins, backend, path: Path, names
 
     processors = [plugins.logits_processors()[name].obj() for name in config.logits_processors]
     engine = AsyncEngine.create(config, backend, str(path), model_name=names[0], logits_processors=processors)
+    return _served_generator(config, engine, path, names)
+
+
+def _load_engine_process(config: Config, path: Path, names: list[str]) -> ServedModel:
+    from llmserve.engine.core_client import EngineClient
+
+    return _served_generator(config, EngineClient.create(config, str(path), names[0]), path, names)
+
+
+def _served_generator(config: Config, engine, path: Path, names: list[str]) -> ServedModel:
     return ServedModel(
         name=names[0],
         aliases=tuple(names[1:]),

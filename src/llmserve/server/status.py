@@ -47,7 +47,7 @@ async def model_status(model, now: float) -> dict[str, Any]:
         return base
     stats = engine.stats()
     phases = {} if engine.is_dead else await engine.request_phases()
-    block_bytes = engine.model_info.kv_bytes_per_token() * engine.engine.config.block_size
+    block_bytes = engine.model_info.kv_bytes_per_token() * engine.config.block_size
     used = stats.num_total_blocks - stats.num_free_blocks
     queries = stats.prefix_cache_queries
     return {
