@@ -1,8 +1,9 @@
 """Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s serve`, `nox -s bench`,
-`nox -s bench_throughput`, `nox -s fuzz`, `nox -s slow`, `nox -s soak`."""
+`nox -s bench_throughput`, `nox -s fuzz`, `nox -s slow`, `nox -s soak`, `nox -s engine_process`."""
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
@@ -127,6 +128,18 @@ def fuzz(session: nox.Session) -> None:
     session.install(TORCH, "-e", ".[test]")
     env = {"LLMSERVE_FUZZ_EXAMPLES": "60", "LLMSERVE_FUZZ_PHASES": "examples,coverage,fuzzing,stateful"}
     session.run("python", "-m", "pytest", "-s", "tests/test_fuzz.py", *session.posargs, env=env)
+
+
+@nox.session
+def engine_process(session: nox.Session) -> None:
+    """The server-level suites again with each model's engine core in its own process."""
+    session.install(TORCH, "-e", ".[test]")
+    suites = [
+        "tests/test_engine_process.py", "tests/test_server.py", "tests/test_server_policies.py",
+        "tests/test_faults.py", "tests/test_load.py", "tests/test_structured_outputs.py",
+        "tests/test_engine_metrics.py", *glob.glob("tests/test_openai_*.py"),
+    ]  # fmt: skip
+    session.run("python", "-m", "pytest", *suites, *session.posargs, env={"LLMSERVE_ENGINE_PROCESS": "1"})
 
 
 @nox.session
