@@ -17,6 +17,7 @@ from llmserve.protocols.shared import chat_template, sampling
 from llmserve.protocols.shared import prompts as prompt_parsing
 from llmserve.server.limits import ClientLimits
 from llmserve.server.registry import EMBED, GENERATE, TRANSCRIBE, ModelRegistry, ServedModel
+from llmserve.server.speech_options import check_speech_options
 from llmserve.structured import StructuredOutputCompiler, StructuredOutputs, parse_request
 from llmserve.structured.reasoning import AfterMarker
 
@@ -325,22 +326,7 @@ class ProtocolContext:
         if service is None:
             raise InvalidRequestError(f"The model `{model.name}` does not transcribe audio.", param="model")
         runner = service.transcriber
-        if task not in ("transcribe", "translate"):
-            raise InvalidRequestError(f"unknown task {task!r}", param="task")
-        if language is not None:
-            language = language.strip().lower() or None
-        if language is not None and language not in runner.languages:
-            raise InvalidRequestError(
-                f"Language {language!r} is not supported by `{model.name}`; supported: "
-                f"{', '.join(runner.languages)}.",
-                param="language",
-            )
-        if task == "translate" and not runner.multilingual:
-            raise InvalidRequestError(
-                f"The model `{model.name}` is English-only and cannot translate.", param="model"
-            )
-        if not 0.0 <= temperature <= 1.0:
-            raise InvalidRequestError("temperature must be between 0 and 1", param="temperature")
+        language = check_speech_options(model.name, runner, task, language, temperature)
         prompt_ids: list[int] = []
         if prompt:
             # Whisper keeps at most half its context for earlier text; the most recent part counts.
