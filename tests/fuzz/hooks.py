@@ -9,6 +9,10 @@ import schemathesis
 # Values at or under the cap (zero and negatives included) go through as generated.
 CAPS = {"max_tokens": 4, "max_completion_tokens": 4, "max_output_tokens": 4, "n": 2, "best_of": 2,
         "min_tokens": 2, "max_tokens_per_doc": 16}  # fmt: skip
+# A request's own time budget (vLLM's `timeout`): a valid one this short is answered 504 by design
+# (tests/test_operations.py covers it), so valid values are raised to a floor; zero and
+# negatives go through as generated.
+FLOORS = {"timeout": 120.0}
 
 
 def _cap(body):
@@ -18,6 +22,10 @@ def _cap(body):
             # floats too: 5e8 passes as an integer, and Anthropic's max_tokens is only a ceiling
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value > cap:
                 body[key] = cap
+        for key, floor in FLOORS.items():
+            value = body.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < floor:
+                body[key] = floor
     return body
 
 
