@@ -892,3 +892,33 @@ def test_a_compiling_constraint_holds_back_only_the_last_prompt_token() -> None:
         all(t % 2 == 0 for t in waiting.seqs[0].output_token_ids) and waiting.seqs[0].finish_reason == "stop"
     )
     assert sched.blocks.num_free_blocks == 32
+
+
+def test_a_compile_ending_mid_schedule_never_schedules_an_empty_chunk() -> None:
+    """The compile ends on another thread: it may end between two reads of `compiling` in one
+    schedule() (seen as 'batch item has no tokens', an engine death)."""
+    from concurrent.futures import Future
+
+    from llmserve.structured.pending import PendingSpec
+
+    sched, backend = make(32, 4, budget=256, vocab=10, constraints=True)
+    compiled: Future = Future()
+    waiting = req("waits", prompt(1, 9), max_tokens=4, constraint=PendingSpec(compiled, 10, RuntimeError))
+    sched.add_request(waiting)
+    step(sched, backend)  # the prompt but its last token
+    constraint = waiting.seqs[0].constraint
+    answers = iter([False])  # not ready at the first read, ready from the second on
+
+    def flips() -> bool:
+        ready = next(answers, True)
+        if ready and not compiled.done():
+            compiled.set_result(EvenSpec(length=2))
+        return ready
+
+    constraint.is_ready = flips
+    for _ in range(3):
+        out = sched.schedule()
+        assert all(c.num_new_tokens > 0 for c in out.chunks), out.chunks
+        sched.update(out, backend.execute(sched.make_batch(out)) if out.chunks else [])
+    drive(sched, backend)
+    assert waiting.seqs[0].finish_reason == "stop" and sched.blocks.num_free_blocks == 32

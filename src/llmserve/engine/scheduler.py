@@ -153,8 +153,8 @@ class Scheduler:
                 if seq.status is not RUNNING or seq.is_decode is not decodes:
                     continue  # preempted earlier in this step, or not this pass
                 num_new = self._chunk_size(seq, seq.num_computed_tokens, budget)
-                if num_new == 0 and seq.compiling:
-                    continue  # its prompt is computed; it samples once its constraint is compiled
+                if num_new == 0:  # its prompt is computed; it samples once its constraint is compiled
+                    continue  # (not `and seq.compiling`: the compile may end between the two reads)
                 freed = self._reserve(seq, num_new, scheduled, out)
                 if freed is not None:
                     chunk = ScheduledChunk(seq, num_new, seq.num_computed_tokens + num_new == seq.num_tokens)
@@ -169,7 +169,7 @@ class Scheduler:
             shared = self._shared_prefix(seq)
             num_computed = len(shared) * bs
             num_new = self._chunk_size(seq, num_computed, budget)
-            held = num_new == 0 and seq.compiling
+            held = num_new == 0  # only a compiling constraint holds a prompt's last token back
             if held or not self.blocks.can_allocate(shared, num_computed + num_new):
                 break  # nobody overtakes the head of the queue (not even one whose constraint compiles)
             self.waiting.pop()
