@@ -28,6 +28,7 @@ def run_checks(out: Path, *options: str) -> tuple[subprocess.CompletedProcess, d
     return proc, report
 
 
+@pytest.mark.slow  # nox -s slow: about a minute of CPU
 def test_dry_run_produces_every_figure(tmp_path):
     proc, report = run_checks(tmp_path, "--device", "cpu", "--quick", "--stages", ",".join(STAGES))
     log = (tmp_path / "checks.log").read_text()

@@ -172,7 +172,7 @@ class ChatMessage(OpenAIModel):
 
     model_config = ConfigDict(extra="allow")
 
-    role: str
+    role: str = Field(min_length=1)
     content: str | list[Any] | None = Field(None, json_schema_extra=CONTENT_SCHEMA)
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
