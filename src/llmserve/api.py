@@ -79,7 +79,7 @@ from llmserve.parsers.markers import locate
 from llmserve.parsers.pipeline import ParsedOutput, ParserPipeline
 from llmserve.protocols.shared.ids import now, random_id
 from llmserve.protocols.shared.parsing import parse_body, parse_json, validate_model
-from llmserve.protocols.shared.prompts import Prompt, bounded_text, check_text_fits
+from llmserve.protocols.shared.prompts import PROMPT_SCHEMA, Prompt, bounded_text, check_text_fits
 from llmserve.protocols.shared.sse import (
     SSE_DONE,
     error_body,
@@ -108,6 +108,7 @@ def context() -> ProtocolContext:
 
 
 __all__ = [
+    "PROMPT_SCHEMA",
     "EMBED",
     "GENERATE",
     "SSE_DONE",

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmserve.api import PROMPT_SCHEMA
+
 # What the request fields accept, stated in the OpenAPI document as the server checks it.
 TokenId = Annotated[int, Field(ge=0)]
 Bias = Annotated[float, Field(ge=-100, le=100)]
@@ -60,19 +62,6 @@ STRUCTURED_SCHEMA = {
         },
         {"type": "object", "properties": {"json_object": {"const": True}}, "required": ["json_object"]},
         {"type": "null"},
-    ]
-}
-# prompt / input: checked by parse_prompts (so the error names the field in plain words)
-PROMPT_SCHEMA = {
-    "anyOf": [
-        {"type": "string", "minLength": 1},
-        {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
-        {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
-        {
-            "type": "array",
-            "items": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
-            "minItems": 1,
-        },
     ]
 }
 

@@ -21,6 +21,22 @@ _SPACE = re.compile(r"\s+")
 _LONGEST: dict[int, int] = {}  # id(tokenizer) -> characters in its longest token
 
 
+# The JSON schema of the prompt forms parse_prompts takes (text, texts, token ids, lists of
+# token ids); parse_prompts checks them itself, so its errors name the field in plain words.
+PROMPT_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+        {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+        {
+            "type": "array",
+            "items": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+            "minItems": 1,
+        },
+    ]
+}
+
+
 def _chars_per_token(tokenizer: Any) -> int:
     """At most how many non-space characters one token covers: the longest token string, twice
     over for normalizers that fold characters."""

@@ -16,6 +16,8 @@ from pydantic import (
     model_validator,
 )
 
+from llmserve.api import PROMPT_SCHEMA
+
 
 class Request(BaseModel):
     """Base of request bodies: unknown fields are ignored."""
@@ -48,19 +50,6 @@ MESSAGE_SCHEMA = {
     "required": ["role"],
 }
 Messages = Annotated[list[dict[str, Any]], Field(min_length=1, json_schema_extra={"items": MESSAGE_SCHEMA})]
-# prompt: checked by parse_prompts (so the error names the field in plain words)
-PROMPT_SCHEMA = {
-    "anyOf": [
-        {"type": "string", "minLength": 1},
-        {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
-        {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
-        {
-            "type": "array",
-            "items": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
-            "minItems": 1,
-        },
-    ]
-}
 
 
 class Wire(BaseModel):
