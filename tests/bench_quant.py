@@ -129,6 +129,14 @@ def server_rss(quant: str | None) -> float:
     return kb / 2**20
 
 
+def head_bytes(model) -> int:
+    """Bytes of the LM head (quantised under every --quantization method; float otherwise)."""
+    head = model.lm_head
+    if isinstance(head, QuantLinear):
+        return head.weight_bytes()
+    return head.weight.numel() * head.weight.element_size()
+
+
 def weight_bytes(model) -> tuple[int, int]:
     """(bytes of the decoder's linear weights, bytes of every other parameter, tied ones once)."""
     linear = sum(
@@ -157,10 +165,10 @@ def table(runners: dict, prompts: list[list[int]], text_ids: list[int], timed: b
             best32[name] = min(best32[name], step_time(r, prompts[0], BATCH, 8))
     print(f"\n{len(PROMPTS)} prompts, {STEPS} greedy tokens each; perplexity on {len(text_ids)} tokens\n")
     print(
-        "| weights | linear weights | other float weights | first tokens = float32 | identical tokens "
+        "| weights | linear weights | LM head | other float weights | first tokens = float32 | identical tokens "
         "| perplexity | decode ms/token, batch 1 | tok/s, batch 32 |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in runners.items():
         linear, other = weight_bytes(r.model)
         prefix = [
@@ -171,7 +179,8 @@ def table(runners: dict, prompts: list[list[int]], text_ids: list[int], timed: b
             a == b for o, f in zip(outputs[name], ref, strict=False) for a, b in zip(o, f, strict=False)
         )
         print(
-            f"| {name} | {linear / 2**20:.1f} MiB | {other / 2**20:.1f} MiB | {'/'.join(map(str, prefix))} "
+            f"| {name} | {linear / 2**20:.1f} MiB | {head_bytes(r.model) / 2**20:.1f} MiB | {other / 2**20:.1f} MiB "
+            f"| {'/'.join(map(str, prefix))} "
             f"| {same}/{len(PROMPTS) * STEPS} | {perplexity(r, text_ids):.3f} "
             + (f"| {best1[name] * 1e3:.1f} | {BATCH / best32[name]:.0f} |" if timed else "| - | - |")
         )

@@ -12,6 +12,7 @@ from conftest import ServerProcess
 from torch import nn
 
 from llmserve.backends.base import Batch, BatchItem
+from llmserve.backends.torch.quant_head import QuantEmbedding, quantize_head, quantize_int8_groups
 from llmserve.backends.torch.quant_linear import QuantLinear, pack_int4, quantize_linears
 from llmserve.config import Config
 from llmserve.errors import ConfigError
@@ -27,9 +28,39 @@ def test_kernel_equals_float_matmul_on_the_dequantised_weight(bits, group, rows,
     torch.manual_seed(0)
     linear = nn.Linear(128, 77, bias=bias)  # 77 outputs: an odd weight-row tile at the end
     quant = QuantLinear.from_linear(linear, bits, group)
+    quant.int8_activations = False  # float activations: exact up to float rounding
     x = torch.randn(rows, 128)
     expected = F.linear(x, quant.dequantize(), linear.bias)
     torch.testing.assert_close(quant(x), expected, atol=1e-4, rtol=1e-4)
+
+
+def quantize_activations(x: torch.Tensor) -> torch.Tensor:
+    """x as the integer kernels see it: int8 codes times a scale (max |x| / 127) per 32 inputs."""
+    blocks = x.view(x.shape[0], -1, 32)
+    scale = blocks.abs().amax(-1, keepdim=True) / 127
+    codes = torch.round(blocks / torch.where(scale > 0, scale, torch.ones_like(scale)))
+    return (codes * scale).view_as(x)
+
+
+@pytest.mark.parametrize("bits,group", CASES + [(8, 32)])
+@pytest.mark.parametrize("rows", [1, 2, 3])  # rows below _INT8_ROWS take the integer kernels
+@pytest.mark.parametrize("bias", [False, True])
+def test_integer_kernels_equal_the_quantised_activation_reference(bits, group, rows, bias):
+    torch.manual_seed(3)
+    linear = nn.Linear(128, 77, bias=bias)
+    if bits == 8 and group == 32:  # Q8_0's layout: a scale per 32 weights
+        codes, scales = quantize_int8_groups(linear.weight.detach())
+        quant = QuantLinear(8, codes, scales, None, 32, linear.bias)
+    else:
+        quant = QuantLinear.from_linear(linear, bits, group)
+    assert quant.int8_activations
+    x = torch.randn(rows, 128) * torch.linspace(0.1, 4, 128)  # blocks of different ranges
+    b = None if linear.bias is None else linear.bias.double()
+    expected = F.linear(quantize_activations(x).double(), quant.dequantize().double(), b).float()
+    torch.testing.assert_close(quant(x), expected, atol=2e-4, rtol=1e-4)
+    # and within int8 rounding of the float-activation result
+    exact = F.linear(x, quant.dequantize(), linear.bias)
+    assert ((quant(x) - exact).norm() / exact.norm()).item() < 0.02
 
 
 @pytest.mark.parametrize("bits,group,bound", [(8, 0, 0.01), (4, 32, 0.12), (4, 64, 0.15)])
@@ -69,11 +100,33 @@ def test_group_size_must_divide_the_inputs():
         QuantLinear.from_linear(nn.Linear(96, 8), 4, 64)
 
 
-def test_lm_head_stays_float():
+def test_projections_are_quantised_and_the_head_is_left_to_quantize_head():
     model = nn.Module()
     model.proj, model.lm_head = nn.Linear(64, 64), nn.Linear(64, 100)
     assert quantize_linears(model, "int8", 32) == 1
     assert isinstance(model.proj, QuantLinear) and type(model.lm_head) is nn.Linear
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_tied_head_and_embedding_share_int8_codes(bits):
+    torch.manual_seed(4)
+    model = nn.Module()
+    model.model = nn.Module()
+    model.model.embed_tokens = nn.Embedding(100, 64)
+    model.lm_head = nn.Linear(64, 100, bias=False)
+    model.lm_head.weight = model.model.embed_tokens.weight  # tied
+    float_weight = model.lm_head.weight.detach().clone()
+    given = QuantLinear.from_linear(model.lm_head, 4, 32) if bits == 4 else None
+    head = quantize_head(model, given)
+    assert model.lm_head is head and head.bits == bits
+    assert isinstance(model.model.embed_tokens, QuantEmbedding)
+    ids = torch.tensor([[3, 99], [0, 42]])
+    rows = model.model.embed_tokens(ids)
+    assert rows.shape == (2, 2, 64)
+    torch.testing.assert_close(rows.view(4, 64), head.dequantize()[ids.view(-1)], atol=0, rtol=0)
+    if bits == 8:  # within half a step of each 32-weight group's scale
+        step = float_weight.view(100, 2, 32).abs().amax(-1, keepdim=True) / 127
+        assert ((head.dequantize().view(100, 2, 32) - float_weight.view(100, 2, 32)).abs() <= step * 0.51).all()
 
 
 def test_flag_checks():

@@ -80,6 +80,7 @@ def test_layer_equals_float_matmul_on_the_dequantised_weight(type_name, rows):
     bias = torch.randn(24)
     layer = _layer(type_name, data, 24, 512, bias)
     assert layer.bits == (8 if type_name in ("Q8_0", "Q5_0") else 4) and layer.group_size == 32
+    layer.int8_activations = False  # the exact float path (the integer one: test_quantization.py)
     x = torch.randn(rows, 512)
     torch.testing.assert_close(layer(x), F.linear(x, layer.dequantize(), bias), atol=1e-4, rtol=1e-4)
     reference = torch.from_numpy(quants.dequantize(data, GGMLQuantizationType[type_name]))
@@ -120,10 +121,11 @@ def test_mixed_gguf_serves_its_blocks_as_the_float_conversion_reads_them(mixed_d
     float_runner, gguf_runner = _runner(mixed_dir, None), _runner(mixed_dir, "gguf")
     floats = dict(float_runner.model.named_modules())
     layers = {name: m for name, m in gguf_runner.model.named_modules() if isinstance(m, QuantLinear)}
+    head = layers.pop("lm_head")  # the file's Q8_0 token_embd blocks, tied: the same floats
+    assert head.bits == 8 and torch.equal(head.dequantize(), float_runner.model.lm_head.weight.detach())
     expected_bits = {"qkv_proj": 8, "o_proj": 4, "gate_up_proj": 4, "down_proj": 4}
     assert len(layers) == 30 * 4 - len(KEPT_FLOAT) and not KEPT_FLOAT & set(layers)
     assert all(type(dict(gguf_runner.model.named_modules())[n]) is torch.nn.Linear for n in KEPT_FLOAT)
-    assert type(gguf_runner.model.lm_head) is torch.nn.Linear  # tied to the float embeddings
     for name, layer in layers.items():
         proj = name.rpartition(".")[2]
         assert layer.bits == (8 if name == "model.layers.2.self_attn.o_proj" else expected_bits[proj]), name

@@ -143,3 +143,22 @@ def load_gguf_linears(model: nn.Module, gguf_path: str | Path) -> tuple[int, int
         setattr(modules[owner], attr, QuantLinear(bits, codes, scales, mins, GROUP, linear.bias))
         replaced += 1
     return replaced, kept
+
+
+def gguf_head(model: nn.Module, gguf_path: str | Path) -> QuantLinear | None:
+    """The LM head from the file's own ``output`` blocks (``token_embd`` when tied), or None
+    when their type is one the kernels do not take (quant_head then quantises the float head)."""
+    from gguf import GGUFReader
+
+    tensors = {t.name: t for t in GGUFReader(str(gguf_path)).tensors}
+    tensor = tensors.get("output.weight") or tensors.get("token_embd.weight")
+    linear = getattr(model, "lm_head", None)
+    if tensor is None or type(linear) is not nn.Linear:
+        return None
+    cols, rows = (int(n) for n in tensor.shape)
+    decoded = decode_blocks(tensor.data, tensor.tensor_type.name, rows, cols)
+    if decoded is None or rows != linear.out_features or cols != linear.in_features:
+        return None
+    bits, codes, scales, mins = decoded
+    as_tensor = None if mins is None else torch.from_numpy(mins)
+    return QuantLinear(bits, torch.from_numpy(codes), torch.from_numpy(scales), as_tensor, GROUP, linear.bias)

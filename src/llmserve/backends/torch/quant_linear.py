@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ("int8", "int4", "gguf")
 _DEQUANT_ROWS = 64
+_INT8_ROWS = 4  # below this many rows x is quantised to int8 (integer dot products): faster there
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -37,10 +38,12 @@ def _declare(lib: ctypes.CDLL) -> None:
         "linear_int4": [ptr] * 6 + [i64] * 4 + [c_int],
         "dequant_int8": [ptr] * 3 + [i64] * 4 + [c_int],
         "dequant_int4": [ptr] * 4 + [i64] * 4 + [c_int],
+        "linear_int8_q8": [ptr] * 5 + [i64] * 4 + [c_int],
+        "linear_int4_q8": [ptr] * 6 + [i64] * 4 + [c_int],
     }
     for name, args in signatures.items():
         fn = getattr(lib, name)
-        fn.restype, fn.argtypes = None, args
+        fn.restype, fn.argtypes = (c_int if name.endswith("_q8") else None), args
 
 
 def kernels() -> ctypes.CDLL:
@@ -86,6 +89,9 @@ class QuantLinear(nn.Module):
         self.register_buffer("mins", None if mins is None else mins.to(torch.float16).contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
         self.lib = kernels()
+        # Integer dot products on x quantised per 32 inputs (see csrc): for K, G multiples of 32.
+        self.int8_activations = self.in_features % 32 == 0 and group_size % 32 == 0
+        self._bind()
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, bits: int, group_size: int) -> QuantLinear:
@@ -122,21 +128,31 @@ class QuantLinear(nn.Module):
             self.lib.dequant_int4(*args)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead, dtype = x.shape[:-1], x.dtype
-        x2 = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
+        dtype, K = x.dtype, self.in_features
+        x2 = x if x.dim() == 2 and dtype == torch.float32 else x.reshape(-1, K).to(torch.float32)
+        x2 = x2.contiguous()
         rows = x2.shape[0]
         if rows >= _DEQUANT_ROWS:
             out = F.linear(x2, self.dequantize(), self.bias)
         else:
             out = torch.empty(rows, self.out_features)
-            N, K, G, threads = self.out_features, self.in_features, self.group_size, torch.get_num_threads()
-            if self.bits == 8:
-                args = (_ptr(x2), _ptr(self.qweight), _ptr(self.scales), _ptr(self.bias), _ptr(out))
-                self.lib.linear_int8(*args, rows, N, K, G, threads)
-            else:
-                args = (_ptr(x2), _ptr(self.qweight), _ptr(self.scales), _ptr(self.mins), _ptr(self.bias))
-                self.lib.linear_int4(*args, _ptr(out), rows, N, K, G, threads)
-        return out.to(dtype).view(*lead, self.out_features)
+            shape = (rows, self.out_features, K, self.group_size, torch.get_num_threads())
+            args = (x2.data_ptr(), *self._weights, out.data_ptr(), *shape)
+            if not (rows < _INT8_ROWS and self.int8_activations and self._int8_kernel(*args)):
+                self._kernel(*args)  # float activations (also where the int8 scratch failed)
+        if x.dim() == 2 and dtype == torch.float32:
+            return out
+        return out.to(dtype).view(*x.shape[:-1], self.out_features)
+
+    def _bind(self) -> None:
+        """The kernels and the weight buffers' addresses (the buffers never move: CPU only)."""
+        lib = self.lib
+        if self.bits == 8:
+            self._weights = (_ptr(self.qweight), _ptr(self.scales), _ptr(self.bias))
+            self._kernel, self._int8_kernel = lib.linear_int8, lib.linear_int8_q8
+        else:
+            self._weights = (_ptr(self.qweight), _ptr(self.scales), _ptr(self.mins), _ptr(self.bias))
+            self._kernel, self._int8_kernel = lib.linear_int4, lib.linear_int4_q8
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, int{self.bits}, group={self.group_size}"

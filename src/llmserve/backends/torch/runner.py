@@ -107,13 +107,17 @@ class TorchModelRunner:
         gguf_file = self._gguf_file() if self.quantization == "gguf" else None
         self.model = load_model(self.model_dir, cfg, self.dtype, self.device, self.tp)
         if gguf_file is not None:
-            from llmserve.backends.torch.gguf_linear import load_gguf_linears
+            from llmserve.backends.torch.gguf_linear import gguf_head, load_gguf_linears
+            from llmserve.backends.torch.quant_head import quantize_head
 
             load_gguf_linears(self.model, gguf_file)
+            quantize_head(self.model, gguf_head(self.model, gguf_file))
         elif self.quantization:
+            from llmserve.backends.torch.quant_head import quantize_head
             from llmserve.backends.torch.quant_linear import quantize_linears
 
             quantize_linears(self.model, self.quantization, self.group_size)
+            quantize_head(self.model)
         if self.tp is None and self.device.type == "cpu" and self.dtype == torch.bfloat16:
             pack_linears(self.model)
         self.kv_heads = cfg.num_kv_heads

@@ -171,3 +171,163 @@ void dequant_int4(const uint8_t *w, const _Float16 *scales, const _Float16 *mins
             }
         }
 }
+
+/* ---- Integer dot products: x quantised to int8 per 32 inputs (llama.cpp's Q8_0 activations).
+
+   For decode-sized M the float kernels above spend their time widening weights to floats. Here
+   each 32-input block of a row of x becomes 32 int8 codes and a float scale dx (its max |x| over
+   127), and a block's dot product with 32 weight codes is one multiply-add of bytes
+   (AVX2 vpmaddubsw + vpmaddwd, integer sums of 16-bit pairs that cannot overflow here) and one
+   FMA by scale[n] * dx. int4's minimum term uses the sum of the same quantised x, so the
+   result is exactly the dot product of the weights with the quantised x (llama.cpp's Q8_1):
+     out[m, n] = sum_blocks scale * dx * sum(qw * qx) + sum_groups min * sum(dx * qx).
+   Needs K and G multiples of 32. */
+
+#include <math.h>
+#include <stdlib.h>
+
+typedef struct {
+    int8_t *q;    /* [M, K] */
+    float *d;     /* [M, K / 32] scale of each block */
+    float *gsum;  /* [M, K / G] sum of the quantised x over each weight group (int4 minimums) */
+} XQ;
+
+static int quantize_x(const float *x, int64_t M, int64_t K, int64_t G, XQ *xq) {
+    const int64_t blocks = K / 32, groups = K / G;
+    xq->q = malloc((size_t)(M * K));
+    xq->d = malloc(sizeof(float) * (size_t)(M * blocks));
+    xq->gsum = malloc(sizeof(float) * (size_t)(M * groups));
+    if (!xq->q || !xq->d || !xq->gsum) return 0;
+    for (int64_t m = 0; m < M; m++) {
+        for (int64_t g = 0; g < groups; g++) xq->gsum[m * groups + g] = 0.0f;
+        for (int64_t b = 0; b < blocks; b++) {
+            const float *xb = x + m * K + b * 32;
+            float amax = 0.0f;
+            for (int k = 0; k < 32; k++) amax = fmaxf(amax, fabsf(xb[k]));
+            const float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+            int8_t *qb = xq->q + m * K + b * 32;
+            int sum = 0;
+            for (int k = 0; k < 32; k++) sum += qb[k] = (int8_t)lrintf(xb[k] * id);
+            xq->d[m * blocks + b] = d;
+            xq->gsum[m * groups + b * 32 / G] += d * (float)sum;
+        }
+    }
+    return 1;
+}
+
+static void free_x(XQ *xq) {
+    free(xq->q);
+    free(xq->d);
+    free(xq->gsum);
+}
+
+#ifdef __AVX2__
+typedef __m256 vacc;
+static inline vacc acc_zero(void) { return _mm256_setzero_ps(); }
+static inline float acc_sum(vacc v) {
+    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+typedef __m256i vblk;
+static inline vblk blk_i8(const int8_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+static inline vblk blk_i4(const uint8_t *p) { /* weights 0-15 (low nibbles), 16-31 (high) */
+    const __m128i b = _mm_loadu_si128((const __m128i *)p), m = _mm_set1_epi8(15);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m));
+}
+/* acc += (sum of u8 w * s8 x over the block) * s */
+static inline vacc dot_u8(vacc acc, vblk w, vblk x, float s) {
+    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc);
+}
+static inline vacc dot_s8(vacc acc, vblk w, vblk x, float s) { /* signed w: |w| * (x * sign w) */
+    return dot_u8(acc, _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w), s);
+}
+#else
+typedef float vacc;
+static inline vacc acc_zero(void) { return 0.0f; }
+static inline float acc_sum(vacc v) { return v; }
+typedef struct { int v[32]; } vblk;
+static inline vblk blk_i8(const int8_t *p) {
+    vblk b;
+    for (int k = 0; k < 32; k++) b.v[k] = p[k];
+    return b;
+}
+static inline vblk blk_i4(const uint8_t *p) {
+    vblk b;
+    for (int k = 0; k < 16; k++) {
+        b.v[k] = p[k] & 15;
+        b.v[k + 16] = p[k] >> 4;
+    }
+    return b;
+}
+static inline vacc dot_u8(vacc acc, vblk w, vblk x, float s) {
+    int sum = 0;
+    for (int k = 0; k < 32; k++) sum += w.v[k] * x.v[k];
+    return acc + (float)sum * s;
+}
+static inline vacc dot_s8(vacc acc, vblk w, vblk x, float s) { return dot_u8(acc, w, x, s); }
+#endif
+
+/* One tile: weight rows n0 .. n0 + nb, x rows m0 .. m0 + mb. BITS 8: w int8 [N, K];
+   BITS 4: w packed [N, K / 2], 16 bytes a block. */
+#define QTILE(NAME, WTYPE, BLK, DOT, WSTRIDE, BSTRIDE)                                          \
+    static inline __attribute__((always_inline)) void NAME(                                    \
+        const XQ *xq, const WTYPE *w, const _Float16 *scales, const _Float16 *mins,            \
+        const float *bias, float *out, int64_t m0, int mb, int64_t n0, int nb, int64_t N,      \
+        int64_t K, int64_t G) {                                                                \
+        vacc acc[MB][NB];                                                                      \
+        for (int i = 0; i < mb; i++) for (int j = 0; j < nb; j++) acc[i][j] = acc_zero();      \
+        const int64_t blocks = K / 32, groups = K / G;                                         \
+        for (int64_t b = 0; b < blocks; b++) {                                                 \
+            vblk wv[NB];                                                                       \
+            float s[NB];                                                                       \
+            for (int j = 0; j < nb; j++) {                                                     \
+                wv[j] = BLK(w + (n0 + j) * (WSTRIDE) + b * (BSTRIDE));                         \
+                s[j] = (float)scales[(n0 + j) * groups + b * 32 / G];                          \
+            }                                                                                  \
+            for (int i = 0; i < mb; i++) {                                                     \
+                const vblk xv = blk_i8(xq->q + (m0 + i) * K + b * 32);                         \
+                const float d = xq->d[(m0 + i) * blocks + b];                                  \
+                for (int j = 0; j < nb; j++) acc[i][j] = DOT(acc[i][j], wv[j], xv, s[j] * d);  \
+            }                                                                                  \
+        }                                                                                      \
+        for (int i = 0; i < mb; i++)                                                           \
+            for (int j = 0; j < nb; j++) {                                                     \
+                float r = acc_sum(acc[i][j]) + (bias ? bias[n0 + j] : 0.0f);                   \
+                if (mins)                                                                      \
+                    for (int64_t g = 0; g < groups; g++)                                       \
+                        r += (float)mins[(n0 + j) * groups + g] * xq->gsum[(m0 + i) * groups + g]; \
+                out[(m0 + i) * N + n0 + j] = r;                                                \
+            }                                                                                  \
+    }
+
+QTILE(qtile_i8, int8_t, blk_i8, dot_s8, K, 32)
+QTILE(qtile_i4, uint8_t, blk_i4, dot_u8, K / 2, 16)
+
+/* Returns 0 when the scratch for the quantised x cannot be allocated (out is then untouched). */
+int linear_int8_q8(const float *x, const int8_t *w, const _Float16 *scales, const float *bias, float *out,
+                   int64_t M, int64_t N, int64_t K, int64_t G, int nthreads) {
+    XQ xq;
+    const int ok = quantize_x(x, M, K, G, &xq);
+    if (ok) {
+        const XQ *q = &xq;
+#define CALL_Q8(m0, mb, n0, nb) qtile_i8(q, w, scales, NULL, bias, out, m0, mb, n0, nb, N, K, G)
+        TILES(CALL_Q8)
+    }
+    free_x(&xq);
+    return ok;
+}
+
+int linear_int4_q8(const float *x, const uint8_t *w, const _Float16 *scales, const _Float16 *mins,
+                   const float *bias, float *out, int64_t M, int64_t N, int64_t K, int64_t G, int nthreads) {
+    XQ xq;
+    const int ok = quantize_x(x, M, K, G, &xq);
+    if (ok) {
+        const XQ *q = &xq;
+#define CALL_Q4(m0, mb, n0, nb) qtile_i4(q, w, scales, mins, bias, out, m0, mb, n0, nb, N, K, G)
+        TILES(CALL_Q4)
+    }
+    free_x(&xq);
+    return ok;
+}
