@@ -126,7 +126,9 @@ def test_tied_head_and_embedding_share_int8_codes(bits):
     torch.testing.assert_close(rows.view(4, 64), head.dequantize()[ids.view(-1)], atol=0, rtol=0)
     if bits == 8:  # within half a step of each 32-weight group's scale
         step = float_weight.view(100, 2, 32).abs().amax(-1, keepdim=True) / 127
-        assert ((head.dequantize().view(100, 2, 32) - float_weight.view(100, 2, 32)).abs() <= step * 0.51).all()
+        assert (
+            (head.dequantize().view(100, 2, 32) - float_weight.view(100, 2, 32)).abs() <= step * 0.51
+        ).all()
 
 
 def test_flag_checks():

@@ -83,6 +83,7 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         self.ops = TorchOps()  # the runner swaps in CpuKernels where they run
+        self.fused_decode = None  # FusedDecode (decode_step.py), set by the runner where it applies
         # Row counts of the fused projections' shards, in STACKED_PARAMS order.
         q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
         self.shard_sizes = {"qkv_proj": (q, kv, kv), "gate_up_proj": (cfg.intermediate_size,) * 2}
@@ -97,6 +98,8 @@ class LlamaForCausalLM(nn.Module):
         """Hidden states [num_tokens, hidden] before the final norm."""
         x = self.model.embed_tokens(input_ids)
         step = StepContext(meta, self.ops.rope_tables(self.rotary.angles(positions), x.dtype), self.ops)
+        if self.fused_decode is not None and self.fused_decode.applies(meta, x.shape[0]):
+            return self.fused_decode(x, step.rope, kv_caches, meta)
         residual = None
         for layer, kv_cache in zip(self.model.layers, kv_caches, strict=True):
             x, residual = layer(x, residual, step, kv_cache)

@@ -1,0 +1,111 @@
+"""Decode steps of a quantised Llama-family model on CPU in one C call (csrc/decode_step.c).
+
+Under ``--quantization`` a batch-1 decode step of SmolLM2 spent about 6 ms in Python dispatch
+around 330 small kernel calls, as much as its weight reads. ``FusedDecode`` runs the layers'
+loop in C over the same kernels (CpuKernels' norm, rotary, silu and paged attention, and the
+QuantLinear matmuls), so the results are the module path's up to float summation order.
+It applies to decode-only steps below ``MAX_ROWS`` sequences, float32 activations, and models
+whose four projections per layer are all QuantLinear without q/k norms; everything else (prompt
+chunks, bf16, a projection left float) takes the module path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch import nn
+
+from llmserve.backends.torch.attention import AttentionMetadata
+from llmserve.backends.torch.cpu_kernels import CpuKernels, load_library
+from llmserve.backends.torch.quant_linear import _DEQUANT_ROWS, QuantLinear, kernels
+
+# The kernel table of decode_step.c, in its order; the first four live in cpu_kernels.c.
+KERNELS = ("add_rms_norm", "silu_mul", "rope", "paged_decode")
+QUANT_KERNELS = ("linear_int8", "linear_int8_q8", "linear_int4", "linear_int4_q8")
+LIN_FIELDS, LAYER_FIELDS = 8, 3 + 4 * 8
+MAX_ROWS = _DEQUANT_ROWS  # from there a prompt-sized matmul dequantises its weight instead
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    i64, ptr, f32, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
+    lib.decode_layers.restype = c_int
+    lib.decode_layers.argtypes = (
+        [ptr, ptr, i64, ptr] + [i64] * 6 + [f32] + [ptr] * 5 + [i64] * 2 + [f32, i64, c_int]
+    )
+
+
+def _projections(layer: nn.Module) -> list[nn.Module]:
+    attn, mlp = layer.self_attn, layer.mlp
+    return [attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj]
+
+
+class FusedDecode:
+    """The whole decoder of a quantised model, stepped in C for decode-only batches."""
+
+    def __init__(self, model: nn.Module, ops: CpuKernels, lib: ctypes.CDLL) -> None:
+        cfg, layers = model.cfg, list(model.model.layers)
+        self.lib, self.model = lib, model
+        quant = kernels()
+        addresses = [ctypes.cast(getattr(ops.lib, n), ctypes.c_void_p).value for n in KERNELS]
+        addresses += [ctypes.cast(getattr(quant, n), ctypes.c_void_p).value for n in QUANT_KERNELS]
+        self.kernels = (ctypes.c_void_p * len(addresses))(*addresses)
+        self.table = (ctypes.c_int64 * (LAYER_FIELDS * len(layers)))()
+        for i, layer in enumerate(layers):
+            fields = [
+                layer.input_layernorm.weight.data_ptr(),
+                layer.post_attention_layernorm.weight.data_ptr(),
+                0,
+            ]
+            for proj in _projections(layer):
+                fields += [proj.bits, proj.qweight.data_ptr(), proj.scales.data_ptr()]
+                fields += [0 if proj.mins is None else proj.mins.data_ptr()]
+                fields += [0 if proj.bias is None else proj.bias.data_ptr()]
+                fields += [proj.out_features, proj.in_features, proj.group_size]
+            self.table[i * LAYER_FIELDS : (i + 1) * LAYER_FIELDS] = fields
+        self.num_layers = len(layers)
+        self.shape = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size)
+        self.eps, self.scale = layers[0].input_layernorm.eps, layers[0].self_attn.scale
+        self._caches: list[int] = []
+
+    @classmethod
+    def build(cls, model: nn.Module, ops, dtype: torch.dtype) -> FusedDecode | None:
+        """A FusedDecode for ``model`` where it applies, else None (the module path runs)."""
+        if not isinstance(ops, CpuKernels) or dtype != torch.float32:
+            return None
+        layers = getattr(getattr(model, "model", None), "layers", None)
+        if not layers or any(
+            layer.self_attn.q_norm is not None
+            or not all(isinstance(p, QuantLinear) for p in _projections(layer))
+            for layer in layers
+        ):
+            return None
+        lib = load_library("decode_step.c", _declare)
+        return cls(model, ops, lib) if lib is not None else None
+
+    def applies(self, meta: AttentionMetadata, rows: int) -> bool:
+        decode = meta.decode
+        return meta.prefill is None and decode is not None and decode.kernel is not None and rows < MAX_ROWS
+
+    def __call__(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], kv_caches: list[torch.Tensor],
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:  # fmt: skip
+        """Hidden states [rows, hidden] before the final norm, as the module path returns."""
+        caches = [t.data_ptr() for t in kv_caches]
+        if caches != self._caches:  # a new KV pool (allocate_kv_cache, wake_up)
+            for i, address in enumerate(caches):
+                self.table[i * LAYER_FIELDS + 2] = address
+            self._caches = caches
+        x = x.contiguous()  # the embedding lookup's own tensor: written in place
+        cos, sin = rope
+        decode, (hidden, heads, kv_heads, head_dim, inter) = meta.decode, self.shape
+        ok = self.lib.decode_layers(
+            ctypes.addressof(self.kernels), ctypes.addressof(self.table), self.num_layers, x.data_ptr(), x.shape[0], hidden, heads, kv_heads,
+            head_dim, inter, self.eps, cos.data_ptr(), sin.data_ptr(), meta.slot_mapping.data_ptr(),
+            decode.block_ids.data_ptr(), decode.context_lens.data_ptr(), decode.max_blocks,
+            kv_caches[0].shape[1], self.scale, decode.window or 0, torch.get_num_threads(),
+        )  # fmt: skip
+        if not ok:
+            raise MemoryError("decode step: no memory for its scratch buffers")
+        return x
