@@ -6,7 +6,9 @@ Greedy agreement with the float model, perplexity on a fixed text (our runner's 
 linear-weight bytes, decode ms per step at batch 1 and tok/s at batch 32 (runner steps, argmax
 sampling; the variants alternate and the best round is kept, as the machine is shared). With
 ``--rss`` it also starts the real server once per variant and reads its RSS after one request;
-with ``--mixed`` it also compares a GGUF re-quantised to Q8_0 / Q4_0 / Q4_1 / Q4_K (tests/gguf_blocks.py)
+with ``--profile`` it splits a batch-1 decode step of int8 and int4 into decoder layers and LM
+head, for each of the changes that took it from the module path with float activations and a
+float head to the fused C step (decode_step.py); with ``--mixed`` it also compares a GGUF re-quantised to Q8_0 / Q4_0 / Q4_1 / Q4_K (tests/gguf_blocks.py)
 with its own float32 conversion; with ``--qwen``, the Qwen2.5-Coder pack's Q4_K_M GGUF likewise.
 """
 
@@ -186,6 +188,63 @@ def table(runners: dict, prompts: list[list[int]], text_ids: list[int], timed: b
         )
 
 
+STAGES = (
+    "float activations, float32 head, module path",
+    "+ int8 LM head",
+    "+ int8 activations (integer kernels)",
+    "+ fused C decode step",
+)
+
+
+def _stage(runner, stage: int, fused, head) -> None:
+    """Put ``runner`` in the state of STAGES[stage]."""
+    model = runner.model
+    for m in model.model.layers.modules():
+        if isinstance(m, QuantLinear):
+            m.int8_activations = stage >= 2 and m.in_features % 32 == 0
+    if stage == 0:  # the float head the quantised models had before (the dequantised codes)
+        linear = torch.nn.Linear(head.in_features, head.out_features, bias=False)
+        linear.weight.data = head.dequantize()
+        model.lm_head = linear
+    else:
+        model.lm_head = head
+    model.fused_decode = fused if stage == 3 else None
+
+
+def profile(model_dir: str, prompt: list[int], steps: int = 32) -> None:
+    """Batch-1 decode step split into decoder layers and head, per STAGES (best of ROUNDS)."""
+    print("\n| weights | stage | step ms | step without LM head ms | LM head ms | tok/s |")
+    print("|---|---|---|---|---|---|")
+    for name, quant in VARIANTS[1:3]:
+        runner = load(model_dir, quant)
+        fused, head = runner.model.fused_decode, runner.model.lm_head
+        for stage, label in enumerate(STAGES):
+            _stage(runner, stage, fused, head)
+            best = (math.inf, 0.0, 0.0)
+            for _ in range(int(os.environ.get("ROUNDS", "5"))):
+                seqs, split = Seqs(runner, [prompt], steps + 1), [0.0, 0.0]
+                seqs.step()
+                model, head_fn = runner.model, runner.model.compute_logits
+
+                def timed_logits(hidden, _fn=head_fn, _split=split):
+                    start = time.perf_counter()
+                    out = _fn(hidden)
+                    _split[1] += time.perf_counter() - start
+                    return out
+
+                model.compute_logits = timed_logits
+                start = time.perf_counter()
+                for _ in range(steps):
+                    seqs.step()
+                total = (time.perf_counter() - start) / steps
+                del model.compute_logits
+                if total < best[0]:
+                    best = (total, total - split[1] / steps, split[1] / steps)
+            step, layers, head_ms = (t * 1e3 for t in best)
+            print(f"| {name} | {label} | {step:.1f} | {layers:.1f} | {head_ms:.1f} | {1e3 / step:.0f} |")
+        _stage(runner, 3, fused, head)
+
+
 def tokenized(model_dir: str) -> tuple[list[list[int]], list[int]]:
     """(the chat prompts, the perplexity text) in the model's own tokens."""
     from transformers import AutoTokenizer
@@ -204,6 +263,9 @@ def main() -> None:
     print(f"CPU: {cpu_line()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     runners = {name: load(model_dir, quant) for name, quant in VARIANTS}
     table(runners, prompts, text_ids, timed=True)
+    if "--profile" in sys.argv:
+        del runners
+        profile(model_dir, prompts[0])
     if "--mixed" in sys.argv:  # a GGUF of Q8_0 / Q4_0 / Q4_1 / Q4_K / F16 tensors, against its float32
         import tempfile
         from pathlib import Path

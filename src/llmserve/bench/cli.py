@@ -22,6 +22,12 @@ def throughput(
     hf_batch_size: int = typer.Option(8, help="transformers static batch size (0 skips the comparison)."),
     prefix_len: int = typer.Option(0, help="Also measure TTFT of a request sharing a prefix this long."),
     backend: str = typer.Option("cpu", help="llmserve backend to benchmark (cpu, jax, ...)."),
+    quantization: str | None = typer.Option(
+        None,
+        "--quantization",
+        "-q",
+        help="llmserve --quantization (int8, int4, gguf); transformers runs unquantised.",
+    ),
     structured: str | None = typer.Option(
         None, help="'json': also run the workload under a JSON schema and report the per-token overhead."
     ),
@@ -47,6 +53,7 @@ def throughput(
         dtype=dtype,
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,
+        quantization=quantization,
     )
     dtype = llm.engine.model_info.dtype  # what "auto" resolved to
     prompts = random_prompts(llm.tokenizer, num_prompts, input_len)
@@ -58,7 +65,8 @@ def throughput(
     peak = device.run(matmul_peak_flops, getattr(torch, dtype))
     total_tok_s = (ours.output_tokens + num_prompts * input_len) / ours.seconds  # prompt + output, as vLLM
     achieved = 2 * params * total_tok_s
-    typer.echo(f"workload: {num_prompts} requests x {input_len} prompt / {output_len} output tokens, {dtype}, backend {backend}, "
+    typer.echo(f"workload: {num_prompts} requests x {input_len} prompt / {output_len} output tokens, {dtype}"
+               f"{f', --quantization {quantization}' if quantization else ''}, backend {backend}, "
                f"{torch.get_num_threads()} threads, model {llm.model_name}")  # fmt: skip
     typer.echo(f"cpu: {cpu_summary()}")
     typer.echo(

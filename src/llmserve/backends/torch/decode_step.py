@@ -4,7 +4,8 @@ Under ``--quantization`` a batch-1 decode step of SmolLM2 spent about 6 ms in Py
 around 330 small kernel calls, as much as its weight reads. ``FusedDecode`` runs the layers'
 loop in C over the same kernels (CpuKernels' norm, rotary, silu and paged attention, and the
 QuantLinear matmuls), so the results are the module path's up to float summation order.
-It applies to decode-only steps below ``MAX_ROWS`` sequences, float32 activations, and models
+It applies to decode-only steps of fewer sequences than any projection's ``dequant_rows`` (from
+there a matmul dequantises its weight and runs the float one), float32 activations, and models
 whose four projections per layer are all QuantLinear without q/k norms; everything else (prompt
 chunks, bf16, a projection left float) takes the module path.
 """
@@ -18,13 +19,12 @@ from torch import nn
 
 from llmserve.backends.torch.attention import AttentionMetadata
 from llmserve.backends.torch.cpu_kernels import CpuKernels, load_library
-from llmserve.backends.torch.quant_linear import _DEQUANT_ROWS, QuantLinear, kernels
+from llmserve.backends.torch.quant_linear import QuantLinear, kernels
 
 # The kernel table of decode_step.c, in its order; the first four live in cpu_kernels.c.
 KERNELS = ("add_rms_norm", "silu_mul", "rope", "paged_decode")
 QUANT_KERNELS = ("linear_int8", "linear_int8_q8", "linear_int4", "linear_int4_q8")
 LIN_FIELDS, LAYER_FIELDS = 8, 3 + 4 * 8
-MAX_ROWS = _DEQUANT_ROWS  # from there a prompt-sized matmul dequantises its weight instead
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -64,6 +64,7 @@ class FusedDecode:
                 fields += [proj.out_features, proj.in_features, proj.group_size]
             self.table[i * LAYER_FIELDS : (i + 1) * LAYER_FIELDS] = fields
         self.num_layers = len(layers)
+        self.max_rows = min(p.dequant_rows for layer in layers for p in _projections(layer))
         self.shape = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size)
         self.eps, self.scale = layers[0].input_layernorm.eps, layers[0].self_attn.scale
         self._caches: list[int] = []
@@ -85,7 +86,9 @@ class FusedDecode:
 
     def applies(self, meta: AttentionMetadata, rows: int) -> bool:
         decode = meta.decode
-        return meta.prefill is None and decode is not None and decode.kernel is not None and rows < MAX_ROWS
+        return (
+            meta.prefill is None and decode is not None and decode.kernel is not None and rows < self.max_rows
+        )
 
     def __call__(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], kv_caches: list[torch.Tensor],

@@ -8,8 +8,8 @@ head and the embeddings stay in the run dtype.
 The matmuls are our C kernels (csrc/quant_kernels.c): torch's own CPU weight-only kernels
 (``_weight_int8pack_mm``, ``_weight_int4pack_mm_for_cpu``) exist in torch 2.13 but ran 15-60x
 slower than a float32 ``F.linear`` on this project's AVX2 machine, measured. Prompt chunks of
-``_DEQUANT_ROWS`` rows or more dequantise the weight into a scratch float32 matrix and use the
-float matmul, which is faster there.
+``DEQUANT_ROWS[bits]`` rows or more dequantise the weight into a scratch float32 matrix and use
+the float matmul, which is faster there (measured per width on SmolLM2's shapes).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from llmserve.errors import ConfigError
 log = logging.getLogger(__name__)
 
 METHODS = ("int8", "int4", "gguf")
-_DEQUANT_ROWS = 64
+DEQUANT_ROWS = {8: 64, 4: 24}
 _INT8_ROWS = 4  # below this many rows x is quantised to int8 (integer dot products): faster there
 
 
@@ -91,6 +91,7 @@ class QuantLinear(nn.Module):
         self.lib = kernels()
         # Integer dot products on x quantised per 32 inputs (see csrc): for K, G multiples of 32.
         self.int8_activations = self.in_features % 32 == 0 and group_size % 32 == 0
+        self.dequant_rows = DEQUANT_ROWS[bits]
         self._bind()
 
     @classmethod
@@ -132,7 +133,7 @@ class QuantLinear(nn.Module):
         x2 = x if x.dim() == 2 and dtype == torch.float32 else x.reshape(-1, K).to(torch.float32)
         x2 = x2.contiguous()
         rows = x2.shape[0]
-        if rows >= _DEQUANT_ROWS:
+        if rows >= self.dequant_rows:
             out = F.linear(x2, self.dequantize(), self.bias)
         else:
             out = torch.empty(rows, self.out_features)
