@@ -165,18 +165,18 @@ static inline __attribute__((always_inline)) void work_simd(const Args *a, int64
         const int64_t end = t0 + bs < ctx ? t0 + bs : ctx;
         for (int64_t c0 = t0 < first ? first : t0; c0 < end; c0 += CHUNK) {
             const int64_t len = end - c0 < CHUNK ? end - c0 : CHUNK;
-            for (int64_t i = 0; i < len; i++) { /* scores */
-                const char *k = block + (c0 - t0 + i) * row * esize;
-                for (int64_t kh = 0; kh < h1 - h0; kh++) {
-                    vec x[MAX_NV];
-                    for (int c = 0; c < NV; c++) x[c] = vload(k, kh * D + VW * c, BF16);
-                    for (int64_t j = kh * G; j < (kh + 1) * G; j++) {
-                        vec dot = vmul(qv[j * NV], x[0]);
-                        for (int c = 1; c < NV; c++) dot = vfma(qv[j * NV + c], x[c], dot);
+            /* scores, one query head at a time: its q stays in registers over the chunk's K rows */
+            for (int64_t kh = 0; kh < h1 - h0; kh++)
+                for (int64_t j = kh * G; j < (kh + 1) * G; j++) {
+                    vec qr[MAX_NV];
+                    for (int c = 0; c < NV; c++) qr[c] = qv[j * NV + c];
+                    for (int64_t i = 0; i < len; i++) {
+                        const char *k = block + ((c0 - t0 + i) * row + kh * D) * esize;
+                        vec dot = vmul(qr[0], vload(k, 0, BF16));
+                        for (int c = 1; c < NV; c++) dot = vfma(qr[c], vload(k, VW * c, BF16), dot);
                         p[j][i] = vsum(dot);
                     }
                 }
-            }
             for (int64_t j = 0; j < queries; j++) { /* online softmax */
                 float m = maxs[j], total = 0.0f;
                 for (int64_t i = 0; i < len; i++) m = p[j][i] > m ? p[j][i] : m;
@@ -189,17 +189,18 @@ static inline __attribute__((always_inline)) void work_simd(const Args *a, int64
                 }
                 sums[j] += total;
             }
-            for (int64_t i = 0; i < len; i++) { /* weighted V */
-                const char *v = block + ((c0 - t0 + i) * row + a->KVH * D) * esize;
-                for (int64_t kh = 0; kh < h1 - h0; kh++) {
-                    vec x[MAX_NV];
-                    for (int c = 0; c < NV; c++) x[c] = vload(v, kh * D + VW * c, BF16);
-                    for (int64_t j = kh * G; j < (kh + 1) * G; j++) {
+            /* weighted V, one query head at a time: its accumulator stays in registers */
+            for (int64_t kh = 0; kh < h1 - h0; kh++)
+                for (int64_t j = kh * G; j < (kh + 1) * G; j++) {
+                    vec ar[MAX_NV];
+                    for (int c = 0; c < NV; c++) ar[c] = acc[j * NV + c];
+                    for (int64_t i = 0; i < len; i++) {
+                        const char *v = block + ((c0 - t0 + i) * row + a->KVH * D + kh * D) * esize;
                         const vec w = vset1(p[j][i]);
-                        for (int c = 0; c < NV; c++) acc[j * NV + c] = vfma(w, x[c], acc[j * NV + c]);
+                        for (int c = 0; c < NV; c++) ar[c] = vfma(w, vload(v, VW * c, BF16), ar[c]);
                     }
+                    for (int c = 0; c < NV; c++) acc[j * NV + c] = ar[c];
                 }
-            }
         }
     }
     for (int64_t j = 0; j < queries; j++) {
