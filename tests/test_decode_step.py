@@ -1,6 +1,7 @@
 """The fused C decode step (decode_step.py) against the module path it replaces, on SmolLM2
-under --quantization: the same logits for decode batches of 1, 3 (integer kernels) and 6 rows
-(float-activation kernels), at different context lengths, and the cases it must leave alone."""
+in float32 and under --quantization: the same logits for decode batches of 1, 3 (integer kernels,
+the float32 GEMV) and 6 rows (float-activation kernels; float32 weights go back to the module
+path from 4 rows), at different context lengths, and the cases it must leave alone."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from llmserve.backends.torch.runner import TorchModelRunner
 BLOCK = 16
 
 
-@pytest.fixture(scope="module", params=["int4", "int8"])
+@pytest.fixture(scope="module", params=["int4", "int8", None])
 def runner(request, smollm2_dir):
     runner = TorchModelRunner(str(smollm2_dir), "float32", quantization=request.param)
     runner.load()
@@ -46,8 +47,10 @@ def _decode(runner, prompts, steps, fused: bool):
         model.fused_decode = saved
 
 
-def test_applies_to_quantised_float32_models(runner):
-    assert isinstance(runner.model.fused_decode, FusedDecode)
+def test_applies_to_float32_models(runner):
+    fused = runner.model.fused_decode
+    assert isinstance(fused, FusedDecode)
+    assert fused.max_rows == (4 if runner.quantization is None else 64)
 
 
 @pytest.mark.parametrize("batch", [1, 3, 6])
@@ -59,12 +62,20 @@ def test_same_logits_as_the_module_path(runner, batch):
 
 
 def test_left_alone_where_it_does_not_apply(smollm2_dir):
-    plain = TorchModelRunner(str(smollm2_dir), "float32")
-    plain.load()
-    assert plain.model.fused_decode is None  # float projections: the module path
-    bf16 = TorchModelRunner(str(smollm2_dir), "bfloat16", quantization="int8")
-    bf16.load()
-    assert bf16.model.fused_decode is None  # bf16 activations
+    for quant in (None, "int8"):
+        bf16 = TorchModelRunner(str(smollm2_dir), "bfloat16", quantization=quant)
+        bf16.load()
+        assert bf16.model.fused_decode is None  # bf16 activations
+
+
+def test_float32_head_logits_by_the_gemv(smollm2_dir):
+    runner = TorchModelRunner(str(smollm2_dir), "float32")
+    runner.load()
+    head, fused = runner.model.lm_head, runner.model.fused_decode
+    hidden = torch.randn(3, head.in_features)
+    torch.testing.assert_close(fused.logits(head, hidden), head(hidden), atol=1e-4, rtol=1e-4)
+    many = torch.randn(5, head.in_features)
+    assert torch.equal(fused.logits(head, many), head(many))  # from 4 rows: torch's matmul
 
 
 def test_prompt_chunks_take_the_module_path(runner, monkeypatch):

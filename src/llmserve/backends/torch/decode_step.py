@@ -1,13 +1,15 @@
-"""Decode steps of a quantised Llama-family model on CPU in one C call (csrc/decode_step.c).
+"""Decode steps of a Llama-family model on CPU in one C call (csrc/decode_step.c).
 
-Under ``--quantization`` a batch-1 decode step of SmolLM2 spent about 6 ms in Python dispatch
-around 330 small kernel calls, as much as its weight reads. ``FusedDecode`` runs the layers'
-loop in C over the same kernels (CpuKernels' norm, rotary, silu and paged attention, and the
-QuantLinear matmuls), so the results are the module path's up to float summation order.
-It applies to decode-only steps of fewer sequences than any projection's ``dequant_rows`` (from
-there a matmul dequantises its weight and runs the float one), float32 activations, and models
-whose four projections per layer are all QuantLinear without q/k norms; everything else (prompt
-chunks, bf16, a projection left float) takes the module path.
+A batch-1 decode step of SmolLM2 spent about 6 ms in Python dispatch around 330 small kernel
+calls, as much as its weight reads under ``--quantization``. ``FusedDecode`` runs the layers'
+loop in C over the same kernels (CpuKernels' norm, rotary, silu and paged attention, the
+QuantLinear matmuls, and for float32 weights ``linear_f32``, a weight-streaming GEMV that reads
+faster than torch's F.linear at 1-3 rows), so the results are the module path's up to float
+summation order. It applies to decode-only steps with float32 activations and no q/k norms,
+below ``max_rows`` sequences: a projection's ``dequant_rows`` when all are QuantLinear (from
+there a matmul dequantises its weight), 4 when some are float32 (from there torch's matmul is
+faster). With a float32 LM head it also computes the logits of those rows. Everything else
+(prompt chunks, bf16, tensor parallelism) takes the module path.
 """
 
 from __future__ import annotations
@@ -23,8 +25,23 @@ from llmserve.backends.torch.quant_linear import QuantLinear, kernels
 
 # The kernel table of decode_step.c, in its order; the first four live in cpu_kernels.c.
 KERNELS = ("add_rms_norm", "silu_mul", "rope", "paged_decode")
-QUANT_KERNELS = ("linear_int8", "linear_int8_q8", "linear_int4", "linear_int4_q8")
+QUANT_KERNELS = ("linear_int8", "linear_int8_q8", "linear_int4", "linear_int4_q8", "linear_f32")
 LIN_FIELDS, LAYER_FIELDS = 8, 3 + 4 * 8
+FLOAT_ROWS = 4  # float32 projections: the GEMV beats torch's matmul below this many rows
+
+
+def _is_float(p: nn.Module) -> bool:
+    return type(p) is nn.Linear and p.weight.dtype == torch.float32 and p.weight.is_contiguous()
+
+
+def _fields(p: nn.Module) -> list[int]:
+    """bits, weight, scales, mins, bias, N, K, G of one projection (decode_step.c's order)."""
+    bias = 0 if p.bias is None else p.bias.data_ptr()
+    if isinstance(p, QuantLinear):
+        mins = 0 if p.mins is None else p.mins.data_ptr()
+        return [p.bits, p.qweight.data_ptr(), p.scales.data_ptr(), mins, bias, p.out_features, p.in_features,
+                p.group_size]  # fmt: skip
+    return [32, p.weight.data_ptr(), 0, 0, bias, p.out_features, p.in_features, 0]
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -58,14 +75,13 @@ class FusedDecode:
                 0,
             ]
             for proj in _projections(layer):
-                fields += [proj.bits, proj.qweight.data_ptr(), proj.scales.data_ptr()]
-                fields += [0 if proj.mins is None else proj.mins.data_ptr()]
-                fields += [0 if proj.bias is None else proj.bias.data_ptr()]
-                fields += [proj.out_features, proj.in_features, proj.group_size]
+                fields += _fields(proj)
             self.table[i * LAYER_FIELDS : (i + 1) * LAYER_FIELDS] = fields
         self.num_layers = len(layers)
-        self.max_rows = min(p.dequant_rows for layer in layers for p in _projections(layer))
+        projections = [p for layer in layers for p in _projections(layer)]
+        self.max_rows = min(FLOAT_ROWS if _is_float(p) else p.dequant_rows for p in projections)
         self.shape = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size)
+        self.gemv = quant.linear_f32
         self.eps, self.scale = layers[0].input_layernorm.eps, layers[0].self_attn.scale
         self._caches: list[int] = []
 
@@ -77,12 +93,23 @@ class FusedDecode:
         layers = getattr(getattr(model, "model", None), "layers", None)
         if not layers or any(
             layer.self_attn.q_norm is not None
-            or not all(isinstance(p, QuantLinear) for p in _projections(layer))
+            or not all(isinstance(p, QuantLinear) or _is_float(p) for p in _projections(layer))
             for layer in layers
         ):
             return None
         lib = load_library("decode_step.c", _declare)
         return cls(model, ops, lib) if lib is not None else None
+
+    def logits(self, head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """``head(hidden)`` for the normed final rows; a float32 head at 1-3 rows by the GEMV."""
+        if not (_is_float(head) and hidden.dim() == 2 and hidden.shape[0] < FLOAT_ROWS):
+            return head(hidden)
+        hidden = hidden.contiguous()
+        out = torch.empty(hidden.shape[0], head.out_features)
+        bias = 0 if head.bias is None else head.bias.data_ptr()
+        self.gemv(hidden.data_ptr(), head.weight.data_ptr(), bias or None, out.data_ptr(), hidden.shape[0],
+                  head.out_features, head.in_features, torch.get_num_threads())  # fmt: skip
+        return out
 
     def applies(self, meta: AttentionMetadata, rows: int) -> bool:
         decode = meta.decode

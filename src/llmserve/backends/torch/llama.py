@@ -107,7 +107,10 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits [rows, vocab] for the given rows of ``forward``'s output."""
-        return self.lm_head(self.model.norm(hidden, self.ops)).float()
+        normed = self.model.norm(hidden, self.ops)
+        if self.fused_decode is not None:
+            return self.fused_decode.logits(self.lm_head, normed).float()
+        return self.lm_head(normed).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy checkpoint tensors into the (already allocated) parameters, fusing as needed."""

@@ -42,6 +42,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "dequant_int4": [ptr] * 4 + [i64] * 4 + [c_int],
         "linear_int8_q8": [ptr] * 5 + [i64] * 4 + [c_int],
         "linear_int4_q8": [ptr] * 6 + [i64] * 4 + [c_int],
+        "linear_f32": [ptr] * 4 + [i64] * 3 + [c_int],
     }
     for name, args in signatures.items():
         fn = getattr(lib, name)

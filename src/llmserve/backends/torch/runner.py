@@ -135,7 +135,7 @@ class TorchModelRunner:
             self.model.ops = kernels
             if kernels.supports_decode(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim):
                 self.decode_kernel = kernels.paged_decode
-                if self.quantization and hasattr(self.model, "fused_decode"):
+                if hasattr(self.model, "fused_decode"):
                     from llmserve.backends.torch.decode_step import FusedDecode
 
                     self.model.fused_decode = FusedDecode.build(self.model, kernels, self.dtype)

@@ -1,4 +1,4 @@
-/* A whole decode step of a Llama-family decoder with quantised projections, in one call.
+/* A whole decode step of a Llama-family decoder on CPU, in one call.
 
    At batch 1 each decoder layer is eleven small ops (two norms, four projections, rotary, the
    KV write, attention, the activation, slicing); through Python each costs more in dispatch
@@ -9,7 +9,8 @@
    it applies and builds the per-layer table.
 
    Layer table, int64 per layer (LAYER_FIELDS): input norm weight, post-attention norm weight,
-   KV cache, then for qkv, o, gate_up, down: bits, weight, scales, mins, bias, N, K, G. */
+   KV cache, then for qkv, o, gate_up, down: bits (8, 4, or 32 for float32 weights), weight,
+   scales, mins, bias, N, K, G. */
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -28,9 +29,10 @@ typedef void (*lin4_fn)(const float *, const void *, const void *, const void *,
                         int64_t, int64_t, int64_t, int64_t, int);
 typedef int (*lin4q_fn)(const float *, const void *, const void *, const void *, const float *, float *,
                         int64_t, int64_t, int64_t, int64_t, int);
+typedef void (*linf_fn)(const float *, const void *, const float *, float *, int64_t, int64_t, int64_t, int);
 
 /* Kernel table order (decode_step.py: KERNELS). */
-enum { F_NORM, F_SILU, F_ROPE, F_ATTN, F_LIN8, F_LIN8Q, F_LIN4, F_LIN4Q, F_COUNT };
+enum { F_NORM, F_SILU, F_ROPE, F_ATTN, F_LIN8, F_LIN8Q, F_LIN4, F_LIN4Q, F_LINF, F_COUNT };
 
 #define LIN_FIELDS 8
 #define LAYER_FIELDS (3 + 4 * LIN_FIELDS)
@@ -42,7 +44,9 @@ static void linear(void *const *fns, const int64_t *p, const float *x, float *ou
     const float *bias = (const float *)p[4];
     const int64_t N = p[5], K = p[6], G = p[7];
     const int int8 = M < INT8_ROWS && K % 32 == 0 && G % 32 == 0;
-    if (bits == 8) {
+    if (bits == 32) { /* float32 weights (decode_step.py keeps M below INT8_ROWS for them) */
+        ((linf_fn)fns[F_LINF])(x, w, bias, out, M, N, K, nthreads);
+    } else if (bits == 8) {
         if (!(int8 && ((lin8q_fn)fns[F_LIN8Q])(x, w, scales, bias, out, M, N, K, G, nthreads)))
             ((lin8_fn)fns[F_LIN8])(x, w, scales, bias, out, M, N, K, G, nthreads);
     } else {

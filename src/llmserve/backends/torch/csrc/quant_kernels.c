@@ -331,3 +331,27 @@ int linear_int4_q8(const float *x, const uint8_t *w, const _Float16 *scales, con
     free_x(&xq);
     return ok;
 }
+
+/* ---- float32 weights, a few rows: out[M, N] = x[M, K] @ w[N, K]^T (+ bias).
+   For decode steps of 1-3 rows, where the matmul is a read of the weights: four weight rows at
+   a time against each row of x, streamed once (measured 17-26 GB/s here, torch's F.linear 10-14). */
+void linear_f32(const float *x, const float *w, const float *bias, float *out, int64_t M, int64_t N,
+                int64_t K, int nthreads) {
+    const int64_t K8 = K - K % 8;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t n0 = 0; n0 < N; n0 += 4) {
+        const int nb = N - n0 >= 4 ? 4 : (int)(N - n0);
+        for (int64_t m = 0; m < M; m++) {
+            v8f acc[4] = {splat(0.0f), splat(0.0f), splat(0.0f), splat(0.0f)};
+            for (int64_t k = 0; k < K8; k += 8) {
+                const v8f xv = ld(x + m * K + k);
+                for (int j = 0; j < nb; j++) acc[j] += xv * ld(w + (n0 + j) * K + k);
+            }
+            for (int j = 0; j < nb; j++) {
+                float r = hsum(acc[j]) + (bias ? bias[n0 + j] : 0.0f);
+                for (int64_t k = K8; k < K; k++) r += x[m * K + k] * w[(n0 + j) * K + k];
+                out[m * N + n0 + j] = r;
+            }
+        }
+    }
+}
