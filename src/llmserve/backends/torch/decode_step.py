@@ -58,11 +58,12 @@ def _projections(layer: nn.Module) -> list[nn.Module]:
 
 
 class FusedDecode:
-    """The whole decoder of a quantised model, stepped in C for decode-only batches."""
+    """The whole decoder of a float32 or quantised model, stepped in C for decode-only batches
+    (and, for a float32 LM head, the logits of 1-3 rows)."""
 
     def __init__(self, model: nn.Module, ops: CpuKernels, lib: ctypes.CDLL) -> None:
         cfg, layers = model.cfg, list(model.model.layers)
-        self.lib, self.model = lib, model
+        self.lib = lib
         quant = kernels()
         addresses = [ctypes.cast(getattr(ops.lib, n), ctypes.c_void_p).value for n in KERNELS]
         addresses += [ctypes.cast(getattr(quant, n), ctypes.c_void_p).value for n in QUANT_KERNELS]
@@ -131,8 +132,8 @@ class FusedDecode:
         cos, sin = rope
         decode, (hidden, heads, kv_heads, head_dim, inter) = meta.decode, self.shape
         ok = self.lib.decode_layers(
-            ctypes.addressof(self.kernels), ctypes.addressof(self.table), self.num_layers, x.data_ptr(), x.shape[0], hidden, heads, kv_heads,
-            head_dim, inter, self.eps, cos.data_ptr(), sin.data_ptr(), meta.slot_mapping.data_ptr(),
+            ctypes.addressof(self.kernels), ctypes.addressof(self.table), self.num_layers, x.data_ptr(),
+            x.shape[0], hidden, heads, kv_heads, head_dim, inter, self.eps, cos.data_ptr(), sin.data_ptr(), meta.slot_mapping.data_ptr(),
             decode.block_ids.data_ptr(), decode.context_lens.data_ptr(), decode.max_blocks,
             kv_caches[0].shape[1], self.scale, decode.window or 0, torch.get_num_threads(),
         )  # fmt: skip

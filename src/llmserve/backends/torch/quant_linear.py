@@ -3,7 +3,8 @@
 int8 keeps one scale per output channel, int4 a scale and a minimum per group of
 ``--quantization-group-size`` inputs (asymmetric, like GGUF Q4_1); gguf keeps a GGUF file's
 Q8_0 / Q4_0 / Q4_1 / Q4_K blocks as they are (re-laid out, never expanded to floats). The LM
-head and the embeddings stay in the run dtype.
+head is quantised by quant_head.py. Below ``_INT8_ROWS`` rows the activations are quantised to
+int8 too (integer dot products, see csrc); from there they stay float32.
 
 The matmuls are our C kernels (csrc/quant_kernels.c): torch's own CPU weight-only kernels
 (``_weight_int8pack_mm``, ``_weight_int4pack_mm_for_cpu``) exist in torch 2.13 but ran 15-60x
@@ -42,7 +43,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "dequant_int4": [ptr] * 4 + [i64] * 4 + [c_int],
         "linear_int8_q8": [ptr] * 5 + [i64] * 4 + [c_int],
         "linear_int4_q8": [ptr] * 6 + [i64] * 4 + [c_int],
-        "linear_f32": [ptr] * 4 + [i64] * 3 + [c_int],
+        "linear_f32": [ptr] * 4 + [i64] * 3 + [c_int],  # float32 GEMV for decode_step.py
     }
     for name, args in signatures.items():
         fn = getattr(lib, name)
