@@ -81,3 +81,15 @@ def test_bench_throughput_structured_reports_the_overhead(smollm2_dir):
     assert result.returncode == 0, result.stderr
     assert "structured json: 16 tokens" in result.stdout and "unconstrained: 16 tokens" in result.stdout
     assert "structured-output overhead per token:" in result.stdout and "cpu: " in result.stdout
+
+
+def test_bench_throughput_runs_quantised():
+    """--quantization reaches the engine: the workload line names it and a bad method is refused."""
+    result = run(
+        "throughput", "--model", "smollm2", "--quantization", "int4", "--num-prompts", "2", "--input-len", "8",
+        "--output-len", "4", "--max-num-seqs", "2", "--hf-batch-size", "0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "--quantization int4" in result.stdout
+    bad = run("throughput", "--model", "smollm2", "--quantization", "int3", "--hf-batch-size", "0")
+    assert bad.returncode != 0 and "int3" in (bad.stdout + bad.stderr)

@@ -12,8 +12,8 @@ from conftest import ServerProcess
 from torch import nn
 
 from llmserve.backends.base import Batch, BatchItem
-from llmserve.backends.torch.quant_head import QuantEmbedding, quantize_head, quantize_int8_groups
-from llmserve.backends.torch.quant_linear import QuantLinear, pack_int4, quantize_linears
+from llmserve.backends.torch.quant_head import QuantEmbedding, quantize_head
+from llmserve.backends.torch.quant_linear import QuantLinear, pack_int4, quantize_int8, quantize_linears
 from llmserve.config import Config
 from llmserve.errors import ConfigError
 from llmserve.server.startup import check_config
@@ -49,7 +49,7 @@ def test_integer_kernels_equal_the_quantised_activation_reference(bits, group, r
     torch.manual_seed(3)
     linear = nn.Linear(128, 77, bias=bias)
     if bits == 8 and group == 32:  # Q8_0's layout: a scale per 32 weights
-        codes, scales = quantize_int8_groups(linear.weight.detach())
+        codes, scales = quantize_int8(linear.weight.detach(), 32)
         quant = QuantLinear(8, codes, scales, None, 32, linear.bias)
     else:
         quant = QuantLinear.from_linear(linear, bits, group)

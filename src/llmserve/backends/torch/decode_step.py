@@ -21,12 +21,12 @@ from torch import nn
 
 from llmserve.backends.torch.attention import AttentionMetadata
 from llmserve.backends.torch.cpu_kernels import CpuKernels, load_library
-from llmserve.backends.torch.quant_linear import QuantLinear, kernels
+from llmserve.backends.torch.quant_linear import _INT8_ROWS, QuantLinear, kernels
 
 # The kernel table of decode_step.c, in its order; the first four live in cpu_kernels.c.
 KERNELS = ("add_rms_norm", "silu_mul", "rope", "paged_decode")
 QUANT_KERNELS = ("linear_int8", "linear_int8_q8", "linear_int4", "linear_int4_q8", "linear_f32")
-LIN_FIELDS, LAYER_FIELDS = 8, 3 + 4 * 8
+LIN_FIELDS, LAYER_FIELDS = 9, 3 + 4 * 9
 FLOAT_ROWS = 4  # float32 projections: the GEMV beats torch's matmul below this many rows
 
 
@@ -35,13 +35,15 @@ def _is_float(p: nn.Module) -> bool:
 
 
 def _fields(p: nn.Module) -> list[int]:
-    """bits, weight, scales, mins, bias, N, K, G of one projection (decode_step.c's order)."""
+    """bits, weight, scales, mins, bias, N, K, G and int8 rows of one projection (decode_step.c's
+    order; int8 rows: below this many rows x is quantised to int8, QuantLinear's rule)."""
     bias = 0 if p.bias is None else p.bias.data_ptr()
     if isinstance(p, QuantLinear):
         mins = 0 if p.mins is None else p.mins.data_ptr()
+        int8_rows = _INT8_ROWS if p.int8_activations else 0
         return [p.bits, p.qweight.data_ptr(), p.scales.data_ptr(), mins, bias, p.out_features, p.in_features,
-                p.group_size]  # fmt: skip
-    return [32, p.weight.data_ptr(), 0, 0, bias, p.out_features, p.in_features, 0]
+                p.group_size, int8_rows]  # fmt: skip
+    return [32, p.weight.data_ptr(), 0, 0, bias, p.out_features, p.in_features, 0, 0]
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -107,8 +109,8 @@ class FusedDecode:
             return head(hidden)
         hidden = hidden.contiguous()
         out = torch.empty(hidden.shape[0], head.out_features)
-        bias = 0 if head.bias is None else head.bias.data_ptr()
-        self.gemv(hidden.data_ptr(), head.weight.data_ptr(), bias or None, out.data_ptr(), hidden.shape[0],
+        bias = None if head.bias is None else head.bias.data_ptr()
+        self.gemv(hidden.data_ptr(), head.weight.data_ptr(), bias, out.data_ptr(), hidden.shape[0],
                   head.out_features, head.in_features, torch.get_num_threads())  # fmt: skip
         return out
 

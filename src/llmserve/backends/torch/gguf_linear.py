@@ -15,7 +15,6 @@ projection (embeddings, LM head, norms) stays as the float model loaded it. A fu
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -93,14 +92,11 @@ def _decode_q4_k(blocks: np.ndarray, rows: int, cols: int) -> Decoded:
     return 4, packed.numpy(), scales, mins
 
 
-def load_gguf_linears(model: nn.Module, gguf_path: str | Path) -> tuple[int, int]:
-    """Replace the model's decoder projections by QuantLinears holding ``gguf_path``'s blocks;
-    returns (layers replaced, projections left float because of their GGUF type)."""
-    from gguf import GGUFReader
-
+def load_gguf_linears(model: nn.Module, reader) -> tuple[int, int]:
+    """Replace the model's decoder projections by QuantLinears holding the blocks ``reader`` (a
+    gguf.GGUFReader) reads; returns (layers replaced, projections left float by their GGUF type)."""
     from llmserve.sources.gguf import GGUF_ARCHITECTURES, TENSOR_NAMES, unpermute
 
-    reader = GGUFReader(str(gguf_path))
     arch = reader.get_field("general.architecture").contents()
     permute = GGUF_ARCHITECTURES.get(arch, ("", "", False))[2]
     stacked: dict[str, tuple[str, int]] = getattr(model, "STACKED_PARAMS", {})
@@ -145,12 +141,10 @@ def load_gguf_linears(model: nn.Module, gguf_path: str | Path) -> tuple[int, int
     return replaced, kept
 
 
-def gguf_head(model: nn.Module, gguf_path: str | Path) -> QuantLinear | None:
+def gguf_head(model: nn.Module, reader) -> QuantLinear | None:
     """The LM head from the file's own ``output`` blocks (``token_embd`` when tied), or None
     when their type is one the kernels do not take (quant_head then quantises the float head)."""
-    from gguf import GGUFReader
-
-    tensors = {t.name: t for t in GGUFReader(str(gguf_path)).tensors}
+    tensors = {t.name: t for t in reader.tensors}
     tensor = tensors.get("output.weight") or tensors.get("token_embd.weight")
     linear = getattr(model, "lm_head", None)
     if tensor is None or type(linear) is not nn.Linear:

@@ -15,19 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from llmserve.backends.torch.quant_linear import QuantLinear
+from llmserve.backends.torch.quant_linear import QuantLinear, quantize_int8
 
 GROUP = 32
-
-
-def quantize_int8_groups(weight: torch.Tensor, group: int = GROUP) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 codes [N, K], float16 scales [N, K / group]): symmetric, one scale per group."""
-    n, k = weight.shape
-    blocks = weight.float().view(n, k // group, group)
-    scales = (blocks.abs().amax(-1) / 127).to(torch.float16)
-    scales = torch.where(scales > 0, scales, torch.ones_like(scales))
-    codes = torch.round(blocks / scales.float()[..., None]).clamp_(-127, 127).to(torch.int8)
-    return codes.view(n, k), scales
 
 
 class QuantEmbedding(nn.Module):
@@ -61,7 +51,7 @@ def quantize_head(model: nn.Module, head: QuantLinear | None = None) -> QuantLin
     embed = model.model.embed_tokens
     tied = linear.weight is embed.weight
     if head is None:
-        head = QuantLinear(8, *quantize_int8_groups(linear.weight.detach()), None, GROUP, linear.bias)
+        head = QuantLinear(8, *quantize_int8(linear.weight.detach(), GROUP), None, GROUP, linear.bias)
     head.int8_activations = False  # as fast here (it is bound by its weight reads), and exact
     model.lm_head = head
     if tied:

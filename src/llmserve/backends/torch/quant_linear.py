@@ -163,12 +163,15 @@ class QuantLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, int{self.bits}, group={self.group_size}"
 
 
-def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 codes [N, K], float16 scales [N, 1]): symmetric, one scale per output channel."""
-    scales = (weight.abs().amax(1, keepdim=True) / 127).to(torch.float16)
+def quantize_int8(weight: torch.Tensor, group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 codes [N, K], float16 scales [N, K / group_size]): symmetric, one scale per group of
+    inputs (per output channel when ``group_size`` is None)."""
+    n, k = weight.shape
+    blocks = weight.float().view(n, -1, group_size or k)
+    scales = (blocks.abs().amax(-1) / 127).to(torch.float16)
     scales = torch.where(scales > 0, scales, torch.ones_like(scales))  # an all-zero row stays zero
-    qweight = torch.round(weight / scales.float()).clamp_(-127, 127).to(torch.int8)
-    return qweight, scales
+    codes = torch.round(blocks / scales.float()[..., None]).clamp_(-127, 127).to(torch.int8)
+    return codes.view(n, k), scales
 
 
 def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

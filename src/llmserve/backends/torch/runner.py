@@ -107,11 +107,14 @@ class TorchModelRunner:
         gguf_file = self._gguf_file() if self.quantization == "gguf" else None
         self.model = load_model(self.model_dir, cfg, self.dtype, self.device, self.tp)
         if gguf_file is not None:
+            from gguf import GGUFReader
+
             from llmserve.backends.torch.gguf_linear import gguf_head, load_gguf_linears
             from llmserve.backends.torch.quant_head import quantize_head
 
-            load_gguf_linears(self.model, gguf_file)
-            quantize_head(self.model, gguf_head(self.model, gguf_file))
+            reader = GGUFReader(str(gguf_file))  # one parse of the file for projections and head
+            load_gguf_linears(self.model, reader)
+            quantize_head(self.model, gguf_head(self.model, reader))
         elif self.quantization:
             from llmserve.backends.torch.quant_head import quantize_head
             from llmserve.backends.torch.quant_linear import quantize_linears

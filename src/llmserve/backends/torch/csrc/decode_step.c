@@ -10,7 +10,8 @@
 
    Layer table, int64 per layer (LAYER_FIELDS): input norm weight, post-attention norm weight,
    KV cache, then for qkv, o, gate_up, down: bits (8, 4, or 32 for float32 weights), weight,
-   scales, mins, bias, N, K, G. */
+   scales, mins, bias, N, K, G, and the row count below which x is quantised to int8 (0: never;
+   QuantLinear's own rule, read when the table is built). */
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -34,17 +35,16 @@ typedef void (*linf_fn)(const float *, const void *, const float *, float *, int
 /* Kernel table order (decode_step.py: KERNELS). */
 enum { F_NORM, F_SILU, F_ROPE, F_ATTN, F_LIN8, F_LIN8Q, F_LIN4, F_LIN4Q, F_LINF, F_COUNT };
 
-#define LIN_FIELDS 8
+#define LIN_FIELDS 9
 #define LAYER_FIELDS (3 + 4 * LIN_FIELDS)
-#define INT8_ROWS 4 /* as quant_linear.py's _INT8_ROWS */
 
 static void linear(void *const *fns, const int64_t *p, const float *x, float *out, int64_t M, int nthreads) {
     const int bits = (int)p[0];
     const void *w = (const void *)p[1], *scales = (const void *)p[2], *mins = (const void *)p[3];
     const float *bias = (const float *)p[4];
     const int64_t N = p[5], K = p[6], G = p[7];
-    const int int8 = M < INT8_ROWS && K % 32 == 0 && G % 32 == 0;
-    if (bits == 32) { /* float32 weights (decode_step.py keeps M below INT8_ROWS for them) */
+    const int int8 = M < p[8];
+    if (bits == 32) { /* float32 weights (decode_step.py keeps M below 4 rows for them) */
         ((linf_fn)fns[F_LINF])(x, w, bias, out, M, N, K, nthreads);
     } else if (bits == 8) {
         if (!(int8 && ((lin8q_fn)fns[F_LIN8Q])(x, w, scales, bias, out, M, N, K, G, nthreads)))
