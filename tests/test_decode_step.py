@@ -1,7 +1,8 @@
 """The fused C decode step (decode_step.py) against the module path it replaces, on SmolLM2
 in float32 and under --quantization: the same logits for decode batches of 1, 3 (integer kernels,
 the float32 GEMV) and 6 rows (float-activation kernels; float32 weights go back to the module
-path from 4 rows), at different context lengths, and the cases it must leave alone."""
+path from 4 rows), at different context lengths, and the cases it must leave alone; in bf16, as
+close to float32 arithmetic on the same weights as the module path is."""
 
 from __future__ import annotations
 
@@ -62,10 +63,43 @@ def test_same_logits_as_the_module_path(runner, batch):
 
 
 def test_left_alone_where_it_does_not_apply(smollm2_dir):
-    for quant in (None, "int8"):
-        bf16 = TorchModelRunner(str(smollm2_dir), "bfloat16", quantization=quant)
-        bf16.load()
-        assert bf16.model.fused_decode is None  # bf16 activations
+    bf16 = TorchModelRunner(str(smollm2_dir), "bfloat16", quantization="int8")
+    bf16.load()
+    assert bf16.model.fused_decode is None  # QuantLinear's kernels take float32 activations
+
+
+@pytest.fixture(scope="module")
+def bf16_runners(smollm2_dir):
+    """A bf16 runner and a float32 one holding the same (bf16-rounded) weights."""
+    runners = [TorchModelRunner(str(smollm2_dir), dtype) for dtype in ("bfloat16", "float32")]
+    for r in runners:
+        r.load()
+        r.allocate_kv_cache(64, BLOCK)
+    with torch.no_grad():
+        for p in runners[1].model.parameters():
+            p.copy_(p.bfloat16().float())
+    return runners
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_bf16_step_as_close_as_the_module_path(bf16_runners, batch):
+    """bf16 rounds at every op, so the two paths differ by its noise: each against float32
+    arithmetic on the same weights, the fused step's error is of the module path's size."""
+    bf16, exact = bf16_runners
+    assert bf16.model.fused_decode.bf16 and bf16.model.fused_decode.max_rows == 4
+    prompts = [[1, 9690, 198] + list(range(400 + 7 * i, 400 + 7 * i + 5 + 6 * i)) for i in range(batch)]
+    fused, modules = _decode(bf16, prompts, 4, True), _decode(bf16, prompts, 4, False)
+    reference = _decode(exact, prompts, 4, False)
+    assert torch.equal(fused.argmax(-1), reference.argmax(-1))
+    fused_err, module_err = (fused - reference).abs(), (modules - reference).abs()
+    assert fused_err.mean() < 1.5 * module_err.mean() and fused_err.max() < 2 * module_err.max()
+
+
+def test_bf16_head_logits_by_the_gemv(bf16_runners):
+    head, fused = bf16_runners[0].model.lm_head, bf16_runners[0].model.fused_decode
+    hidden = torch.randn(2, head.in_features).bfloat16()
+    exact = hidden.float() @ head.weight.float().T
+    torch.testing.assert_close(fused.logits(head, hidden), exact, atol=1e-3, rtol=1e-4)
 
 
 def test_float32_head_logits_by_the_gemv(smollm2_dir):
@@ -83,3 +117,24 @@ def test_prompt_chunks_take_the_module_path(runner, monkeypatch):
     monkeypatch.setattr(FusedDecode, "__call__", lambda self, *a: calls.append(1))
     runner.forward(Batch([BatchItem(0, [1, 2, 3, 4], 0, [60], True, None, (), ())], BLOCK))
     assert not calls
+
+
+@pytest.mark.parametrize("k", [576, 200, 37])  # the 16-wide loop, and its scalar tail
+def test_the_gemvs_against_torch(k):
+    from llmserve.backends.torch.quant_linear import kernels
+
+    lib, threads = kernels(), torch.get_num_threads()
+    torch.manual_seed(k)
+    for m in (1, 2, 3):
+        x, w, bias = torch.randn(m, k), torch.randn(70, k), torch.randn(70)
+        out = torch.empty(m, 70)
+        lib.linear_f32(x.data_ptr(), w.data_ptr(), bias.data_ptr(), out.data_ptr(), m, 70, k, threads)
+        torch.testing.assert_close(out, x @ w.T + bias, atol=1e-4, rtol=1e-5)
+        xb, wb, bb = x.bfloat16(), w.bfloat16(), bias.bfloat16()
+        exact = xb.float() @ wb.float().T + bb.float()
+        logits, rounded, scratch = torch.empty(m, 70), torch.empty(m, 70, dtype=torch.bfloat16), torch.empty(m, k)
+        for target, as_f32 in ((logits, 1), (rounded, 0)):
+            lib.linear_bf16(xb.data_ptr(), wb.data_ptr(), bb.data_ptr(), target.data_ptr(), m, 70, k, as_f32,
+                            scratch.data_ptr(), threads)  # fmt: skip
+        torch.testing.assert_close(logits, exact, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(rounded.float(), exact, atol=1e-4, rtol=2**-8)  # within one bf16 step

@@ -44,6 +44,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "linear_int8_q8": [ptr] * 5 + [i64] * 4 + [c_int],
         "linear_int4_q8": [ptr] * 6 + [i64] * 4 + [c_int],
         "linear_f32": [ptr] * 4 + [i64] * 3 + [c_int],  # float32 GEMV for decode_step.py
+        "linear_bf16": [ptr] * 4 + [i64] * 3 + [c_int, ptr, c_int],  # and its bf16 one
     }
     for name, args in signatures.items():
         fn = getattr(lib, name)
