@@ -132,7 +132,8 @@ def test_the_gemvs_against_torch(k):
         torch.testing.assert_close(out, x @ w.T + bias, atol=1e-4, rtol=1e-5)
         xb, wb, bb = x.bfloat16(), w.bfloat16(), bias.bfloat16()
         exact = xb.float() @ wb.float().T + bb.float()
-        logits, rounded, scratch = torch.empty(m, 70), torch.empty(m, 70, dtype=torch.bfloat16), torch.empty(m, k)
+        logits, rounded = torch.empty(m, 70), torch.empty(m, 70, dtype=torch.bfloat16)
+        scratch = torch.empty(m, k)
         for target, as_f32 in ((logits, 1), (rounded, 0)):
             lib.linear_bf16(xb.data_ptr(), wb.data_ptr(), bb.data_ptr(), target.data_ptr(), m, 70, k, as_f32,
                             scratch.data_ptr(), threads)  # fmt: skip

@@ -27,7 +27,8 @@ from llmserve.backends.torch.quant_linear import _INT8_ROWS, QuantLinear, kernel
 
 # The kernel table of decode_step.c, in its order; the first four live in cpu_kernels.c.
 KERNELS = ("add_rms_norm", "silu_mul", "rope", "paged_decode")
-QUANT_KERNELS = ("linear_int8", "linear_int8_q8", "linear_int4", "linear_int4_q8", "linear_f32", "linear_bf16")
+QUANT_KERNELS = ("linear_int8", "linear_int8_q8", "linear_int4", "linear_int4_q8")
+QUANT_KERNELS += ("linear_f32", "linear_bf16")  # the GEMVs
 LIN_FIELDS, LAYER_FIELDS = 9, 3 + 4 * 9
 FLOAT_ROWS = 4  # float32 / bf16 projections: the GEMV beats torch's matmul below this many rows
 DTYPES = (torch.float32, torch.bfloat16)
@@ -100,10 +101,14 @@ class FusedDecode:
             return None
         # QuantLinear's kernels take float32 activations: a bf16 model's projections are all bf16.
         quant_ok = dtype == torch.float32
+
+        def fits(p: nn.Module) -> bool:
+            return (quant_ok and isinstance(p, QuantLinear)) or _is_float(p, dtype)
+
         layers = getattr(getattr(model, "model", None), "layers", None)
         if not layers or any(
             layer.self_attn.q_norm is not None
-            or not all((quant_ok and isinstance(p, QuantLinear)) or _is_float(p, dtype) for p in _projections(layer))
+            or not all(fits(p) for p in _projections(layer))
             or layer.input_layernorm.weight.dtype != dtype
             for layer in layers
         ):
