@@ -20,7 +20,7 @@ typedef float v8f __attribute__((vector_size(32)));
 #define NB 2 /* weight rows per tile */
 #ifndef PREFETCH
 /* Bytes ahead in the weights to prefetch: with the hardware prefetcher alone the decode-sized
-   kernels read 15-20% slower (two threads, SmolLM2's shapes). */
+   kernels read 15-35% slower (two threads, SmolLM2's shapes). */
 #define PREFETCH 24576
 #endif
 #define MB 4 /* x rows per tile (TILES takes the last 1-3 in one); NB * MB accumulators in registers */
