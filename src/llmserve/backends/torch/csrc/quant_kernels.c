@@ -376,6 +376,12 @@ static inline float bf1(uint16_t h) {
     return f;
 }
 
+static inline uint16_t to_bf1(float f) { /* nearest even */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
 /* Sixteen bf16 weights as two float32 vectors without widening: even elements are the low
    halves of each 32-bit lane (shifted up), odd ones the high halves (masked). */
 static inline void bf16x2(const uint16_t *p, v8f *even, v8f *odd) {
@@ -415,13 +421,10 @@ void linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, voi
             for (int j = 0; j < nb; j++) {
                 float r = hsum(even[j] + odd[j]) + (bias ? bf1(bias[n0 + j]) : 0.0f);
                 for (int64_t k = K16; k < K; k++) r += bf1(x[m * K + k]) * bf1(w[(n0 + j) * K + k]);
-                if (out_f32) {
+                if (out_f32)
                     ((float *)out)[m * N + n0 + j] = r;
-                } else {
-                    uint32_t u;
-                    memcpy(&u, &r, 4);
-                    ((uint16_t *)out)[m * N + n0 + j] = (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-                }
+                else
+                    ((uint16_t *)out)[m * N + n0 + j] = to_bf1(r);
             }
         }
     }
