@@ -278,6 +278,21 @@ static inline vacc dot_u8(vacc acc, vblk w, vblk x, float s) {
 static inline vacc dot_s8(vacc acc, vblk w, vblk x, float s) { return dot_u8(acc, w, x, s); }
 #endif
 
+/* int4's minimum term of one output: sum over groups of min * (sum of the quantised x), eight
+   groups at a time (one scalar chain of adds was a fifth of the kernel's time at one row). */
+static inline float min_term(const _Float16 *mins, const float *gsum, int64_t groups) {
+    v8f acc = splat(0.0f);
+    int64_t g = 0;
+    for (; g + 8 <= groups; g += 8) {
+        v8f m;
+        for (int k = 0; k < 8; k++) m[k] = (float)mins[g + k];
+        acc += m * ld(gsum + g);
+    }
+    float r = hsum(acc);
+    for (; g < groups; g++) r += (float)mins[g] * gsum[g];
+    return r;
+}
+
 /* One tile: weight rows n0 .. n0 + nb, x rows m0 .. m0 + mb. BITS 8: w int8 [N, K];
    BITS 4: w packed [N, K / 2], 16 bytes a block. */
 #define QTILE(NAME, WTYPE, BLK, DOT, WSTRIDE, BSTRIDE)                                          \
@@ -306,8 +321,7 @@ static inline vacc dot_s8(vacc acc, vblk w, vblk x, float s) { return dot_u8(acc
             for (int j = 0; j < nb; j++) {                                                     \
                 float r = acc_sum(acc[i][j]) + (bias ? bias[n0 + j] : 0.0f);                   \
                 if (mins)                                                                      \
-                    for (int64_t g = 0; g < groups; g++)                                       \
-                        r += (float)mins[(n0 + j) * groups + g] * xq->gsum[(m0 + i) * groups + g]; \
+                    r += min_term(mins + (n0 + j) * groups, xq->gsum + (m0 + i) * groups, groups); \
                 out[(m0 + i) * N + n0 + j] = r;                                                \
             }                                                                                  \
     }
