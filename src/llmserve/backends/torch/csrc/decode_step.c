@@ -46,7 +46,7 @@ static void linear(void *const *fns, const int64_t *p, const void *x, void *out,
                    int nthreads) {
     const int bits = (int)p[0];
     const void *w = (const void *)p[1], *scales = (const void *)p[2], *mins = (const void *)p[3];
-    const float *bias = (const float *)p[4];
+    const void *bias = (const void *)p[4]; /* float32, or bf16 for bf16 weights */
     const int64_t N = p[5], K = p[6], G = p[7];
     const int int8 = M < p[8];
     if (bits == 16) { /* bf16 x, weights and out */
