@@ -20,6 +20,7 @@ from llmserve.engine.engine import EngineStats, LLMEngine, SeqEvent
 from llmserve.engine.sampling import SamplingParams
 from llmserve.engine.stream import GenerationStream, OutputKind
 from llmserve.errors import EngineDeadError, InvalidRequestError, LLMServeError, OverloadedError
+from llmserve.sources.tokenizer import load_tokenizer
 
 log = logging.getLogger("llmserve.engine")
 
@@ -80,10 +81,11 @@ class AsyncEngine:
 
     @classmethod
     def create(cls, config, backend, model_dir: str, model_name: str, **engine_kwargs) -> AsyncEngine:
-        from transformers import AutoTokenizer
-
-        engine = device_thread().run(LLMEngine, backend, model_dir, config, **engine_kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        loading = device_thread().submit(LLMEngine, backend, model_dir, config, **engine_kwargs)
+        try:  # the tokenizer (transformers' imports, 2 s) loads while the device thread loads weights
+            tokenizer = load_tokenizer(model_dir)
+        finally:
+            engine = loading.result()
         defaults = load_generation_defaults(model_dir, config.generation_config)
         return cls(engine, tokenizer, config, defaults, model_name)
 

@@ -26,6 +26,7 @@ from llmserve.engine.engine import EngineStats, validate_request
 from llmserve.engine.sampling import SamplingParams
 from llmserve.engine.stream import GenerationStream
 from llmserve.errors import EngineDeadError, LLMServeError
+from llmserve.sources.tokenizer import load_tokenizer
 from llmserve.structured.remote import constraint_to_wire, remote_specs
 
 log = logging.getLogger("llmserve.engine")
@@ -119,11 +120,9 @@ class EngineClient(AsyncEngine):
 
     @classmethod
     def create(cls, config, model_dir: str, model_name: str) -> EngineClient:
-        from transformers import AutoTokenizer
-
         process = EngineProcess(config, model_dir)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+            tokenizer = load_tokenizer(model_dir)
             defaults = load_generation_defaults(model_dir, config.generation_config)
         except BaseException:
             process.shutdown()

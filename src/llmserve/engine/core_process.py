@@ -22,6 +22,7 @@ from llmserve.engine import core_messages as m
 from llmserve.engine.device_thread import device_thread
 from llmserve.engine.engine import EngineStats, LLMEngine
 from llmserve.errors import LLMServeError
+from llmserve.sources.tokenizer import load_tokenizer
 
 log = logging.getLogger("llmserve.engine")
 
@@ -121,13 +122,11 @@ class EngineCore:
     def compiler(self):
         """The structured-output compiler of this engine's model (made on first use)."""
         if self._compiler is None:
-            from transformers import AutoTokenizer
-
             from llmserve.structured.compiler import StructuredOutputCompiler
 
             config, info = self.engine.config, self.engine.model_info
             self._compiler = StructuredOutputCompiler(
-                AutoTokenizer.from_pretrained(self.engine.model_dir),
+                load_tokenizer(self.engine.model_dir),
                 info.vocab_size,
                 info.eos_token_ids,
                 backend=config.structured_outputs_backend,

@@ -6,16 +6,15 @@ import asyncio
 
 from llmserve.backends.base import Embedder
 from llmserve.engine.device_thread import device_thread
+from llmserve.sources.tokenizer import load_tokenizer
 
 
 class EmbeddingService:
     """Tokenizer plus a loaded Embedder, run off the event loop one batch at a time."""
 
     def __init__(self, embedder: Embedder, model_dir: str) -> None:
-        from transformers import AutoTokenizer
-
         self.embedder = embedder
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer = load_tokenizer(model_dir)
         self.dim = embedder.dim
         self.max_model_len = embedder.max_model_len
 

@@ -7,7 +7,8 @@ fused projection's row counts, so q/k/v (or gate/up) load straight into one matm
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ def load_model(
     With a ``tp`` group (tp_layers.TPGroup) of several ranks, the model is sharded first and
     each rank loads its slices."""
     cls = torch_model_class(cfg.architecture)
-    with torch.device("meta"):
+    with torch.device("meta"), _no_init():
         model = cls(cfg)
         if tp is not None and tp.world > 1:
             from llmserve.backends.torch.tp_layers import shard_model
@@ -35,6 +36,30 @@ def load_model(
     model = model.to_empty(device=device).to(dtype)
     model.load_weights(iter_weights(model_dir))
     return model.eval()
+
+
+_INIT_FUNCTIONS = (
+    "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "kaiming_uniform_",
+    "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
+)  # fmt: skip
+
+
+@contextmanager
+def _no_init() -> Iterator[None]:
+    """Skip torch.nn.init while a model is built: the checkpoint overwrites every parameter, and
+    a meta tensor's ``normal_`` (nn.Embedding's init) alone imports torch._dynamo, 2 s at start."""
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+    for name in saved:
+        setattr(nn.init, name, _keep)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
+def _keep(tensor: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    return tensor
 
 
 def load_checkpoint(
