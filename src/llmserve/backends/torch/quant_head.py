@@ -6,8 +6,10 @@ method keeps it quantised too: ``int8`` and ``int4`` quantise it to 8 bits (4-bi
 too much accuracy; llama.cpp's Q4 files keep theirs at Q8_0 or Q6_K as well), ``gguf`` serves
 the file's own ``output`` (or tied ``token_embd``) blocks when their type is one the kernels
 take, else the same 8 bits. With tied embeddings the lookup reads the head's codes, so the
-float embedding matrix is dropped. The head multiplies float activations: at one row it is
-bound by its weight reads either way, and int8 activations flipped near-tied first tokens.
+float embedding matrix is dropped. Below 4 rows the head, like every QuantLinear, quantises its
+activations to int8 per 32 inputs (llama.cpp's Q8_0 x Q8_0 for its output matrix) and runs the
+prefetching integer kernel: 1.6 against 3.0 ms at one row here, the float-activation tile read
+the head's codes at half the rate.
 """
 
 from __future__ import annotations
@@ -52,7 +54,6 @@ def quantize_head(model: nn.Module, head: QuantLinear | None = None) -> QuantLin
     tied = linear.weight is embed.weight
     if head is None:
         head = QuantLinear(8, *quantize_int8(linear.weight.detach(), GROUP), None, GROUP, linear.bias)
-    head.int8_activations = False  # as fast here (it is bound by its weight reads), and exact
     model.lm_head = head
     if tied:
         model.model.embed_tokens = QuantEmbedding(head, embed.weight.dtype)
