@@ -7,6 +7,7 @@ fused projection's row counts, so q/k/v (or gate/up) load straight into one matm
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,18 +45,28 @@ _INIT_FUNCTIONS = (
 )  # fmt: skip
 
 
+_ORIGINAL = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+_building = [0]  # models being built now, in any thread
+_lock = threading.Lock()
+
+
 @contextmanager
 def _no_init() -> Iterator[None]:
     """Skip torch.nn.init while a model is built: the checkpoint overwrites every parameter, and
-    a meta tensor's ``normal_`` (nn.Embedding's init) alone imports torch._dynamo, 2 s at start."""
-    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
-    for name in saved:
-        setattr(nn.init, name, _keep)
+    a meta tensor's ``normal_`` (nn.Embedding's init) alone imports torch._dynamo, 2 s at start.
+    The functions come back when the last model being built (in any thread) is done."""
+    with _lock:
+        _building[0] += 1
+        for name in _INIT_FUNCTIONS:
+            setattr(nn.init, name, _keep)
     try:
         yield
     finally:
-        for name, fn in saved.items():
-            setattr(nn.init, name, fn)
+        with _lock:
+            _building[0] -= 1
+            if not _building[0]:
+                for name, fn in _ORIGINAL.items():
+                    setattr(nn.init, name, fn)
 
 
 def _keep(tensor: torch.Tensor, *args, **kwargs) -> torch.Tensor:
