@@ -36,3 +36,11 @@ def test_a_model_type_auto_tokenizer_overrides_is_left_to_it(tmp_path, smollm2_d
     assert declared_class(tmp_path).__name__ == "TokenizersBackend"
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "X", "auto_map": {}}))
     assert declared_class(tmp_path) is None
+
+
+def test_a_transformers_without_the_rules_leaves_it_to_auto_tokenizer(monkeypatch, smollm2_dir):
+    from transformers.models.auto import tokenization_auto
+
+    monkeypatch.delattr(tokenization_auto, "MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS")
+    assert declared_class(smollm2_dir) is None
+    assert type(load_tokenizer(smollm2_dir)) is type(AutoTokenizer.from_pretrained(smollm2_dir))

@@ -16,6 +16,12 @@ from pathlib import Path
 from typing import Any
 
 GENERIC = ("TokenizersBackend", "PreTrainedTokenizerFast", "PythonBackend")
+# AutoTokenizer's own special cases, read from transformers (its 5.x tables)
+_AUTO_TABLES = (
+    "MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS",
+    "MODEL_IDS_TO_TOKENIZERS_BACKEND",
+    "TOKENIZER_MAPPING_NAMES",
+)
 
 
 def load_tokenizer(model_dir: str | Path, **kwargs: Any):
@@ -42,12 +48,16 @@ def declared_class(model_dir: Path) -> type | None:
         return None  # AutoTokenizer checks a Llama tokenizer's pre-tokenizer first
     from transformers.models.auto import tokenization_auto as auto
 
-    if model_type in auto.MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS:
+    tables = [getattr(auto, n, None) for n in _AUTO_TABLES]
+    if any(t is None for t in tables) or getattr(auto, "TokenizersBackend", None) is None:
+        return None  # a transformers without these rules: AutoTokenizer decides
+    overridden, by_model_id, mapping = tables
+    if model_type in overridden:
         return None
     origin = str(config.get("_name_or_path", "")).lower()
-    if any(fnmatch.fnmatch(origin, p) for p in auto.MODEL_IDS_TO_TOKENIZERS_BACKEND):
+    if any(fnmatch.fnmatch(origin, p) for p in by_model_id):
         return None
-    registered = (auto.TOKENIZER_MAPPING_NAMES.get(model_type) or "").removesuffix("Fast")
+    registered = (mapping.get(model_type) or "").removesuffix("Fast")
     if registered in GENERIC or registered == "MistralCommonBackend":
         if registered != name.removesuffix("Fast"):
             return None  # AutoTokenizer picks the generic backend or Mistral's own
