@@ -12,9 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llmserve.sources import packs
+from llmserve.sources import packs, transformers_index
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+transformers_index.install()  # the test modules import transformers too
 
 
 @pytest.fixture(scope="session")

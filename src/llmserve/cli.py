@@ -15,6 +15,7 @@ import typer
 from llmserve import __version__
 from llmserve.cli_options import with_config_options
 from llmserve.errors import LLMServeError
+from llmserve.sources import transformers_index
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -99,4 +100,5 @@ def build_app() -> typer.Typer:
 
 
 def main() -> None:
+    transformers_index.install()  # before anything imports transformers
     sys.exit(build_app()(standalone_mode=True))

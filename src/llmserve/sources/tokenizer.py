@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llmserve.sources import transformers_index
+
 GENERIC = ("TokenizersBackend", "PreTrainedTokenizerFast", "PythonBackend")
 # AutoTokenizer's own special cases, read from transformers (its 5.x tables)
 _AUTO_TABLES = (
@@ -26,6 +28,7 @@ _AUTO_TABLES = (
 
 def load_tokenizer(model_dir: str | Path, **kwargs: Any):
     """The tokenizer ``AutoTokenizer.from_pretrained(model_dir, **kwargs)`` would return."""
+    transformers_index.install()
     cls = declared_class(Path(model_dir))
     if cls is None:
         from transformers import AutoTokenizer
