@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, quants
+from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter, quants
+
+from llmserve.sources.gguf import read_gguf
 
 
 def quantize_q4_k(weight: np.ndarray) -> np.ndarray:
@@ -70,7 +72,7 @@ def requantize(weight: np.ndarray, type_name: str) -> np.ndarray:
 
 def write_mixed_gguf(source: Path, out: Path) -> Path:
     """``source`` (a GGUF) re-written with the decoder's projections in MIXED_TYPES."""
-    reader = GGUFReader(str(source))
+    reader = read_gguf(source)
     arch = reader.get_field("general.architecture").contents()
     writer = GGUFWriter(str(out), arch)
     for name, field in reader.fields.items():

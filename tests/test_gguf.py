@@ -212,3 +212,29 @@ def test_smollm2_logits_match_transformers_gguf_loading(smollm2_dir, smollm2_ggu
     _, prompt = runner.forward(Batch([item], block_size=16))
     torch.testing.assert_close(prompt[0], ref, atol=1e-4 * ref.abs().max().item(), rtol=1e-4)
     assert prompt[0].argmax(-1).tolist() == ref.argmax(-1).tolist()
+
+
+def test_read_gguf_has_what_gguf_reader_reads(tmp_path):
+    path = tmp_path / "t.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_token_list([f"tok{i}" for i in range(3000)])
+    writer.add_token_scores([float(i) for i in range(3000)])
+    rng = np.random.default_rng(0)
+    writer.add_tensor("a.weight", rng.standard_normal((8, 64)).astype(np.float32))
+    writer.add_tensor("b.weight", rng.standard_normal((4, 32)).astype(np.float16))
+    q8 = gguf.quants.quantize(rng.standard_normal((4, 64)).astype(np.float32), gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor("c.weight", q8, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    ours, theirs = gguf_convert.read_gguf(path), gguf.GGUFReader(str(path))
+    assert list(ours.fields) == list(theirs.fields)
+    for name in ours.fields:
+        assert ours.get_field(name).contents() == theirs.get_field(name).contents(), name
+    assert [(t.name, t.tensor_type, list(t.shape)) for t in ours.tensors] == [
+        (t.name, t.tensor_type, list(t.shape)) for t in theirs.tensors
+    ]
+    for mine, other in zip(ours.tensors, theirs.tensors, strict=True):
+        assert type(mine.data) is np.ndarray and np.array_equal(mine.data, other.data)

@@ -61,16 +61,32 @@ _SHARD_BYTES = 2 << 30
 SOURCE_FILE = "gguf_source.json"  # in a converted directory: the GGUF it came from
 
 
+def read_gguf(path: str | Path) -> Any:
+    """A ``gguf.GGUFReader`` of ``path`` whose fields and tensors view the mapped file as plain
+    ndarrays: the same contents, parsed about 3x faster (a memmap view runs a Python hook, and a
+    tokenizer's vocabulary takes some 500k views)."""
+    from gguf import GGUFReader
+
+    class Reader(GGUFReader):
+        @property
+        def data(self) -> np.ndarray:
+            return self._mapped
+
+        @data.setter
+        def data(self, value: np.ndarray) -> None:
+            self._mapped = value.view(np.ndarray) if isinstance(value, np.memmap) else value
+
+    return Reader(str(path))
+
+
 def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> Path:
     """Write config.json, generation_config.json, float32 safetensors and the tokenizer to ``out_dir``.
 
     The directory appears atomically (written to a temporary sibling, then renamed), so a
     crashed conversion never leaves a half-written model behind. Returns ``out_dir``.
     """
-    from gguf import GGUFReader
-
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
-    reader = GGUFReader(str(gguf_path))
+    reader = read_gguf(gguf_path)
     config, generation = gguf_hf_config(reader)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

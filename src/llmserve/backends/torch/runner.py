@@ -107,12 +107,11 @@ class TorchModelRunner:
         gguf_file = self._gguf_file() if self.quantization == "gguf" else None
         self.model = load_model(self.model_dir, cfg, self.dtype, self.device, self.tp)
         if gguf_file is not None:
-            from gguf import GGUFReader
-
             from llmserve.backends.torch.gguf_linear import gguf_head, load_gguf_linears
             from llmserve.backends.torch.quant_head import quantize_head
+            from llmserve.sources.gguf import read_gguf
 
-            reader = GGUFReader(str(gguf_file))  # one parse of the file for projections and head
+            reader = read_gguf(gguf_file)  # one parse of the file for projections and head
             load_gguf_linears(self.model, reader)
             quantize_head(self.model, gguf_head(self.model, reader))
         elif self.quantization:
