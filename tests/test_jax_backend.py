@@ -121,34 +121,34 @@ def test_offline_seeded_sampling_is_reproducible(jax_llm):
     assert first.outputs[0].token_ids != first.outputs[1].token_ids  # n choices draw differently
 
 
-def test_http_chat_and_embeddings_equal_the_cpu_backend(smollm2_dir, minilm_dir):
+def test_http_chat_and_embeddings_equal_the_cpu_backend(cpu_llm, smollm2_dir, minilm_dir):
+    from transformers import AutoTokenizer
+
+    from llmserve import SamplingParams
     from llmserve.backends.torch.embedder import TorchEmbedder
 
     messages = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
     body = {"model": "m", "messages": messages, "max_tokens": 32, "temperature": 0, "ignore_eos": True}
-    answers = {}
-    for backend in ("cpu", "jax"):
-        extra = [] if backend == "jax" else ["--embedding-model", "none"]
-        proc = ServerProcess(
-            "--backend", backend, "--dtype", "float32", "--served-model-name", "m", *FLAGS, *extra
-        )
-        try:
-            reply = httpx.post(proc.url + "/v1/chat/completions", json=body, timeout=120).json()
-            assert reply["usage"]["completion_tokens"] == 32, reply
-            answers[backend] = reply["choices"][0]["message"]["content"]
-            if backend == "jax":
-                texts = ["Paged attention keeps the KV cache in fixed-size blocks.", "hi"]
-                emb = httpx.post(
-                    proc.url + "/v1/embeddings",
-                    json={"model": "sentence-transformers/all-MiniLM-L6-v2", "input": texts},
-                    timeout=60,
-                ).json()
-                got = [d["embedding"] for d in emb["data"]]
-        finally:
-            assert proc.stop() == 0
-        log = proc.output()
-        assert "Traceback" not in log
-    assert answers["jax"] == answers["cpu"]
+    prompt = AutoTokenizer.from_pretrained(smollm2_dir).apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False
+    )
+    want = cpu_llm.generate([prompt], SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))
+    proc = ServerProcess("--backend", "jax", "--dtype", "float32", "--served-model-name", "m", *FLAGS)
+    try:
+        reply = httpx.post(proc.url + "/v1/chat/completions", json=body, timeout=120).json()
+        assert reply["usage"]["completion_tokens"] == 32, reply
+        texts = ["Paged attention keeps the KV cache in fixed-size blocks.", "hi"]
+        emb = httpx.post(
+            proc.url + "/v1/embeddings",
+            json={"model": "sentence-transformers/all-MiniLM-L6-v2", "input": texts},
+            timeout=60,
+        ).json()
+        got = [d["embedding"] for d in emb["data"]]
+    finally:
+        assert proc.stop() == 0
+    log = proc.output()
+    assert "Traceback" not in log
+    assert reply["choices"][0]["message"]["content"] == want[0].outputs[0].text
     assert "jax warm-up: 8 step buckets" in log and "backend jax (jax " in log
     embedder = TorchEmbedder(str(minilm_dir))
     tok = embedder_tokens(minilm_dir, texts)
