@@ -35,8 +35,9 @@ def _engine_pids(server_pid: int) -> list[int]:
 @pytest.fixture(scope="module")
 def served(smollm2_dir):
     proc = ServerProcess(
-        str(smollm2_dir), "--embedding-model", "none", "--max-model-len", "1024", "--engine-process"
-    )
+        str(smollm2_dir), "--embedding-model", "none", "--max-model-len", "1024", "--engine-process",
+        "--enable-sleep-mode",
+    )  # fmt: skip
     try:
         yield proc
     finally:
@@ -80,22 +81,18 @@ def test_an_aborted_stream_frees_its_kv_blocks_in_the_engine_process(served):
     assert status["total_requests_processed"] >= 1 and status["total_completion_tokens"] < 900
 
 
-def test_sleep_and_status_go_through_the_engine_process(smollm2_dir):
-    proc = ServerProcess(
-        str(smollm2_dir), "--embedding-model", "none", "--max-model-len", "512", "--engine-process",
-        "--enable-sleep-mode",
-    )  # fmt: skip
-    try:
-        with proc.http(timeout=60) as http:
+def test_sleep_and_status_go_through_the_engine_process(served):
+    with served.http(timeout=60) as http:
+        try:
             assert http.post("/sleep?level=1").status_code == 200
             assert http.get("/is_sleeping").json() == {"is_sleeping": True}
             refused = http.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
             assert refused.status_code == 503
+        finally:
             assert http.post("/wake_up").status_code == 200
-            ok = http.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "temperature": 0})
-            assert ok.status_code == 200, ok.text
-    finally:
-        proc.stop()
+        assert http.get("/is_sleeping").json() == {"is_sleeping": False}
+        ok = http.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "temperature": 0})
+        assert ok.status_code == 200, ok.text
 
 
 def test_a_killed_engine_process_makes_the_server_unhealthy_and_exit(smollm2_dir):

@@ -34,13 +34,19 @@ def test_init_is_skipped_while_building_and_restored_after_overlapping_builds():
     assert nn.init.normal_(torch.zeros(64)).any()
 
 
-def test_a_loaded_model_is_the_checkpoint(smollm2_dir):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_loaded_model_is_the_checkpoint(smollm2_dir, dtype):
     from safetensors import safe_open
 
     from llmserve.arch.hf_config import load_arch_config
 
-    model = loader.load_model(smollm2_dir, load_arch_config(smollm2_dir), torch.float32, torch.device("cpu"))
+    model = loader.load_model(smollm2_dir, load_arch_config(smollm2_dir), dtype, torch.device("cpu"))
     with safe_open(str(smollm2_dir / "model.safetensors"), "pt") as f:
-        want = f.get_tensor("model.embed_tokens.weight").float()
+        want = f.get_tensor("model.embed_tokens.weight").to(dtype)
+        down = f.get_tensor("model.layers.3.mlp.down_proj.weight").to(dtype)
     assert torch.equal(model.model.embed_tokens.weight, want)
+    assert torch.equal(model.model.layers[3].mlp.down_proj.weight, down)
+    tensors = [*model.parameters(), *model.buffers()]
+    assert all(t.device.type == "cpu" and t.dtype == dtype for t in tensors if t.is_floating_point())
+    assert all(isinstance(p, nn.Parameter) for p in model.parameters())
     assert nn.init.normal_ is loader._ORIGINAL["normal_"]
