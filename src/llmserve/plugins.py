@@ -236,8 +236,8 @@ class Plugins:
 
     def check(self) -> Plugins:
         """Build every registry now, so a bad plugin fails at start rather than mid-request."""
-        self.backends(), self.tool_parsers(), self.reasoning_parsers()
-        self.logits_processors(), self.protocols(), self.architectures()
+        self.tool_parsers(), self.reasoning_parsers(), self.logits_processors()
+        self.protocols(), self.architectures(), self.backends()
         return self
 
     def auto_backend(self, config: Config) -> str:

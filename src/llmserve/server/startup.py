@@ -32,13 +32,7 @@ def resolve_backend_name(config: Config, plugins: Plugins | None = None) -> str:
 def check_config(config: Config, plugins: Plugins | None = None) -> Plugins:
     """Everything that can be checked before a model is loaded; raises ConfigError (PluginError
     for a plugin that registered something of the wrong kind)."""
-    plugins = (plugins or load_plugins()).check()
-    backends = plugins.backends()
-    name = resolve_backend_name(config, plugins)
-    if name not in backends:
-        raise ConfigError(
-            f"--backend: unknown backend {name!r}; available: {', '.join(sorted(backends)) or 'none'}"
-        )
+    plugins = plugins or load_plugins()
     for flag, value, registry in (
         ("--tool-call-parser", config.tool_call_parser, plugins.tool_parsers()),
         ("--reasoning-parser", config.reasoning_parser, plugins.reasoning_parsers()),
@@ -60,6 +54,13 @@ def check_config(config: Config, plugins: Plugins | None = None) -> Plugins:
     gen = config.generation_config
     if gen not in ("auto", "vllm") and not Path(gen).is_dir():
         raise ConfigError(f"--generation-config: must be 'auto', 'vllm' or a folder, got {gen!r}")
+    plugins.check()  # the backends last: importing them imports torch, so a typo above fails fast
+    backends = plugins.backends()
+    name = resolve_backend_name(config, plugins)
+    if name not in backends:
+        raise ConfigError(
+            f"--backend: unknown backend {name!r}; available: {', '.join(sorted(backends)) or 'none'}"
+        )
     methods = backends[name].obj.quantization_methods
     if config.quantization and config.quantization not in methods:
         supported = f"it supports {', '.join(methods)}" if methods else "it supports none"
