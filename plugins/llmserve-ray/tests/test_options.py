@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 from llmserve_ray.options import deployment_options, parse_args
-from llmserve_ray.routing import prefix_key, rank
+from llmserve_ray.routing import prefix_key, rank, unknown_first
 
 from llmserve.api import ConfigError
 
@@ -93,6 +93,16 @@ def test_prefix_key_is_read_from_the_asgi_headers():
     pickled = pickle.dumps(SimpleNamespace(asgi_scope={"headers": [(b"X-Prefix-Key", b"conv-2")]}))
     assert prefix_key(SimpleNamespace(args=[pickled])) == b"conv-2"
     assert prefix_key(SimpleNamespace(args=[b"not a pickle"])) is None
+
+
+def test_a_replica_of_unknown_queue_length_is_probed_before_a_known_one():
+    a, b = _replica("a"), _replica("b")
+    known = {"a": 0}
+    cache = SimpleNamespace(get=lambda replica_id: known.get(replica_id.unique_id))
+    assert unknown_first([a, b], cache) == [[b], [a]]  # not [[a, b]]: Serve would take a every time
+    known["b"] = 3
+    assert unknown_first([a, b], cache) == [[a, b]]
+    assert unknown_first([a, b], SimpleNamespace(get=lambda replica_id: None)) == [[a, b]]
 
 
 def test_cli_refuses_before_starting_ray():

@@ -6,7 +6,10 @@ are ranked by rendezvous hashing of the key, so a replica that leaves or joins m
 share of keys, and a preferred replica that is full (``max_ongoing_requests``) hands over to the
 next. Requests without the header go to the less loaded of two replicas picked at random among
 all of them; unlike Serve's default router it has no preference for replicas on the proxy's own
-node, which behind one proxy would fill that node's replica before any other took a request.
+node, which behind one proxy would fill that node's replica before any other took a request. A
+replica whose queue length the router does not know (never probed, or its entry timed out) is
+ranked before the others, so it is probed rather than passed over for one whose length is cached:
+in a burst, that would send every request to the one replica the router happened to know.
 
 The prompt itself cannot be hashed here: Ray's proxy routes an HTTP request before its body is
 read (the replica pulls the body afterwards), so the router sees only the ASGI scope: path and
@@ -66,4 +69,15 @@ class PrefixKeyRouter(FIFOMixin, RequestRouter):
         if key is not None:
             home, *others = rank(key, candidate_replicas)
             return [[home], others]  # when home is full: the least loaded of the others
-        return [random.sample(candidate_replicas, k=min(2, len(candidate_replicas)))]
+        pair = random.sample(candidate_replicas, k=min(2, len(candidate_replicas)))
+        return unknown_first(pair, self.replica_queue_len_cache)
+
+
+def unknown_first(replicas: list[RunningReplica], cache) -> list[list[RunningReplica]]:
+    """``replicas`` as ranks: those with no queue length in ``cache`` first, then the rest.
+
+    Within one rank Serve takes the lowest cached length and probes the others only in the
+    background, so an unknown replica in the same rank as a known one would not be chosen."""
+    unknown = [r for r in replicas if cache.get(r.replica_id) is None]
+    known = [r for r in replicas if cache.get(r.replica_id) is not None]
+    return [rank for rank in (unknown, known) if rank]
