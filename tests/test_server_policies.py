@@ -42,6 +42,17 @@ def test_api_key(guarded):
     assert httpx.get(guarded + "/health").status_code == 200  # probes stay open
 
 
+def test_a_refused_request_with_a_body_closes_its_connection_and_says_so(guarded):
+    """Its body is left unread, so the server closes the connection after the 401; the answer says
+    so and a keep-alive client sends its next request on a new connection."""
+    body = {"prompt": "hi " * 1000, "max_tokens": 1}  # under --max-request-body-bytes
+    with httpx.Client(base_url=guarded, timeout=60) as http:
+        for _ in range(20):
+            refused = http.post("/v1/completions", json=body)
+            assert refused.status_code == 401 and refused.headers["connection"] == "close"
+        assert http.get("/health").headers.get("connection") != "close"  # no body: kept alive
+
+
 def test_request_id_headers(guarded):
     headers = {"Authorization": f"Bearer {KEY}"}
     echoed = httpx.get(guarded + "/v1/models", headers={**headers, "X-Request-Id": "abc-123"})

@@ -7,7 +7,7 @@ import inspect
 import logging
 import uuid
 
-from quart import Quart, Response, jsonify, request, websocket
+from quart import Quart, Response, jsonify, make_response, request, websocket
 from werkzeug.exceptions import HTTPException
 
 from llmserve.errors import LLMServeError, PluginError, UnauthorizedError
@@ -120,7 +120,12 @@ def _install_middleware(app: Quart, config, context: ProtocolContext) -> None:
         err = UnauthorizedError(
             "Invalid or missing API key (expected 'Authorization: Bearer <key>' or 'x-api-key: <key>')."
         )
-        return _render(context, 401, err.message, err.type)
+        response = await make_response(_render(context, 401, err.message, err.type))
+        if request.content_length or "transfer-encoding" in request.headers:
+            # its body is left unread, and the server closes such a connection after the answer:
+            # say so, or a client that sends its next request on it finds it closed
+            response.headers["Connection"] = "close"
+        return response
 
     @app.before_websocket
     async def _auth_websocket():
