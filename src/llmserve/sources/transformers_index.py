@@ -47,6 +47,9 @@ class _Loader(importlib.abc.Loader):
     def __init__(self, inner) -> None:
         self.inner = inner
 
+    def __getattr__(self, name):  # get_source, get_filename...: the wrapped loader's
+        return getattr(self.inner, name)
+
     def create_module(self, spec):
         return self.inner.create_module(spec)
 
@@ -65,6 +68,9 @@ def _cached(original):
         path = os.path.dirname(path) if os.path.isfile(path) else path
         try:
             file = _cache_file(path)
+        except Exception:  # e.g. transformers without its package metadata
+            return original(module_path)
+        try:
             with open(file, "rb") as fh:
                 return pickle.load(fh)
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
