@@ -61,13 +61,15 @@ class _Loader(importlib.abc.Loader):
 
 
 def _cached(original):
+    files: dict[str, str] = {}  # transformers asks for the models folder twice in one import
+
     def create_import_structure_from_path(module_path):
         if getattr(_busy, "on", False):  # its own recursion into subpackages
             return original(module_path)
         path = str(module_path)
         path = os.path.dirname(path) if os.path.isfile(path) else path
         try:
-            file = _cache_file(path)
+            file = files.get(path) or files.setdefault(path, _cache_file(path))
         except Exception:  # e.g. transformers without its package metadata
             return original(module_path)
         try:

@@ -78,6 +78,7 @@ def unknown_first(replicas: list[RunningReplica], cache) -> list[list[RunningRep
 
     Within one rank Serve takes the lowest cached length and probes the others only in the
     background, so an unknown replica in the same rank as a known one would not be chosen."""
-    unknown = [r for r in replicas if cache.get(r.replica_id) is None]
-    known = [r for r in replicas if cache.get(r.replica_id) is not None]
+    lengths = [cache.get(r.replica_id) for r in replicas]
+    unknown = [r for r, n in zip(replicas, lengths, strict=True) if n is None]
+    known = [r for r, n in zip(replicas, lengths, strict=True) if n is not None]
     return [rank for rank in (unknown, known) if rank]
