@@ -24,8 +24,9 @@ def runner(request, smollm2_dir):
     return runner
 
 
-def _decode(runner, prompts, steps, fused: bool):
-    """Prefill each prompt, then ``steps`` greedy decode steps; the decode steps' logits."""
+def _decode(runner, prompts, steps, fused: bool, forced=None):
+    """Prefill each prompt, then ``steps`` greedy decode steps; the decode steps' logits.
+    ``forced``: logits [steps, rows, vocab] whose argmax tokens are fed instead of our own."""
     model, saved = runner.model, runner.model.fused_decode
     model.fused_decode = saved if fused else None
     try:
@@ -35,8 +36,9 @@ def _decode(runner, prompts, steps, fused: bool):
             Batch([BatchItem(i, t, 0, tables[i], True, None, (), ()) for i, t in enumerate(tokens)], BLOCK)
         )
         out = []
-        for _ in range(steps):
-            for t, row in zip(tokens, logits.argmax(-1).tolist(), strict=True):
+        for step in range(steps):
+            chosen = logits if forced is None or step == 0 else forced[step - 1]
+            for t, row in zip(tokens, chosen.argmax(-1).tolist(), strict=True):
                 t.append(row)
             items = [
                 BatchItem(i, t[-1:], len(t) - 1, tables[i], True, None, (), ()) for i, t in enumerate(tokens)
@@ -88,10 +90,14 @@ def test_bf16_step_as_close_as_the_module_path(bf16_runners, batch):
     bf16, exact = bf16_runners
     assert bf16.model.fused_decode.bf16 and bf16.model.fused_decode.max_rows == 4
     prompts = [[1, 9690, 198] + list(range(400 + 7 * i, 400 + 7 * i + 5 + 6 * i)) for i in range(batch)]
-    fused, modules = _decode(bf16, prompts, 4, True), _decode(bf16, prompts, 4, False)
+    # every path is fed the reference's tokens, so a near tie flipped by bf16 noise cannot
+    # send one path down another text
     reference = _decode(exact, prompts, 4, False)
-    assert torch.equal(fused.argmax(-1), reference.argmax(-1))
+    fused, modules = _decode(bf16, prompts, 4, True, reference), _decode(bf16, prompts, 4, False, reference)
     fused_err, module_err = (fused - reference).abs(), (modules - reference).abs()
+    # the fused step's greedy token is the reference's, or one tied with it within the noise
+    picked = reference.gather(-1, fused.argmax(-1, keepdim=True)).squeeze(-1)
+    assert (picked >= reference.amax(-1) - 2 * module_err.amax(-1)).all()
     assert fused_err.mean() < 1.5 * module_err.mean() and fused_err.max() < 2 * module_err.max()
 
 

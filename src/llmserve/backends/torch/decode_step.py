@@ -23,6 +23,7 @@ from torch import nn
 
 from llmserve.backends.torch.attention import AttentionMetadata
 from llmserve.backends.torch.cpu_kernels import CpuKernels, load_library
+from llmserve.backends.torch.packed_linear import PackedLinear
 from llmserve.backends.torch.quant_linear import _INT8_ROWS, QuantLinear, kernels
 
 # The kernel table of decode_step.c, in its order; the first four live in cpu_kernels.c.
@@ -35,8 +36,10 @@ DTYPES = (torch.float32, torch.bfloat16)
 
 
 def _is_float(p: nn.Module, dtype: torch.dtype = torch.float32) -> bool:
-    """A plain float32 (or ``dtype``) projection with a contiguous weight."""
-    return type(p) is nn.Linear and p.weight.dtype == dtype and p.weight.is_contiguous()
+    """A plain float32 (or ``dtype``) projection with a contiguous weight (a PackedLinear counts
+    while it keeps its plain weight)."""
+    weight = p.weight if type(p) is nn.Linear or isinstance(p, PackedLinear) else None
+    return weight is not None and weight.dtype == dtype and weight.is_contiguous()
 
 
 def _fields(p: nn.Module) -> list[int]:

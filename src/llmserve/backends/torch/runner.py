@@ -29,7 +29,7 @@ from llmserve.backends.torch.attention import (
 )
 from llmserve.backends.torch.cpu_kernels import CpuKernels
 from llmserve.backends.torch.loader import load_model
-from llmserve.backends.torch.packed_linear import pack_linears
+from llmserve.backends.torch.packed_linear import drop_plain_weights, pack_linears
 from llmserve.errors import ConfigError
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -120,8 +120,9 @@ class TorchModelRunner:
 
             quantize_linears(self.model, self.quantization, self.group_size)
             quantize_head(self.model)
-        if self.tp is None and self.device.type == "cpu" and self.dtype == torch.bfloat16:
-            pack_linears(self.model)
+        packed = self.tp is None and self.device.type == "cpu" and self.dtype == torch.bfloat16
+        if packed:  # the plain weights stay until the fused decode step is known to want them
+            pack_linears(self.model, keep_weight=self.use_kernels and hasattr(self.model, "fused_decode"))
         self.kv_heads = cfg.num_kv_heads
         if self.tp is not None and self.tp.world > 1:
             from llmserve.backends.torch.tp_layers import ShardingPlan
@@ -141,6 +142,8 @@ class TorchModelRunner:
                     from llmserve.backends.torch.decode_step import FusedDecode
 
                     self.model.fused_decode = FusedDecode.build(self.model, kernels, self.dtype)
+        if packed and getattr(self.model, "fused_decode", None) is None:
+            drop_plain_weights(self.model)
         return ModelInfo(
             architecture=cfg.architecture,
             vocab_size=cfg.vocab_size,

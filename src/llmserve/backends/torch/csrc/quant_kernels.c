@@ -246,7 +246,12 @@ static inline vblk blk_i4(const uint8_t *p) { /* weights 0-15 (low nibbles), 16-
 }
 /* acc += (sum of u8 w * s8 x over the block) * s */
 static inline vacc dot_u8(vacc acc, vblk w, vblk x, float s) {
+#if (defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__)
+    /* VNNI: the four u8 * s8 products of each lane summed into int32 in one instruction */
+    const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x);
+#else
     const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));
+#endif
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc);
 }
 static inline vacc dot_s8(vacc acc, vblk w, vblk x, float s) { /* signed w: |w| * (x * sign w) */
@@ -406,10 +411,46 @@ static inline void bf16x2(const uint16_t *p, v8f *even, v8f *odd) {
     *odd = (v8f)(raw & 0xFFFF0000u);
 }
 
+static inline void store_bf16_result(void *out, int64_t i, float r, int out_f32) {
+    if (out_f32)
+        ((float *)out)[i] = r;
+    else
+        ((uint16_t *)out)[i] = to_bf1(r);
+}
+
 /* The bf16 GEMV: x [M, K], w [N, K] and bias [N] bf16 (as uint16); float32 sums, written to out
    [M, N] as bf16 rounded to nearest even, or as float32 with out_f32 (the LM head's logits).
    Half the bytes of linear_f32 for the same weights. xs: float32 scratch of M * K, where x is
-   widened once, its even and odd elements of every 16 apart to match bf16x2. */
+   widened once, its even and odd elements of every 16 apart to match bf16x2 (unused with
+   AVX-512 bf16). */
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+/* vdpbf16ps: each float32 lane adds the two products of a pair of bf16 (exact in float32), so
+   one instruction does the widening, multiplies and adds of 32 weights. */
+void linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, void *out, int64_t M, int64_t N,
+                 int64_t K, int out_f32, float *xs, int nthreads) {
+    (void)xs;
+    const int64_t K32 = K - K % 32;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t n0 = 0; n0 < N; n0 += 4) {
+        const int nb = N - n0 >= 4 ? 4 : (int)(N - n0);
+        for (int64_t m = 0; m < M; m++) {
+            __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+            for (int64_t k = 0; k < K32; k += 32) {
+                const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + m * K + k);
+                for (int j = 0; j < nb; j++) {
+                    __builtin_prefetch((const char *)(w + (n0 + j) * K + k) + PREFETCH);
+                    acc[j] = _mm512_dpbf16_ps(acc[j], (__m512bh)_mm512_loadu_si512(w + (n0 + j) * K + k), xv);
+                }
+            }
+            for (int j = 0; j < nb; j++) {
+                float r = _mm512_reduce_add_ps(acc[j]) + (bias ? bf1(bias[n0 + j]) : 0.0f);
+                for (int64_t k = K32; k < K; k++) r += bf1(x[m * K + k]) * bf1(w[(n0 + j) * K + k]);
+                store_bf16_result(out, m * N + n0 + j, r, out_f32);
+            }
+        }
+    }
+}
+#else
 void linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, void *out, int64_t M, int64_t N,
                  int64_t K, int out_f32, float *xs, int nthreads) {
     const int64_t K16 = K - K % 16;
@@ -435,11 +476,9 @@ void linear_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, voi
             for (int j = 0; j < nb; j++) {
                 float r = hsum(even[j] + odd[j]) + (bias ? bf1(bias[n0 + j]) : 0.0f);
                 for (int64_t k = K16; k < K; k++) r += bf1(x[m * K + k]) * bf1(w[(n0 + j) * K + k]);
-                if (out_f32)
-                    ((float *)out)[m * N + n0 + j] = r;
-                else
-                    ((uint16_t *)out)[m * N + n0 + j] = to_bf1(r);
+                store_bf16_result(out, m * N + n0 + j, r, out_f32);
             }
         }
     }
 }
+#endif
