@@ -93,9 +93,17 @@ def _llama_server(session: nox.Session, cache: Path) -> Path:
     if (cache / "llama.cpp").exists():
         shutil.rmtree(cache / "llama.cpp")
     shutil.move(source, cache / "llama.cpp")
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    isa = []
+    if " amx_int8" in flags:
+        # ggml's AMX matmul segfaults on its first Q4_1 batch on these machines (llama.cpp issue
+        # 20824, unfixed): build for this CPU's AVX-512 without it, as -march=native would less AMX
+        isa = ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON",
+               "-DGGML_BMI2=ON", "-DGGML_AVX512=ON", "-DGGML_AVX512_VBMI=ON", "-DGGML_AVX512_VNNI=ON",
+               "-DGGML_AVX512_BF16=ON"]  # fmt: skip
     with session.chdir(cache / "llama.cpp"):
         session.run("cmake", "-B", "build", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_CURL=OFF",
-                    "-DCMAKE_BUILD_TYPE=Release", external=True)  # fmt: skip
+                    "-DCMAKE_BUILD_TYPE=Release", *isa, external=True)  # fmt: skip
         session.run("cmake", "--build", "build", "--target", "llama-server", "-j2", external=True)
     return binary
 
