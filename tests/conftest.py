@@ -111,8 +111,12 @@ class ServerProcess:
 
 @pytest.fixture(scope="session")
 def server(smollm2_dir, minilm_dir):
-    """A real server with the default models; yields its base URL."""
-    proc = ServerProcess("--max-model-len", "2048", "--enable-sleep-mode", "--enable-server-load-tracking")
+    """A real server with the default models; yields its base URL. float32 on every CPU: tests
+    compare greedy texts across prefix-cache hits and batch shapes, where bf16's rounding (the
+    `auto` dtype on CPUs with native bf16) flips near-tied tokens."""
+    proc = ServerProcess(
+        "--max-model-len", "2048", "--dtype", "float32", "--enable-sleep-mode", "--enable-server-load-tracking"
+    )  # fmt: skip
     try:
         yield proc.url
     finally:

@@ -49,6 +49,8 @@ class Server:
             "serve",
             "--max-model-len",
             "1024",
+            "--dtype",  # greedy texts compared: bf16 (auto on CPUs with native bf16) flips near ties
+            "float32",
             *args,
             "--port",
             str(self.port),
