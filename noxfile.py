@@ -97,7 +97,7 @@ def _llama_server(session: nox.Session, cache: Path) -> Path:
     isa = []
     if " amx_int8" in flags:
         # ggml's AMX matmul segfaults on its first Q4_1 batch on these machines (llama.cpp issue
-        # 20824, no fix there): build for this CPU's AVX-512 without it, as -march=native would less AMX
+        # 20824, no fix there): build for this CPU's AVX-512 options, AMX left out
         isa = ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON",
                "-DGGML_BMI2=ON", "-DGGML_AVX512=ON", "-DGGML_AVX512_VBMI=ON", "-DGGML_AVX512_VNNI=ON",
                "-DGGML_AVX512_BF16=ON"]  # fmt: skip

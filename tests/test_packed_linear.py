@@ -43,3 +43,17 @@ def test_cpu_runner_packs_its_linears(smollm2_dir):
     runner.load()
     packed = [m for m in runner.model.modules() if isinstance(m, PackedLinear)]
     assert len(packed) >= 30 * 4  # qkv, o, gate_up, down in every layer
+
+
+def test_plain_weights_kept_only_for_the_fused_step(smollm2_dir):
+    """The fused decode step reads the plain weights; where it is off, the runner drops them."""
+    from llmserve.backends.torch.runner import TorchModelRunner
+
+    fused = TorchModelRunner(str(smollm2_dir), "bfloat16")
+    fused.load()
+    plain = TorchModelRunner(str(smollm2_dir), "bfloat16", use_kernels=False)
+    plain.load()
+    assert fused.model.fused_decode is not None and plain.model.fused_decode is None
+    layer = fused.model.model.layers[0].mlp.down_proj
+    assert isinstance(layer, PackedLinear) and layer.weight is not None
+    assert all(m.weight is None for m in plain.model.modules() if isinstance(m, PackedLinear))

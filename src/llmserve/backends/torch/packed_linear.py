@@ -4,7 +4,7 @@
 call; packing it once at load makes small-batch matmuls (the whole of decode) ~1.7-2.5x faster
 here, with the same results. With ``keep_weight`` the plain weight stays beside the packed one,
 for the fused decode step's GEMV (decode_step.py), which at 1-3 rows reads it faster than
-oneDNN runs the packed matmul (27.9 against 51.1 ms a SmolLM2 step on an AMX Xeon); the runner
+oneDNN runs the packed matmul (10.8 against 19.6 ms a SmolLM2 step on an AMX Xeon); the runner
 drops it where the fused step does not apply.
 """
 
