@@ -2,8 +2,8 @@
 
     PYTHONPATH=src:tests python tests/bench_decode.py [--batches 1,32,64] [--context 200]
 
-For the float model (--dtype) and each --quantization method: the runner's decode step time at each batch (the
-best of ROUNDS rounds, the variants alternating), its GFLOP/s (2 x linear weights x rows, plus
+For the float model (--dtype) and each --quantization method: the runner's decode step time at
+each batch (the best of ROUNDS rounds, the variants alternating), its GFLOP/s (2 x linear weights x rows, plus
 attention over the context) against torch.matmul on the very same shapes in the same dtype
 (x [batch, K] @ W^T for every projection and the LM head), and at batch 1 the bytes of weights
 read per step against a measured memory copy rate: the weight-bandwidth floor.
@@ -82,9 +82,16 @@ def main() -> None:
     ap.add_argument("--batches", default="1,32,64")
     ap.add_argument("--context", type=int, default=200, help="prompt tokens of every sequence")
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--dtype", default="float32", help="float32 or bfloat16 (the model's and the matmul's)")
-    ap.add_argument("--variants", default=",".join(n for n, _ in VARIANTS))
+    ap.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16"), help="the model's and the matmul's"
+    )
+    ap.add_argument(
+        "--variants", default=",".join(n for n, _ in VARIANTS), help="comma-separated, of VARIANTS"
+    )
     args = ap.parse_args()
+    unknown = set(args.variants.split(",")) - {n for n, _ in VARIANTS}
+    if unknown:
+        ap.error(f"unknown variants {sorted(unknown)}; known: {[n for n, _ in VARIANTS]}")
     batches = [int(b) for b in args.batches.split(",")]
     model_dir = str(packs.ensure_model("smollm2"))
     prompt = list(range(1000, 1000 + args.context))

@@ -57,3 +57,16 @@ def test_plain_weights_kept_only_for_the_fused_step(smollm2_dir):
     layer = fused.model.model.layers[0].mlp.down_proj
     assert isinstance(layer, PackedLinear) and layer.weight is not None
     assert all(m.weight is None for m in plain.model.modules() if isinstance(m, PackedLinear))
+
+
+def test_plain_weights_dropped_where_the_fused_step_is_refused(smollm2_dir, monkeypatch):
+    from llmserve.backends.torch.decode_step import FusedDecode
+    from llmserve.backends.torch.runner import TorchModelRunner
+
+    monkeypatch.setattr(
+        FusedDecode, "build", classmethod(lambda cls, *a: None)
+    )  # e.g. a model with q/k norms
+    runner = TorchModelRunner(str(smollm2_dir), "bfloat16")
+    runner.load()
+    packed = [m for m in runner.model.modules() if isinstance(m, PackedLinear)]
+    assert packed and all(m.weight is None for m in packed)
